@@ -1,0 +1,197 @@
+"""Strict JSON: exactly the values ``serde_json::Value`` can hold, checked before any I/O.
+
+Accepted: ``dict`` with ``str`` keys, ``list``, ``str``, ``int``, finite ``float``, ``bool`` and
+``None``, exact types only, so that every accepted value comes back from the database with the
+same types and the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, NoReturn, TypeAlias, Union
+
+from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
+    "MAX_KEY_LENGTH",
+    "MAX_VALUE_BYTES",
+    "JSONValue",
+    "check_key",
+    "decode",
+    "encode",
+]
+
+JSONValue: TypeAlias = Union[dict[str, "JSONValue"], list["JSONValue"], str, int, float, bool, None]
+
+MAX_KEY_LENGTH = 255
+"""Longest key, in characters; the primary key column is ``VARCHAR(255)``."""
+
+MAX_DEPTH = 31
+"""Deepest nesting of lists and dicts: the most MariaDB's JSON check accepts, so that every
+stored value can be copied to every supported database."""
+
+MAX_VALUE_BYTES = 8 * 1024 * 1024
+"""Largest encoded value, in bytes of UTF-8."""
+
+MAX_INT_DIGITS = 4300
+"""Longest integer, in decimal digits: Python refuses to parse longer ones by default."""
+
+_BIG_INT_BITS = 14_000  # below this no int can reach MAX_INT_DIGITS, so no str() is needed
+
+_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+)
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a usable key, else raise naming what is wrong with it."""
+    if type(key) is not str:
+        raise KeyTypeError(f"key must be a str, not {type(key).__name__}: {key!r:.80}")
+    if not key:
+        raise InvalidKeyError("key must not be empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKeyError(
+            f"key {key[:40]!r}... is {len(key)} characters long, over the limit of {MAX_KEY_LENGTH}"
+        )
+    if "\x00" in key:
+        raise InvalidKeyError(f"key {key!r} contains a NUL character, which databases cannot store")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(
+                f"key {key!r} contains a lone surrogate (U+{ord(key[exc.start]):04X}), "
+                "which is not valid Unicode"
+            ) from None
+    return key
+
+
+class _Rejected(Exception):
+    """Raised inside the walk; each container frame adds its path segment on the way out."""
+
+    def __init__(self, error: Callable[[str], Exception], reason: str) -> None:
+        self.error = error
+        self.reason = reason
+        self.segments: list[str] = []
+
+
+def _walk(value: object, depth: int, open_containers: set[int]) -> None:
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return
+    if kind is int:
+        if value.bit_length() > _BIG_INT_BITS:  # type: ignore[attr-defined]
+            _check_int_digits(value)  # type: ignore[arg-type]
+        return
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            name = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")  # type: ignore[operator]
+            raise _Rejected(InvalidValueError, f"{name} is not JSON")
+        return
+    if kind is not list and kind is not dict:
+        raise _Rejected(ValueTypeError, f"{kind.__name__} is not JSON")
+    if depth == MAX_DEPTH:
+        raise _Rejected(InvalidValueError, f"nested deeper than {MAX_DEPTH} levels")
+    ident = id(value)
+    if ident in open_containers:
+        raise _Rejected(InvalidValueError, "refers back to a container it is inside (a cycle)")
+    open_containers.add(ident)
+    if kind is list:
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            try:
+                _walk(item, depth + 1, open_containers)
+            except _Rejected as rejected:
+                rejected.segments.append(f"[{index}]")
+                raise
+    else:
+        for name, item in value.items():  # type: ignore[attr-defined]
+            if type(name) is not str:
+                raise _Rejected(
+                    ValueTypeError,
+                    f"dict key {name!r} is a {type(name).__name__}; JSON object keys are str",
+                )
+            try:
+                _walk(item, depth + 1, open_containers)
+            except _Rejected as rejected:
+                rejected.segments.append(f"[{json.dumps(name)}]")
+                raise
+    open_containers.discard(ident)
+
+
+def _check_int_digits(number: int) -> None:
+    try:
+        digits = len(str(abs(number)))
+    except ValueError:
+        digits = MAX_INT_DIGITS + 1
+    if digits > MAX_INT_DIGITS:
+        raise _Rejected(InvalidValueError, f"integer longer than {MAX_INT_DIGITS} digits")
+
+
+def _find_surrogate(value: object, path: str) -> NoReturn:
+    """Raise for the first string (or dict key) under ``value`` that is not valid Unicode."""
+    stack: list[tuple[object, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidValueError(
+                    f"{where}: string contains a lone surrogate (U+{ord(item[exc.start]):04X}), "
+                    "which is not valid Unicode"
+                ) from None
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, dict):
+            for name, child in item.items():
+                stack.append((name, f"{where} key {json.dumps(name)}"))
+                stack.append((child, f"{where}[{json.dumps(name)}]"))
+    raise AssertionError("no lone surrogate found")  # pragma: no cover - encode() found one
+
+
+def encode(value: object) -> str:
+    """Return the compact JSON text of ``value``, or raise naming the offending path.
+
+    Nothing is written anywhere before this succeeds, so a rejected value changes no stored state.
+    """
+    try:
+        _walk(value, 0, set())
+    except _Rejected as rejected:
+        path = "value" + "".join(reversed(rejected.segments))
+        raise rejected.error(f"{path}: {rejected.reason}") from None
+    text = _encoder.encode(value)
+    size = len(text)
+    if not text.isascii():
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            _find_surrogate(value, "value")
+    if size > MAX_VALUE_BYTES:
+        raise InvalidValueError(
+            f"value: {size} bytes as JSON, over the limit of {MAX_VALUE_BYTES} bytes"
+        )
+    return text
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode(text: object, key: str) -> JSONValue:
+    """Parse a stored document; a corrupt one is a :class:`StorageError` naming its key."""
+    if type(text) is not str:
+        raise StorageError(
+            f"stored value for key {key!r} is a {type(text).__name__}, not JSON text: "
+            "the row was written outside rustrade-store"
+        )
+    try:
+        value: JSONValue = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise StorageError(f"stored value for key {key!r} is not valid JSON: {exc}") from None
+    return value

@@ -1,0 +1,44 @@
+"""Every error the package raises, under one base class."""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidKeyError",
+    "InvalidValueError",
+    "KeyTypeError",
+    "SchemaError",
+    "StorageError",
+    "StoreError",
+    "ValueTypeError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every rustrade-store error."""
+
+
+class StorageError(StoreError):
+    """The backend failed: I/O, a lost connection, a corrupt stored blob.
+
+    The counterpart of the Rust contract's ``Error::Storage``.
+    """
+
+
+class SchemaError(StorageError):
+    """The database has no rustrade-store schema, or one at a revision this release cannot use."""
+
+
+class InvalidKeyError(StoreError, ValueError):
+    """A key that is a str but not a usable key (empty, too long, NUL, lone surrogate)."""
+
+
+class KeyTypeError(StoreError, TypeError):
+    """A key that is not a str."""
+
+
+class InvalidValueError(StoreError, ValueError):
+    """A value of JSON types that JSON still cannot hold (NaN, a cycle, too deep, too large)."""
+
+
+class ValueTypeError(StoreError, TypeError):
+    """A value containing a type JSON has no form for (bytes, set, datetime, non-str dict key)."""

@@ -1,0 +1,137 @@
+"""Run the package's Alembic migrations from code, from a source tree or an installed wheel."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .engine import create_engine
+from .errors import SchemaError
+from .schema import VERSION_TABLE, version_table
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import URL, Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = [
+    "check_revision",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "script_location",
+    "upgrade",
+    "upgrade_connection",
+]
+
+
+def script_location() -> Path:
+    """The migration scripts: inside the package when installed from a wheel, else the
+    repository's top-level ``migrations/``, the one source both come from."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(f"rustrade-store migration scripts are missing (looked in {here})")
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration for the package's migrations, without an ini file."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The newest schema revision this release knows."""
+    head = _scripts().get_current_head()
+    if head is None:  # pragma: no cover - the package always ships a migration
+        raise SchemaError("rustrade-store has no migrations")
+    return head
+
+
+def _known(revision: str) -> bool:
+    return any(script.revision == revision for script in _scripts().walk_revisions())
+
+
+def _run_command(connection: Connection, name: str, revision: str) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    getattr(command, name)(config, revision)
+
+
+async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str) -> None:
+    engine = target if isinstance(target, AsyncEngine) else create_engine(target)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_run_command, name, revision)
+    finally:
+        if engine is not target:
+            await engine.dispose()
+
+
+async def upgrade_connection(connection: AsyncConnection, revision: str = "head") -> None:
+    """Migrate through a connection the caller holds (an in-memory database has only one)."""
+    await connection.run_sync(_run_command, "upgrade", revision)
+
+
+async def upgrade(target: str | URL | AsyncEngine | None = None, revision: str = "head") -> None:
+    """Migrate the database at ``target`` (a URL or an engine) up to ``revision``.
+
+    The same migrations as ``alembic upgrade``; a URL of ``None`` resolves as the store does.
+    """
+    await _run(target, "upgrade", revision)
+
+
+async def downgrade(target: str | URL | AsyncEngine | None, revision: str) -> None:
+    """Migrate the database at ``target`` down to ``revision`` (``"base"`` drops the table)."""
+    await _run(target, "downgrade", revision)
+
+
+def _read_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    return connection.execute(select(version_table.c.version_num)).scalar()
+
+
+async def current_revision(connection: AsyncConnection) -> str | None:
+    """The schema revision the database is at, or ``None`` if it was never migrated."""
+    return await connection.run_sync(_read_revision)
+
+
+async def check_revision(connection: AsyncConnection, where: str) -> None:
+    """Raise :class:`SchemaError` unless the database is at this release's head revision."""
+    current = await current_revision(connection)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaError(
+            f"{where} has no rustrade-store schema: run `alembic upgrade head` "
+            "(or `await rustrade_store.upgrade(url)`) first"
+        )
+    if _known(current):
+        raise SchemaError(
+            f"{where} is at schema revision {current}, older than this release's {head}: "
+            "run `alembic upgrade head` (or `await rustrade_store.upgrade(url)`)"
+        )
+    raise SchemaError(
+        f"{where} is at schema revision {current}, which this release does not know "
+        f"(its newest is {head}): a newer rustrade-store migrated it; upgrade the package"
+    )

@@ -1,0 +1,310 @@
+"""The one SQL implementation of the contract, over SQLAlchemy's async engine (Core only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .codec import JSONValue, check_key, decode, encode
+from .dialects import facts_for
+from .engine import DEFAULT_TIMEOUT, create_engine, masked
+from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
+from .migrate import check_revision, upgrade_connection
+from .schema import snapshots
+from .store import Snapshot, StateStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+
+    from sqlalchemy import URL, Select
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+__all__ = ["SqlStore"]
+
+T = TypeVar("T")
+
+PAGE_SIZE = 1000
+"""Rows fetched per query when listing: listing streams, whatever the table's size."""
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix`` (code point order)."""
+    chars = list(prefix)
+    while chars:
+        point = ord(chars.pop()) + 1
+        if point == 0xD800:
+            point = 0xE000
+        if point <= 0x10FFFF:
+            return "".join(chars) + chr(point)
+    return None
+
+
+class SqlStore(StateStore):
+    """A :class:`StateStore` over one table of any supported database.
+
+    Build it from a URL with :meth:`from_url` (the store then owns and closes its engine) or
+    hand it an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` you own. The schema comes from the
+    package's Alembic migrations; the store checks the revision at first use and raises
+    :class:`~rustrade_store.SchemaError` when it does not match. An in-memory SQLite database,
+    which nothing else could migrate, is migrated by the store itself.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_count",
+        "_delete",
+        "_engine",
+        "_facts",
+        "_lock",
+        "_owns_engine",
+        "_ready",
+        "_select_many",
+        "_select_one",
+        "_select_value",
+        "_upsert",
+        "_where",
+    )
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._facts = facts_for(engine.url)
+        self._where = masked(engine.url)
+        self._lock = asyncio.Lock() if self._facts.one_writer else None
+        self._ready = False
+        self._closed = False
+        table = snapshots
+        value = self._facts.json_text(table.c.value)
+        by_key = table.c.key == bindparam("key")
+        self._select_value = select(value).where(by_key)
+        self._select_one = select(value, table.c.updated_at).where(by_key)
+        self._select_many = select(table.c.key, value).where(
+            table.c.key.in_(bindparam("keys", expanding=True))
+        )
+        self._upsert = self._facts.upsert(table)
+        self._delete = delete(table).where(by_key)
+        self._count = select(func.count()).select_from(table)
+
+    @classmethod
+    def from_url(
+        cls, url: str | URL | None = None, *, timeout: float = DEFAULT_TIMEOUT, **engine_options: Any
+    ) -> Self:
+        """Open a store on ``url``; without one, ``RUSTRADE_STORE_URL``, else ``rustrade_state.db``.
+
+        ``timeout`` bounds, in seconds, the wait for a connection or a lock. ``engine_options``
+        go to SQLAlchemy's ``create_async_engine`` and override the store's own settings.
+        """
+        return cls(create_engine(url, timeout=timeout, **engine_options), owns_engine=True)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the store runs on."""
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked."""
+        return self._where
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where!r})"
+
+    # -- the contract ----------------------------------------------------------------------
+
+    async def load(self, key: str) -> JSONValue:
+        check_key(key)
+
+        async def work(connection: AsyncConnection) -> Any:
+            return (await connection.execute(self._select_value, {"key": key})).scalar()
+
+        text = await self._run("load", key, work)
+        return None if text is None else decode(text, key)
+
+    async def save(self, key: str, value: JSONValue) -> None:
+        check_key(key)
+        row = {"key": key, "value": encode(value), "updated_at": datetime.now(UTC)}
+
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(self._upsert, row)
+
+        await self._run("save", key, work)
+
+    async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
+        """Return ``{key: value}`` for every key asked, ``None`` where missing, in one query
+        per 30,000 keys or so."""
+        if isinstance(keys, str):
+            raise TypeError("load_many() takes an iterable of keys, not one str")
+        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+        step = self._facts.max_bind_params
+
+        async def work(connection: AsyncConnection) -> dict[str, Any]:
+            found: dict[str, Any] = {}
+            for start in range(0, len(wanted), step):
+                chunk = wanted[start : start + step]
+                rows = await connection.execute(self._select_many, {"keys": chunk})
+                found.update(rows.tuples().all())
+            return found
+
+        found = await self._run("load_many", None, work) if wanted else {}
+        return {key: None if key not in found else decode(found[key], key) for key in wanted}
+
+    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+        """Save every item in one transaction: all of them, or none if any is refused."""
+        now = datetime.now(UTC)
+        await self._write("save_many", [(key, value, now) for key, value in values.items()])
+
+    async def restore(self, items: Iterable[Snapshot]) -> None:
+        """Write snapshots as given, timestamps included, in one transaction (import, copy)."""
+        await self._write("restore", [(item.key, item.value, item.updated_at) for item in items])
+
+    # -- beyond the contract ---------------------------------------------------------------
+
+    async def load_snapshot(self, key: str) -> Snapshot | None:
+        """Return the stored :class:`Snapshot`, or ``None`` if the key is missing.
+
+        This is how a caller tells a stored JSON ``null`` (a snapshot whose value is ``None``)
+        from a missing key (``None``).
+        """
+        check_key(key)
+
+        async def work(connection: AsyncConnection) -> Any:
+            return (await connection.execute(self._select_one, {"key": key})).first()
+
+        row = await self._run("load", key, work)
+        return None if row is None else Snapshot(key, decode(row[0], key), row[1])
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was there."""
+        check_key(key)
+
+        async def work(connection: AsyncConnection) -> int:
+            return (await connection.execute(self._delete, {"key": key})).rowcount
+
+        return await self._run("delete", key, work) > 0
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield every key that starts with ``prefix``, in code point order, a page at a time."""
+        async for row in self._scan(prefix, values=False):
+            yield row[0]
+
+    async def snapshots(self, prefix: str = "") -> AsyncIterator[Snapshot]:
+        """Yield every snapshot whose key starts with ``prefix``, in key order, a page at a time."""
+        async for key, text, updated_at in self._scan(prefix, values=True):
+            yield Snapshot(key, decode(text, key), updated_at)
+
+    async def count(self, prefix: str = "") -> int:
+        """How many keys start with ``prefix`` (all keys by default)."""
+        stmt = self._count.where(*self._prefix_filter(prefix))
+
+        async def work(connection: AsyncConnection) -> int:
+            return (await connection.execute(stmt)).scalar_one()
+
+        return await self._run("count", prefix or None, work)
+
+    async def is_empty(self) -> bool:
+        """True when no key is stored."""
+        return await self.count() == 0
+
+    async def aclose(self) -> None:
+        """Close the store; an engine it was handed stays open for its owner."""
+        self._closed = True
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
+        rows = []
+        for key, value, updated_at in items:
+            check_key(key)
+            try:
+                text = encode(value)
+            except (InvalidValueError, ValueTypeError) as exc:
+                raise type(exc)(f"key {key!r}: {exc}") from None
+            rows.append({"key": key, "value": text, "updated_at": updated_at})
+        if not rows:
+            return
+
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(self._upsert, rows)
+
+        await self._run(action, None, work)
+
+    def _prefix_filter(self, prefix: str) -> list[Any]:
+        if prefix == "":
+            return []
+        check_key(prefix)
+        key = snapshots.c.key
+        end = _prefix_end(prefix)
+        return [key >= prefix] if end is None else [key >= prefix, key < end]
+
+    async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
+        table = snapshots
+        columns = [table.c.key]
+        if values:
+            columns += [self._facts.json_text(table.c.value), table.c.updated_at]
+        page: Select[Any] = (
+            select(*columns)
+            .where(*self._prefix_filter(prefix), table.c.key > bindparam("after"))
+            .order_by(table.c.key)
+            .limit(PAGE_SIZE)
+        )
+        after = ""
+        while True:
+
+            async def work(connection: AsyncConnection) -> list[Any]:
+                return list((await connection.execute(page, {"after": after})).all())
+
+            rows = await self._run("list", prefix or None, work)
+            for row in rows:
+                if row[0].startswith(prefix):  # guards against a collation that is not code point
+                    yield row
+            if len(rows) < PAGE_SIZE:
+                return
+            after = rows[-1][0]
+
+    async def _run(
+        self, action: str, key: str | None, work: Callable[[AsyncConnection], Awaitable[T]]
+    ) -> T:
+        """Run ``work`` in one transaction, one operation at a time where the database needs it.
+
+        Every operation is an idempotent read or upsert, so a connection found dead is retried
+        once on a fresh one; any other failure becomes a :class:`StorageError`.
+        """
+        if self._closed:
+            raise StorageError(f"{action} on {self._where}: the store is closed")
+        async with self._lock or contextlib.nullcontext():
+            retried = False
+            while True:
+                try:
+                    async with self._engine.begin() as connection:
+                        if not self._ready:
+                            await self._prepare(connection)
+                        return await work(connection)
+                except DBAPIError as exc:
+                    if exc.connection_invalidated and not retried:
+                        retried = True
+                        continue
+                    raise self._failure(action, key, exc) from exc
+                except StoreError:
+                    raise
+                except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                    raise self._failure(action, key, exc) from exc
+
+    async def _prepare(self, connection: AsyncConnection) -> None:
+        if self._facts.in_memory:
+            await upgrade_connection(connection)
+        else:
+            await check_revision(connection, self._where)
+        self._ready = True
+
+    def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        detail = str(cause).strip() or type(cause).__name__
+        subject = action if key is None else f"{action} {key!r}"
+        return StorageError(f"{subject} failed on {self._where}: {detail}")
