@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from logging.config import fileConfig
+from typing import TYPE_CHECKING
 
 from alembic import context
-from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from rustrade_store.engine import create_engine, resolve_url
 from rustrade_store.schema import VERSION_TABLE, metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 config = context.config
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, NoReturn, TypeAlias, Union
+from typing import TYPE_CHECKING, NoReturn, TypeAlias, cast
 
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
 
@@ -27,7 +27,7 @@ __all__ = [
     "encode",
 ]
 
-JSONValue: TypeAlias = Union[dict[str, "JSONValue"], list["JSONValue"], str, int, float, bool, None]
+JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 
 MAX_KEY_LENGTH = 255
 """Longest key, in characters; the primary key column is ``VARCHAR(255)``."""
@@ -86,13 +86,14 @@ def _walk(value: object, depth: int, open_containers: set[int]) -> None:
     if kind is str or kind is bool or value is None:
         return
     if kind is int:
-        if value.bit_length() > _BIG_INT_BITS:  # type: ignore[attr-defined]
-            _check_int_digits(value)  # type: ignore[arg-type]
+        if cast("int", value).bit_length() > _BIG_INT_BITS:
+            _check_int_digits(cast("int", value))
         return
     if kind is float:
-        if not math.isfinite(value):  # type: ignore[arg-type]
-            name = "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")  # type: ignore[operator]
-            raise _Rejected(InvalidValueError, f"{name} is not JSON")
+        number = cast("float", value)
+        if not math.isfinite(number):
+            label = "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+            raise _Rejected(InvalidValueError, f"{label} is not JSON")
         return
     if kind is not list and kind is not dict:
         raise _Rejected(ValueTypeError, f"{kind.__name__} is not JSON")
@@ -103,14 +104,14 @@ def _walk(value: object, depth: int, open_containers: set[int]) -> None:
         raise _Rejected(InvalidValueError, "refers back to a container it is inside (a cycle)")
     open_containers.add(ident)
     if kind is list:
-        for index, item in enumerate(value):  # type: ignore[arg-type]
+        for index, item in enumerate(cast("list[object]", value)):
             try:
                 _walk(item, depth + 1, open_containers)
             except _Rejected as rejected:
                 rejected.segments.append(f"[{index}]")
                 raise
     else:
-        for name, item in value.items():  # type: ignore[attr-defined]
+        for name, item in cast("dict[object, object]", value).items():
             if type(name) is not str:
                 raise _Rejected(
                     ValueTypeError,
@@ -183,6 +184,13 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e999 is valid JSON text that Python reads as inf
+        raise ValueError(f"{literal} is out of the range of a float")
+    return number
+
+
 def decode(text: object, key: str) -> JSONValue:
     """Parse a stored document; a corrupt one is a :class:`StorageError` naming its key."""
     if type(text) is not str:
@@ -191,7 +199,9 @@ def decode(text: object, key: str) -> JSONValue:
             "the row was written outside rustrade-store"
         )
     try:
-        value: JSONValue = json.loads(text, parse_constant=_reject_constant)
+        value: JSONValue = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float
+        )
     except (ValueError, RecursionError) as exc:
         raise StorageError(f"stored value for key {key!r} is not valid JSON: {exc}") from None
     return value

@@ -35,7 +35,7 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
     else:
         try:
             parsed = make_url(raw)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             scheme = raw.partition("://")[0] if "://" in raw else ""
             raise ValueError(
                 f"cannot parse database URL with scheme {scheme!r}: "

@@ -21,7 +21,7 @@ from .store import Snapshot, StateStore
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
-    from sqlalchemy import URL, Select
+    from sqlalchemy import URL, ColumnElement, Select
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["SqlStore"]
@@ -92,7 +92,11 @@ class SqlStore(StateStore):
 
     @classmethod
     def from_url(
-        cls, url: str | URL | None = None, *, timeout: float = DEFAULT_TIMEOUT, **engine_options: Any
+        cls,
+        url: str | URL | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``; without one, ``RUSTRADE_STORE_URL``, else ``rustrade_state.db``.
 
@@ -147,7 +151,7 @@ class SqlStore(StateStore):
             for start in range(0, len(wanted), step):
                 chunk = wanted[start : start + step]
                 rows = await connection.execute(self._select_many, {"keys": chunk})
-                found.update(rows.tuples().all())
+                found.update(rows.all())
             return found
 
         found = await self._run("load_many", None, work) if wanted else {}
@@ -245,7 +249,7 @@ class SqlStore(StateStore):
 
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
         table = snapshots
-        columns = [table.c.key]
+        columns: list[ColumnElement[Any]] = [table.c.key]
         if values:
             columns += [self._facts.json_text(table.c.value), table.c.updated_at]
         page: Select[Any] = (
@@ -254,13 +258,16 @@ class SqlStore(StateStore):
             .order_by(table.c.key)
             .limit(PAGE_SIZE)
         )
-        after = ""
-        while True:
 
+        async def page_after(after: str) -> list[Any]:
             async def work(connection: AsyncConnection) -> list[Any]:
                 return list((await connection.execute(page, {"after": after})).all())
 
-            rows = await self._run("list", prefix or None, work)
+            return await self._run("list", prefix or None, work)
+
+        after = ""
+        while True:
+            rows = await page_after(after)
             for row in rows:
                 if row[0].startswith(prefix):  # guards against a collation that is not code point
                     yield row

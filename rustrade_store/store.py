@@ -50,6 +50,7 @@ class StateStore(ABC):
 
     async def flush(self) -> None:
         """Make every buffered write durable. A no-op for stores that write through."""
+        return None
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: await load(key)}`` for every key asked (``None`` where missing).
@@ -69,6 +70,7 @@ class StateStore(ABC):
 
     async def aclose(self) -> None:
         """Release what the store holds. A no-op by default."""
+        return None
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,0 +1,81 @@
+"""Strict JSON: what is accepted, what is refused, and how the refusal reads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rustrade_store import MAX_DEPTH, InvalidValueError, StorageError, ValueTypeError
+from rustrade_store.codec import check_key, decode, encode
+from rustrade_store.testing import BAD_KEYS, BAD_VALUES, EXACT_VALUES, assert_same_json
+
+
+@pytest.mark.parametrize("name", list(EXACT_VALUES))
+def test_exact_values_survive_encode_and_decode(name: str) -> None:
+    assert_same_json(decode(encode(EXACT_VALUES[name]), "k"), EXACT_VALUES[name])
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_values_are_refused_with_their_path(name: str) -> None:
+    value, error, words = BAD_VALUES[name]
+    with pytest.raises(error) as caught:
+        encode(value)
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("name", list(BAD_KEYS))
+def test_bad_keys_are_refused(name: str) -> None:
+    key, error, words = BAD_KEYS[name]
+    with pytest.raises(error, match=words):
+        check_key(key)
+
+
+def test_encoding_is_compact_utf8_json() -> None:
+    assert encode({"a": [1, 2.5, None], "é": "😀\u0000"}) == '{"a":[1,2.5,null],"é":"😀\\u0000"}'
+
+
+def test_errors_are_value_and_type_errors() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        encode(math.nan)
+    with pytest.raises(TypeError, match="bytes"):
+        encode(b"")
+
+
+def test_subclasses_are_refused_because_they_would_not_come_back() -> None:
+    class Flag(int):
+        pass
+
+    with pytest.raises(ValueTypeError, match="Flag"):
+        encode({"x": Flag(1)})
+
+
+def test_a_shared_but_acyclic_value_is_fine() -> None:
+    shared = [1, 2]
+    assert encode({"a": shared, "b": shared}) == '{"a":[1,2],"b":[1,2]}'
+
+
+def test_depth_limit_is_exact() -> None:
+    value: object = 0
+    for _ in range(MAX_DEPTH):
+        value = [value]
+    encode(value)
+    with pytest.raises(InvalidValueError, match=f"deeper than {MAX_DEPTH}"):
+        encode([value])
+
+
+@pytest.mark.parametrize(
+    ("stored", "words"),
+    [
+        ('{"a": ', "not valid JSON"),
+        ("NaN", "NaN is not JSON"),
+        ("[Infinity]", "Infinity is not JSON"),
+        ("1e999", "out of the range"),
+        ("1" * 5000, "not valid JSON"),
+        (b"{}", "bytes, not JSON text"),
+    ],
+)
+def test_corrupt_stored_text_is_a_storage_error_naming_the_key(stored: object, words: str) -> None:
+    with pytest.raises(StorageError, match="'bot/BTC'") as caught:
+        decode(stored, "bot/BTC")
+    assert words in str(caught.value)

@@ -1,0 +1,180 @@
+"""What the SQL store offers beyond the contract, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import text
+
+from rustrade_store import InvalidKeyError, Snapshot, SqlStore, StorageError
+from rustrade_store.sql import _prefix_end
+from rustrade_store.testing import assert_same_json
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
+
+async def test_load_snapshot_tells_stored_null_from_missing(store: SqlStore) -> None:
+    assert await store.load_snapshot("k") is None
+    await store.save("k", None)
+    snapshot = await store.load_snapshot("k")
+    assert snapshot is not None
+    assert snapshot.key == "k"
+    assert snapshot.value is None
+
+
+async def test_updated_at_is_utc_and_moves_on_every_save(store: SqlStore) -> None:
+    before = datetime.now(UTC)
+    await store.save("k", 1)
+    first = await store.load_snapshot("k")
+    await asyncio.sleep(0.002)
+    await store.save("k", 2)
+    second = await store.load_snapshot("k")
+    assert first is not None
+    assert second is not None
+    assert first.updated_at.tzinfo is UTC
+    assert before - timedelta(seconds=1) <= first.updated_at < second.updated_at
+    assert second.updated_at <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def test_delete_reports_whether_the_key_was_there(store: SqlStore) -> None:
+    await store.save("k", 1)
+    assert await store.delete("k") is True
+    assert await store.delete("k") is False
+    assert await store.load("k") is None
+
+
+async def test_keys_stream_in_code_point_order(store: SqlStore) -> None:
+    keys = ["b", "a", "B", "ä", "a/1", "a/0", "😀", "z"]
+    await store.save_many(dict.fromkeys(keys, 0))
+    assert [key async for key in store.keys()] == sorted(keys)
+
+
+async def test_keys_page_through_more_than_one_page(store: SqlStore) -> None:
+    keys = [f"bot/{index:05d}" for index in range(2500)]
+    await store.save_many(dict.fromkeys(keys, 1))
+    assert [key async for key in store.keys("bot/")] == keys
+    assert await store.count("bot/") == 2500
+
+
+async def test_prefix_is_matched_literally(store: SqlStore) -> None:
+    keys = ["a_b", "axb", "a%b", "aXXb", "a\\b", "a\\xb", "A_b", "a_", "a_b/1"]
+    await store.save_many(dict.fromkeys(keys, 0))
+    assert [key async for key in store.keys("a_")] == ["a_", "a_b", "a_b/1"]
+    assert [key async for key in store.keys("a_b")] == ["a_b", "a_b/1"]
+    assert [key async for key in store.keys("a%")] == ["a%b"]
+    assert [key async for key in store.keys("a\\")] == ["a\\b", "a\\xb"]
+    assert [key async for key in store.keys("A")] == ["A_b"]
+    assert await store.count("a_") == 3
+
+
+def test_prefix_end_is_the_next_string_in_code_point_order() -> None:
+    assert _prefix_end("ab") == "ac"
+    assert _prefix_end("a\U0010ffff") == "b"
+    assert _prefix_end("\U0010ffff") is None
+    assert _prefix_end("\ud7ff") == "\ue000"
+
+
+async def test_snapshots_yield_values_and_timestamps(store: SqlStore) -> None:
+    await store.save_many({"x/1": {"a": 1.0}, "x/2": [None], "y": 0})
+    found = [snapshot async for snapshot in store.snapshots("x/")]
+    assert [snapshot.key for snapshot in found] == ["x/1", "x/2"]
+    assert_same_json(found[0].value, {"a": 1.0})
+    assert all(snapshot.updated_at.tzinfo is UTC for snapshot in found)
+
+
+async def test_saving_while_listing_does_not_deadlock(store: SqlStore) -> None:
+    await store.save_many({f"k{index}": index for index in range(5)})
+    async for key in store.keys():
+        await store.save(key, -1)
+    assert set((await store.load_many([f"k{i}" for i in range(5)])).values()) == {-1}
+
+
+async def test_restore_keeps_the_given_timestamps(store: SqlStore) -> None:
+    when = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
+    await store.restore([Snapshot("k", {"v": 1}, when)])
+    snapshot = await store.load_snapshot("k")
+    assert snapshot == Snapshot("k", {"v": 1}, when)
+
+
+async def test_count_and_is_empty(store: SqlStore) -> None:
+    assert await store.is_empty()
+    await store.save_many({"a": 1, "b": 2})
+    assert await store.count() == 2
+    assert not await store.is_empty()
+
+
+async def test_prefix_that_is_not_a_key_is_refused(store: SqlStore) -> None:
+    with pytest.raises(InvalidKeyError):
+        await store.count("a\x00")
+
+
+async def test_the_column_holds_the_json_document_itself(store: SqlStore) -> None:
+    await store.save("k", {"pnl": -12.5, "halted": True})
+    await store.save("n", None)
+    extract = {
+        "sqlite": "SELECT json_extract(value, '$.pnl'), json_type(value) FROM snapshots "
+        "WHERE key = 'k'",
+        "postgresql": "SELECT (value->>'pnl')::float, json_typeof(value) FROM snapshots "
+        "WHERE key = 'k'",
+    }[store.engine.dialect.name]
+    null_check = "SELECT value IS NULL FROM snapshots WHERE key = 'n'"
+    async with store.engine.connect() as connection:
+        assert tuple((await connection.execute(text(extract))).one()) == (-12.5, "object")
+        assert not (await connection.execute(text(null_check))).scalar()
+
+
+async def test_corrupt_blob_names_its_key_and_spares_the_others(store: SqlStore) -> None:
+    await store.save_many({"good": 1, "bad": 2})
+    async with store.engine.begin() as connection:
+        if store.engine.dialect.name == "sqlite":
+            # The json_valid check guards the column; an operator's tool might skip it.
+            await connection.execute(text("PRAGMA ignore_check_constraints = ON"))
+            await connection.execute(
+                text("UPDATE snapshots SET value = '{\"a\": ' WHERE key = 'bad'")
+            )
+            await connection.execute(text("PRAGMA ignore_check_constraints = OFF"))
+        else:
+            # Valid JSON text that no float can hold: Python alone would read it as inf.
+            await connection.execute(
+                text("UPDATE snapshots SET value = '[1e999]' WHERE key = 'bad'")
+            )
+    with pytest.raises(StorageError, match="'bad'"):
+        await store.load("bad")
+    with pytest.raises(StorageError, match="'bad'"):
+        await store.load_many(["good", "bad"])
+    assert await store.load("good") == 1
+
+
+async def test_closed_store_raises_storage_error(store: SqlStore) -> None:
+    await store.aclose()
+    with pytest.raises(StorageError, match="closed"):
+        await store.load("k")
+
+
+async def test_file_store_reopened_sees_earlier_saves(sqlite_url: URL) -> None:
+    async with SqlStore.from_url(sqlite_url) as first:
+        await first.save("bot/BTCUSDT", {"halted": True})
+    async with SqlStore.from_url(sqlite_url) as second:
+        assert await second.load("bot/BTCUSDT") == {"halted": True}
+
+
+@pytest.mark.postgres
+async def test_postgres_store_reopened_sees_earlier_saves(postgres_url: URL) -> None:
+    async with SqlStore.from_url(postgres_url) as first:
+        await first.save("reopen/BTCUSDT", {"halted": True})
+    async with SqlStore.from_url(postgres_url) as second:
+        assert await second.load("reopen/BTCUSDT") == {"halted": True}
+        await second.delete("reopen/BTCUSDT")
+
+
+async def test_a_store_handed_an_engine_leaves_it_open(sqlite_url: URL) -> None:
+    owner = SqlStore.from_url(sqlite_url)
+    borrower = SqlStore(owner.engine)
+    await borrower.save("k", 1)
+    await borrower.aclose()
+    assert await owner.load("k") == 1
+    await owner.aclose()
