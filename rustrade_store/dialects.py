@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "MYSQL_BACKENDS",
     "DialectFacts",
     "JsonDocument",
     "SnapshotKey",
@@ -35,6 +36,21 @@ __all__ = [
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
+
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
+
+MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
+"""Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
+
+MYSQL_POOL_RECYCLE = 3600
+"""Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
+
+
+def _mysql_key_collation(dialect: Dialect) -> str:
+    # Binary and NO PAD: 'a' and 'a ' are two keys, and order is code point order.
+    # MariaDB 10.10+ has utf8mb4_nopad_bin; in MySQL 8 every utf8mb4_0900 collation is NO PAD.
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
 
 
 class _PostgresJsonText(postgresql.JSON):
@@ -55,6 +71,8 @@ class JsonDocument(TypeDecorator[str]):
     PostgreSQL: ``json``, which keeps the text as written (``jsonb`` rejects ``\\u0000`` and
     prints ``1e300`` back as a 301-digit integer). SQLite: ``TEXT`` with a ``json_valid`` check,
     since a column declared ``JSON`` gets numeric affinity and turns the text ``1.0`` into 1.
+    MySQL and MariaDB: ``LONGTEXT`` in utf8mb4 with a ``json_valid`` check, which is what
+    MariaDB's ``JSON`` is (MySQL's own ``JSON`` sorts object keys and rewrites numbers).
     """
 
     impl = Text
@@ -63,6 +81,8 @@ class JsonDocument(TypeDecorator[str]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return _PostgresJsonText()
+        if dialect.name in MYSQL_BACKENDS:
+            return dialect.type_descriptor(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"))
         return dialect.type_descriptor(Text())
 
 
@@ -75,21 +95,36 @@ class SnapshotKey(TypeDecorator[str]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(String(255, collation="C"))
+        if dialect.name in MYSQL_BACKENDS:
+            collation = _mysql_key_collation(dialect)
+            return dialect.type_descriptor(
+                mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
+            )
         return dialect.type_descriptor(String(255))
 
 
 class UtcTimestamp(TypeDecorator[datetime]):
-    """A UTC timestamp with microseconds; databases that store it without a zone store UTC."""
+    """A UTC timestamp with microseconds; databases that store it without a zone store UTC.
+
+    MySQL and MariaDB: ``DATETIME(6)``, written as naive UTC (``DATETIME`` has no zone and
+    ``TIMESTAMP`` ends in 2038).
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_BACKENDS:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"timestamp {value.isoformat()} has no time zone")
-        return value.astimezone(UTC)
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name in MYSQL_BACKENDS else utc
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -112,6 +147,14 @@ def _postgres_upsert(table: Table) -> Insert:
     return stmt.on_conflict_do_update(
         index_elements=[table.c.key],
         set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+    )
+
+
+def _mysql_upsert(table: Table) -> Insert:
+    # The inserted row's values: VALUES(col) on MariaDB, a row alias on MySQL 8.0.20+.
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update(
+        value=stmt.inserted.value, updated_at=stmt.inserted.updated_at
     )
 
 
@@ -160,7 +203,21 @@ def facts_for(url: URL) -> DialectFacts:
             json_text=_as_text,
             max_bind_params=32_767,
         )
-    raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+    if backend in MYSQL_BACKENDS:
+        return DialectFacts(
+            name=backend,
+            one_writer=False,
+            in_memory=False,
+            upsert=_mysql_upsert,
+            json_text=_as_is,
+            # The driver inlines parameters into the statement text, which must fit the
+            # server's max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020
+            # bytes each (255 four-byte characters) stay near 10 MiB.
+            max_bind_params=10_000,
+        )
+    raise ValueError(
+        f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://"
+    )
 
 
 def is_memory_url(url: URL) -> bool:
@@ -179,6 +236,20 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
         return {"pool_timeout": timeout, "connect_args": {"timeout": timeout}}
+    if backend in MYSQL_BACKENDS:
+        return {
+            "pool_timeout": timeout,
+            "pool_recycle": MYSQL_POOL_RECYCLE,
+            # Every operation is one statement: no snapshot to keep, and fewer gap locks for
+            # concurrent upserts to deadlock on than under REPEATABLE READ.
+            "isolation_level": "READ COMMITTED",
+            "connect_args": {
+                "connect_timeout": timeout,
+                "charset": "utf8mb4",
+                # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
+                "init_command": f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'",
+            },
+        }
     return {}
 
 
