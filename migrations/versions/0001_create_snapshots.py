@@ -47,7 +47,11 @@ def upgrade() -> None:
         key_type = mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
         value_type = mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin")
         updated_type = mysql.DATETIME(fsp=6)
-        table_options = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+        table_options = {
+            f"{prefix}_{option}": value
+            for prefix in ("mysql", "mariadb")
+            for option, value in (("engine", "InnoDB"), ("charset", "utf8mb4"))
+        }
     else:
         key_type = sa.String(255)
         value_type = sa.Text()
