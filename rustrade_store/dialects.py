@@ -82,7 +82,9 @@ class JsonDocument(TypeDecorator[str]):
         if dialect.name == "postgresql":
             return _PostgresJsonText()
         if dialect.name in MYSQL_BACKENDS:
-            return dialect.type_descriptor(mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin"))
+            return dialect.type_descriptor(
+                mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin")
+            )
         return dialect.type_descriptor(Text())
 
 
@@ -158,6 +160,26 @@ def _mysql_upsert(table: Table) -> Insert:
     )
 
 
+def _no_hint(writing: bool, cause: BaseException) -> str:
+    return ""
+
+
+# ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
+# server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
+_MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
+
+
+def _mysql_hint(writing: bool, cause: BaseException) -> str:
+    code = cause.args[0] if cause.args else None
+    if not writing or code not in _MYSQL_PACKET_ERRORS:
+        return ""
+    return (
+        " (the server drops a statement larger than its max_allowed_packet, 16 MiB by default; "
+        "a value is sent as escaped JSON text, in which quotes and backslashes count twice: "
+        "raise max_allowed_packet on the server, or save a smaller value)"
+    )
+
+
 def _as_is(column: ColumnElement[str]) -> ColumnElement[str]:
     return column
 
@@ -180,6 +202,9 @@ class DialectFacts:
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     max_bind_params: int
+    failure_hint: Callable[[bool, BaseException], str] = _no_hint
+    """What to add to the message of a failed operation (writing or not), given the driver's
+    error: what the database's own message leaves out."""
 
 
 def facts_for(url: URL) -> DialectFacts:
@@ -214,10 +239,9 @@ def facts_for(url: URL) -> DialectFacts:
             # server's max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020
             # bytes each (255 four-byte characters) stay near 10 MiB.
             max_bind_params=10_000,
+            failure_hint=_mysql_hint,
         )
-    raise ValueError(
-        f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://"
-    )
+    raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")
 
 
 def is_memory_url(url: URL) -> bool:

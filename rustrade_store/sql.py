@@ -28,6 +28,8 @@ __all__ = ["SqlStore"]
 
 T = TypeVar("T")
 
+_WRITES = frozenset({"save", "save_many", "restore"})
+
 PAGE_SIZE = 1000
 """Rows fetched per query when listing: listing streams, whatever the table's size."""
 
@@ -313,5 +315,6 @@ class SqlStore(StateStore):
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         detail = str(cause).strip() or type(cause).__name__
+        detail += self._facts.failure_hint(action in _WRITES, cause)
         subject = action if key is None else f"{action} {key!r}"
         return StorageError(f"{subject} failed on {self._where}: {detail}")

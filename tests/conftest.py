@@ -33,9 +33,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RUSTRADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
-MARIADB_ADMIN_URL = os.environ.get(
-    "RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test"
-)
+MARIADB_ADMIN_URL = os.environ.get("RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
 
 BACKENDS = [
     "memory",

@@ -15,6 +15,7 @@ no database's history changes, and PostgreSQL and SQLite get exactly what they g
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -36,8 +37,8 @@ def upgrade() -> None:
     # 'a ' are two keys, order is code point order); the value is LONGTEXT checked by
     # json_valid(), which is MariaDB's JSON (MySQL's JSON type would rewrite the document);
     # DATETIME(6) holds UTC with microseconds (TIMESTAMP would end in 2038).
-    updated_type: sa.types.TypeEngine[object] = sa.DateTime(timezone=True)
-    table_options: dict[str, str] = {}
+    updated_type: sa.types.TypeEngine[Any] = sa.DateTime(timezone=True)
+    table_options: dict[str, Any] = {}
     if dialect == "postgresql":
         key_type: sa.types.TypeEngine[str] = sa.String(255, collation="C")
         value_type: sa.types.TypeEngine[str] = postgresql.JSON()
