@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .codec import JSONValue, check_key, decode, encode
+from .codec import JSONValue, check_key, decode, encode, encode_entry
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, create_engine, masked
-from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
+from .errors import StorageError, StoreError
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 from .store import Snapshot, StateStore
@@ -225,14 +225,10 @@ class SqlStore(StateStore):
     # -- internals -------------------------------------------------------------------------
 
     async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
-        rows = []
-        for key, value, updated_at in items:
-            check_key(key)
-            try:
-                text = encode(value)
-            except (InvalidValueError, ValueTypeError) as exc:
-                raise type(exc)(f"key {key!r}: {exc}") from None
-            rows.append({"key": key, "value": text, "updated_at": updated_at})
+        rows = [
+            {"key": key, "value": encode_entry(key, value), "updated_at": updated_at}
+            for key, value, updated_at in items
+        ]
         if not rows:
             return
 
