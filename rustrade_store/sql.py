@@ -225,10 +225,11 @@ class SqlStore(StateStore):
     # -- internals -------------------------------------------------------------------------
 
     async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
-        rows = [
-            {"key": key, "value": encode_entry(key, value), "updated_at": updated_at}
-            for key, value, updated_at in items
-        ]
+        entries = [(key, encode_entry(key, value), when) for key, value, when in items]
+        # In key order (a stable sort: the last of a repeated key still wins): concurrent batches
+        # over the same keys then take their row locks in one order and never deadlock.
+        entries.sort(key=lambda entry: entry[0])
+        rows = [{"key": key, "value": text, "updated_at": when} for key, text, when in entries]
         if not rows:
             return
 

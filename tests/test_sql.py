@@ -188,3 +188,22 @@ async def test_a_store_handed_an_engine_leaves_it_open(sqlite_url: URL) -> None:
     await borrower.aclose()
     assert await owner.load("k") == 1
     await owner.aclose()
+
+
+async def test_concurrent_batches_over_the_same_keys_do_not_deadlock(store: SqlStore) -> None:
+    """Batches name the same keys in opposite orders; rows are written in key order, so their
+    row locks are always taken in one order and no two transactions wait on each other."""
+    keys = [f"shared/{index:02d}" for index in range(20)]
+
+    def batch(number: int) -> dict[str, int]:
+        ordered = keys if number % 2 else keys[::-1]
+        return dict.fromkeys(ordered, number)
+
+    for _ in range(5):
+        results = await asyncio.gather(
+            *(store.save_many(batch(number)) for number in range(16)), return_exceptions=True
+        )
+        assert [error for error in results if error is not None] == []
+    values = set((await store.load_many(keys)).values())
+    assert len(values) == 1
+    assert values <= set(range(16))
