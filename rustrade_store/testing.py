@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from .codec import JSONValue
     from .store import StateStore
 
-__all__ = ["BAD_KEYS", "BAD_VALUES", "EXACT_VALUES", "StateStoreContract", "assert_same_json"]
+__all__ = [
+    "BAD_KEYS",
+    "BAD_VALUES",
+    "EXACT_VALUES",
+    "StateStoreContract",
+    "assert_same_json",
+    "nested",
+]
 
 
 def nested(depth: int) -> JSONValue:
@@ -147,7 +154,11 @@ class StateStoreContract:
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
     async def make_store(self) -> StateStore:
-        """Return a fresh, empty store for one test; the kit closes it afterwards."""
+        """Return a fresh, empty store for one test; the kit closes it afterwards.
+
+        ``aclose`` must be safe to call twice: a test that enters ``async with store`` has
+        closed it once already.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} must implement make_store() or override the store fixture"
         )
@@ -290,6 +301,13 @@ class StateStoreContract:
     async def test_save_many_refuses_a_bad_key_and_writes_nothing(self, store: StateStore) -> None:
         with pytest.raises(InvalidKeyError):
             await store.save_many({"a": 1, "": 2})
+        assert await store.load("a") is None
+
+    async def test_save_many_refuses_a_key_of_another_type_and_writes_nothing(
+        self, store: StateStore
+    ) -> None:
+        with pytest.raises(KeyTypeError, match="int"):
+            await store.save_many({"a": 1, 42: 2})  # type: ignore[dict-item]
         assert await store.load("a") is None
 
     # -- concurrency -----------------------------------------------------------------------
