@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from rustrade_store import MAX_DEPTH, MAX_VALUE_BYTES, SqlStore, StorageError
 from rustrade_store.codec import encode
 from rustrade_store.schema import snapshots
-from rustrade_store.testing import nested
+from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -115,3 +115,36 @@ async def test_store_reopened_sees_earlier_saves(mariadb_url: URL) -> None:
     async with SqlStore.from_url(mariadb_url) as second:
         assert await second.load("reopen/BTCUSDT") == {"halted": True}
         await second.delete("reopen/BTCUSDT")
+
+
+@pytest.fixture
+def route(request: pytest.FixtureRequest) -> tuple[URL, URL]:
+    """The migrated databases named by the test's ``(source, target)`` parameter."""
+    source, target = request.param
+    source_url: URL = request.getfixturevalue(f"{source}_url")
+    target_url: URL = request.getfixturevalue(f"{target}_url")
+    return source_url, target_url
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "route", [("sqlite", "mariadb"), ("mariadb", "postgres")], indirect=True, ids=str
+)
+async def test_snapshots_move_exactly_between_databases(route: tuple[URL, URL]) -> None:
+    """What ``rustrade-store copy`` relies on: snapshots read from one database and restored
+    into another keep every value, type and microsecond."""
+    source_url, target_url = route
+    values = {f"move/{name}": value for name, value in EXACT_VALUES.items()}
+    values["move/a "] = "trailing space"
+    async with SqlStore.from_url(source_url) as origin, SqlStore.from_url(target_url) as copy:
+        await origin.save_many(values)
+        moved = [snapshot async for snapshot in origin.snapshots("move/")]
+        await copy.restore(moved)
+        arrived = [snapshot async for snapshot in copy.snapshots("move/")]
+        assert [snapshot.key for snapshot in arrived] == [snapshot.key for snapshot in moved]
+        for sent, got in zip(moved, arrived, strict=True):
+            assert got.updated_at == sent.updated_at
+            assert_same_json(got.value, sent.value, got.key)
+        for store in (origin, copy):
+            for key in values:
+                await store.delete(key)
