@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import delete, text
 from sqlalchemy.exc import DBAPIError
 
-from rustrade_store import MAX_DEPTH, MAX_VALUE_BYTES, SqlStore, StorageError
+from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
 from rustrade_store.codec import encode
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
@@ -91,6 +91,22 @@ async def test_save_many_larger_than_the_packet_limit_is_saved(maria: SqlStore) 
     assert sum(len(encode(value)) for value in values.values()) > packet
     await maria.save_many(values)
     assert await maria.load_many(values) == values
+
+
+async def test_load_many_of_keys_larger_than_the_packet_limit(maria: SqlStore) -> None:
+    """Keys are inlined in the query text too: the store asks for them in chunks that fit."""
+    packet = await max_allowed_packet(maria)
+    if packet > 64 * MIB:
+        pytest.skip(f"max_allowed_packet is {packet} bytes: too large to exceed cheaply")
+    stem = "😀" * (MAX_KEY_LENGTH - 6)  # four bytes each in UTF-8
+    keys = [f"{stem}{index:06d}" for index in range(packet // 1000 + 1000)]
+    assert sum(len(key.encode()) for key in keys) > packet
+    await maria.save_many({keys[0]: 0, keys[-1]: -1})
+    found = await maria.load_many(keys)
+    assert len(found) == len(keys)
+    assert found[keys[0]] == 0
+    assert found[keys[-1]] == -1
+    assert sum(value is None for value in found.values()) == len(keys) - 2
 
 
 async def test_value_too_large_once_escaped_is_a_clear_error(maria: SqlStore) -> None:
