@@ -17,13 +17,17 @@ from sqlalchemy.types import DateTime, String, TypeDecorator
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import URL, ColumnElement, Table
+    from sqlalchemy import URL, ColumnElement, Connection, Table
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.schema import SchemaItem
+    from sqlalchemy.sql.compiler import DDLCompiler
+    from sqlalchemy.sql.ddl import BaseDDLElement
     from sqlalchemy.sql.dml import Insert
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "JSON_CHECK_DIALECTS",
     "MYSQL_BACKENDS",
     "DialectFacts",
     "JsonDocument",
@@ -33,12 +37,32 @@ __all__ = [
     "facts_for",
     "install_connection_setup",
     "is_memory_url",
+    "json_check_applies",
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
 
 MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 """Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
+
+JSON_CHECK_DIALECTS = ("sqlite", "mysql", "mariadb")
+"""Where the value column is text that a ``CHECK (json_valid(value))`` keeps JSON."""
+
+
+def json_check_applies(
+    ddl: BaseDDLElement,
+    target: SchemaItem | str,
+    bind: Connection | None,
+    tables: list[Table] | None = None,
+    state: Any | None = None,
+    *,
+    dialect: Dialect,
+    compiler: DDLCompiler | None = None,
+    checkfirst: bool = False,
+) -> bool:
+    """``ddl_if`` condition: whether the value column's JSON check belongs in the DDL."""
+    return dialect.name in JSON_CHECK_DIALECTS
+
 
 MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
 """Strict: a value the column cannot hold is an error, never silently truncated or coerced."""

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, make_url, text
+from sqlalchemy.schema import CreateTable
 
 from rustrade_store import SchemaError, SqlStore, downgrade, head_revision, upgrade
 from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
@@ -140,3 +141,14 @@ def test_offline_sql_is_generated_for_every_dialect() -> None:
         script = alembic("-x", f"url={url}", "upgrade", "head", "--sql")
         assert "CREATE TABLE snapshots" in script
         assert VERSION_TABLE in script
+
+
+@pytest.mark.parametrize(
+    ("backend", "checked"), [("sqlite", True), ("mysql", True), ("postgresql", False)]
+)
+def test_package_metadata_declares_the_json_check_where_the_migration_does(
+    backend: str, checked: bool
+) -> None:
+    dialect = make_url(f"{backend}://").get_dialect()()
+    ddl = str(CreateTable(metadata.tables["snapshots"]).compile(dialect=dialect))
+    assert ("CHECK (json_valid(value))" in ddl) is checked, ddl
