@@ -198,9 +198,10 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     if not writing or code not in _MYSQL_PACKET_ERRORS:
         return ""
     return (
-        " (the server drops a statement larger than its max_allowed_packet, 16 MiB by default; "
-        "a value is sent as escaped JSON text, in which quotes and backslashes count twice: "
-        "raise max_allowed_packet on the server, or save a smaller value)"
+        " (the server also closes the connection on a statement larger than its "
+        "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
+        "quotes and backslashes count twice: if this write is that large, raise "
+        "max_allowed_packet on the server or save smaller values)"
     )
 
 
@@ -288,8 +289,8 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         return {
             "pool_timeout": timeout,
             "pool_recycle": MYSQL_POOL_RECYCLE,
-            # Every operation is one statement: no snapshot to keep, and fewer gap locks for
-            # concurrent upserts to deadlock on than under REPEATABLE READ.
+            # Every operation is one statement, so no snapshot is needed; InnoDB takes no gap
+            # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
             "isolation_level": "READ COMMITTED",
             "connect_args": {
                 "connect_timeout": timeout,
