@@ -25,6 +25,7 @@ __all__ = [
     "check_key",
     "decode",
     "encode",
+    "encode_entry",
 ]
 
 JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
@@ -178,6 +179,18 @@ def encode(value: object) -> str:
             f"value: {size} bytes as JSON, over the limit of {MAX_VALUE_BYTES} bytes"
         )
     return text
+
+
+def encode_entry(key: object, value: object) -> str:
+    """Check ``key`` and return the JSON text of ``value``; a refused value's error names its key.
+
+    What a batch write checks for every item before it writes any of them.
+    """
+    check_key(key)
+    try:
+        return encode(value)
+    except (InvalidValueError, ValueTypeError) as exc:
+        raise type(exc)(f"key {key!r}: {exc}") from None
 
 
 def _reject_constant(name: str) -> NoReturn:

@@ -10,20 +10,25 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import URL, ColumnElement, Table
+    from sqlalchemy import URL, ColumnElement, Connection, Table
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.schema import SchemaItem
+    from sqlalchemy.sql.compiler import DDLCompiler
+    from sqlalchemy.sql.ddl import BaseDDLElement
     from sqlalchemy.sql.dml import Insert
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "JSON_CHECK_DIALECTS",
+    "MYSQL_BACKENDS",
     "DialectFacts",
     "JsonDocument",
     "SnapshotKey",
@@ -32,9 +37,44 @@ __all__ = [
     "facts_for",
     "install_connection_setup",
     "is_memory_url",
+    "json_check_applies",
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
+
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
+
+JSON_CHECK_DIALECTS = ("sqlite", "mysql", "mariadb")
+"""Where the value column is text that a ``CHECK (json_valid(value))`` keeps JSON."""
+
+
+def json_check_applies(
+    ddl: BaseDDLElement,
+    target: SchemaItem | str,
+    bind: Connection | None,
+    tables: list[Table] | None = None,
+    state: Any | None = None,
+    *,
+    dialect: Dialect,
+    compiler: DDLCompiler | None = None,
+    checkfirst: bool = False,
+) -> bool:
+    """``ddl_if`` condition: whether the value column's JSON check belongs in the DDL."""
+    return dialect.name in JSON_CHECK_DIALECTS
+
+
+MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
+"""Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
+
+MYSQL_POOL_RECYCLE = 3600
+"""Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
+
+
+def _mysql_key_collation(dialect: Dialect) -> str:
+    # Binary and NO PAD: 'a' and 'a ' are two keys, and order is code point order.
+    # MariaDB 10.10+ has utf8mb4_nopad_bin; in MySQL 8 every utf8mb4_0900 collation is NO PAD.
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
 
 
 class _PostgresJsonText(postgresql.JSON):
@@ -55,6 +95,8 @@ class JsonDocument(TypeDecorator[str]):
     PostgreSQL: ``json``, which keeps the text as written (``jsonb`` rejects ``\\u0000`` and
     prints ``1e300`` back as a 301-digit integer). SQLite: ``TEXT`` with a ``json_valid`` check,
     since a column declared ``JSON`` gets numeric affinity and turns the text ``1.0`` into 1.
+    MySQL and MariaDB: ``LONGTEXT`` in utf8mb4 with a ``json_valid`` check, which is what
+    MariaDB's ``JSON`` is (MySQL's own ``JSON`` sorts object keys and rewrites numbers).
     """
 
     impl = Text
@@ -63,6 +105,10 @@ class JsonDocument(TypeDecorator[str]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return _PostgresJsonText()
+        if dialect.name in MYSQL_BACKENDS:
+            return dialect.type_descriptor(
+                mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin")
+            )
         return dialect.type_descriptor(Text())
 
 
@@ -75,21 +121,36 @@ class SnapshotKey(TypeDecorator[str]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(String(255, collation="C"))
+        if dialect.name in MYSQL_BACKENDS:
+            collation = _mysql_key_collation(dialect)
+            return dialect.type_descriptor(
+                mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
+            )
         return dialect.type_descriptor(String(255))
 
 
 class UtcTimestamp(TypeDecorator[datetime]):
-    """A UTC timestamp with microseconds; databases that store it without a zone store UTC."""
+    """A UTC timestamp with microseconds; databases that store it without a zone store UTC.
+
+    MySQL and MariaDB: ``DATETIME(6)``, written as naive UTC (``DATETIME`` has no zone and
+    ``TIMESTAMP`` ends in 2038).
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in MYSQL_BACKENDS:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"timestamp {value.isoformat()} has no time zone")
-        return value.astimezone(UTC)
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name in MYSQL_BACKENDS else utc
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -115,6 +176,35 @@ def _postgres_upsert(table: Table) -> Insert:
     )
 
 
+def _mysql_upsert(table: Table) -> Insert:
+    # The inserted row's values: VALUES(col) on MariaDB, a row alias on MySQL 8.0.20+.
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update(
+        value=stmt.inserted.value, updated_at=stmt.inserted.updated_at
+    )
+
+
+def _no_hint(writing: bool, cause: BaseException) -> str:
+    return ""
+
+
+# ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
+# server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
+_MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
+
+
+def _mysql_hint(writing: bool, cause: BaseException) -> str:
+    code = cause.args[0] if cause.args else None
+    if not writing or code not in _MYSQL_PACKET_ERRORS:
+        return ""
+    return (
+        " (the server also closes the connection on a statement larger than its "
+        "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
+        "quotes and backslashes count twice: if this write is that large, raise "
+        "max_allowed_packet on the server or save smaller values)"
+    )
+
+
 def _as_is(column: ColumnElement[str]) -> ColumnElement[str]:
     return column
 
@@ -137,6 +227,9 @@ class DialectFacts:
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     max_bind_params: int
+    failure_hint: Callable[[bool, BaseException], str] = _no_hint
+    """What to add to the message of a failed operation (writing or not), given the driver's
+    error: what the database's own message leaves out."""
 
 
 def facts_for(url: URL) -> DialectFacts:
@@ -160,7 +253,20 @@ def facts_for(url: URL) -> DialectFacts:
             json_text=_as_text,
             max_bind_params=32_767,
         )
-    raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
+    if backend in MYSQL_BACKENDS:
+        return DialectFacts(
+            name=backend,
+            one_writer=False,
+            in_memory=False,
+            upsert=_mysql_upsert,
+            json_text=_as_is,
+            # The driver inlines parameters into the statement text, which must fit the
+            # server's max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020
+            # bytes each (255 four-byte characters) stay near 10 MiB.
+            max_bind_params=10_000,
+            failure_hint=_mysql_hint,
+        )
+    raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")
 
 
 def is_memory_url(url: URL) -> bool:
@@ -179,6 +285,20 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
         return {"pool_timeout": timeout, "connect_args": {"timeout": timeout}}
+    if backend in MYSQL_BACKENDS:
+        return {
+            "pool_timeout": timeout,
+            "pool_recycle": MYSQL_POOL_RECYCLE,
+            # Every operation is one statement, so no snapshot is needed; InnoDB takes no gap
+            # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
+            "isolation_level": "READ COMMITTED",
+            "connect_args": {
+                "connect_timeout": timeout,
+                "charset": "utf8mb4",
+                # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
+                "init_command": f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'",
+            },
+        }
     return {}
 
 

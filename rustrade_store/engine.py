@@ -18,8 +18,15 @@ DEFAULT_URL = "sqlite+aiosqlite:///rustrade_state.db"
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a connection, a lock or a statement before raising StorageError."""
 
-_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_ASYNC_DRIVERS = {
+    "sqlite": "aiosqlite",
+    "postgresql": "asyncpg",
+    "mysql": "asyncmy",
+    "mariadb": "asyncmy",
+}
 _ALIASES = {"postgres": "postgresql"}
+_EXTRAS = {"asyncmy": "mysql"}
+"""Drivers that come with an optional extra of rustrade-store, by module name."""
 
 
 def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> URL:
@@ -27,7 +34,8 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
 
     ``url`` wins, then the ``RUSTRADE_STORE_URL`` environment variable, then ``default``, then an
     SQLite file ``rustrade_state.db`` in the working directory. Plain URLs typed by habit
-    (``sqlite:///bot.db``, ``postgresql://user@host/db``) get the async driver.
+    (``sqlite:///bot.db``, ``postgresql://user@host/db``, ``mysql://user@host/db``) get the
+    async driver.
     """
     raw = url if url is not None else os.environ.get(ENV_VAR) or default or DEFAULT_URL
     if isinstance(raw, URL):
@@ -47,7 +55,7 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
     if expected is None:
         raise ValueError(
             f"unsupported database URL scheme {parsed.drivername!r}: "
-            "use sqlite:// (aiosqlite) or postgresql:// (asyncpg)"
+            "use sqlite:// (aiosqlite), postgresql:// (asyncpg) or mysql:// (asyncmy)"
         )
     if driver and driver != expected:
         raise ValueError(
@@ -74,6 +82,16 @@ def create_engine(
     if "poolclass" in options:  # another pool class takes other arguments
         defaults = {name: value for name, value in defaults.items() if not name.startswith("pool")}
         defaults.pop("max_overflow", None)
-    engine = create_async_engine(resolved, **(defaults | options))
+    try:
+        engine = create_async_engine(resolved, **(defaults | options))
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(resolved.get_driver_name())
+        if extra is None or exc.name != resolved.get_driver_name():
+            raise
+        raise ModuleNotFoundError(
+            f"{masked(resolved)} needs the {exc.name} driver, which is not installed: "
+            f"pip install 'rustrade-store[{extra}]'",
+            name=exc.name,
+        ) from exc
     install_connection_setup(engine, timeout)
     return engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import CheckConstraint, Column, MetaData, Table, column, table
 
-from .dialects import JsonDocument, SnapshotKey, UtcTimestamp
+from .dialects import JsonDocument, SnapshotKey, UtcTimestamp, json_check_applies
 
 __all__ = ["VERSION_TABLE", "metadata", "snapshots", "version_table"]
 
@@ -19,7 +19,9 @@ snapshots = Table(
     Column("key", SnapshotKey(), primary_key=True),
     Column("value", JsonDocument(), nullable=False),
     Column("updated_at", UtcTimestamp(), nullable=False),
-    CheckConstraint("json_valid(value)", name="ck_snapshots_value_json").ddl_if(dialect="sqlite"),
+    CheckConstraint("json_valid(value)", name="ck_snapshots_value_json").ddl_if(
+        callable_=json_check_applies
+    ),
 )
 
 version_table = table(VERSION_TABLE, column("version_num"))

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .codec import JSONValue, check_key, decode, encode
+from .codec import JSONValue, check_key, decode, encode, encode_entry
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, create_engine, masked
-from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
+from .errors import StorageError, StoreError
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 from .store import Snapshot, StateStore
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["SqlStore"]
 
 T = TypeVar("T")
+
+_WRITES = frozenset({"save", "save_many", "restore"})
 
 PAGE_SIZE = 1000
 """Rows fetched per query when listing: listing streams, whatever the table's size."""
@@ -223,14 +225,11 @@ class SqlStore(StateStore):
     # -- internals -------------------------------------------------------------------------
 
     async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
-        rows = []
-        for key, value, updated_at in items:
-            check_key(key)
-            try:
-                text = encode(value)
-            except (InvalidValueError, ValueTypeError) as exc:
-                raise type(exc)(f"key {key!r}: {exc}") from None
-            rows.append({"key": key, "value": text, "updated_at": updated_at})
+        entries = [(key, encode_entry(key, value), when) for key, value, when in items]
+        # In key order (a stable sort: the last of a repeated key still wins): concurrent batches
+        # over the same keys then take their row locks in one order and never deadlock.
+        entries.sort(key=lambda entry: entry[0])
+        rows = [{"key": key, "value": text, "updated_at": when} for key, text, when in entries]
         if not rows:
             return
 
@@ -313,5 +312,6 @@ class SqlStore(StateStore):
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         detail = str(cause).strip() or type(cause).__name__
+        detail += self._facts.failure_hint(action in _WRITES, cause)
         subject = action if key is None else f"{action} {key!r}"
         return StorageError(f"{subject} failed on {self._where}: {detail}")

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
+from .codec import encode_entry
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from datetime import datetime
@@ -60,11 +62,14 @@ class StateStore(ABC):
         return {key: await self.load(key) for key in dict.fromkeys(keys)}
 
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
-        """Save every item of ``values``.
+        """Save every item of ``values``; a bad key or value is refused before any is saved.
 
-        Backends override this to save all or nothing in one transaction; the default saves one
-        key at a time and can stop part way.
+        Backends override this to save all or nothing in one transaction; the default checks
+        every item first, then saves one key at a time, and a storage failure can stop it part
+        way.
         """
+        for key, value in values.items():
+            encode_entry(key, value)
         for key, value in values.items():
             await self.save(key, value)
 

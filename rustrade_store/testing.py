@@ -1,15 +1,21 @@
 """The contract suite, packaged: run every test the package holds itself to against any store.
 
-Subclass :class:`StateStoreContract` in a test module and give it a ``store`` fixture that
-yields a fresh, empty store::
+Subclass :class:`StateStoreContract` in a test module and say how to open a fresh, empty store::
 
     class TestMyStore(StateStoreContract):
-        @pytest.fixture
-        async def store(self):
-            async with MyStore() as store:
-                yield store
+        async def make_store(self) -> StateStore:
+            return MyStore()
 
-Needs pytest and pytest-asyncio; the tests carry their own asyncio mark.
+The kit closes the store after each test. A store that needs more set-up or tear-down than
+that overrides the ``store`` fixture instead (with ``@pytest_asyncio.fixture``, which
+pytest-asyncio's strict mode requires of an async fixture).
+
+Needs pytest and pytest-asyncio (``pip install 'rustrade-store[testing]'``); the tests carry
+their own asyncio mark, so they run in pytest-asyncio's strict mode as well as in auto mode.
+A store can hold values however it likes; :func:`rustrade_store.codec.encode_entry` (or
+:func:`~rustrade_store.codec.check_key` and :func:`~rustrade_store.codec.encode`) and
+:func:`~rustrade_store.codec.decode` give it the checks and the exact round trip the tests ask
+for.
 """
 
 from __future__ import annotations
@@ -20,15 +26,25 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
+import pytest_asyncio
 
 from .codec import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, ValueTypeError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from .codec import JSONValue
     from .store import StateStore
 
-__all__ = ["BAD_KEYS", "BAD_VALUES", "EXACT_VALUES", "StateStoreContract", "assert_same_json"]
+__all__ = [
+    "BAD_KEYS",
+    "BAD_VALUES",
+    "EXACT_VALUES",
+    "StateStoreContract",
+    "assert_same_json",
+    "nested",
+]
 
 
 def nested(depth: int) -> JSONValue:
@@ -131,10 +147,30 @@ BAD_KEYS: dict[str, tuple[object, type[Exception], str]] = {
 class StateStoreContract:
     """Every behaviour the ``StateStore`` contract promises, as tests.
 
-    A subclass provides the ``store`` fixture: a fresh, empty store for each test.
+    A subclass implements :meth:`make_store`, or overrides the ``store`` fixture: either way,
+    each test gets a fresh, empty store.
     """
 
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
+
+    async def make_store(self) -> StateStore:
+        """Return a fresh, empty store for one test; the kit closes it afterwards.
+
+        ``aclose`` must be safe to call twice: a test that enters ``async with store`` has
+        closed it once already.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement make_store() or override the store fixture"
+        )
+
+    @pytest_asyncio.fixture
+    async def store(self) -> AsyncIterator[StateStore]:
+        """The store under test, from :meth:`make_store`, closed after the test."""
+        opened = await self.make_store()
+        try:
+            yield opened
+        finally:
+            await opened.aclose()
 
     # -- the Rust seed's own tests ---------------------------------------------------------
 
@@ -265,6 +301,13 @@ class StateStoreContract:
     async def test_save_many_refuses_a_bad_key_and_writes_nothing(self, store: StateStore) -> None:
         with pytest.raises(InvalidKeyError):
             await store.save_many({"a": 1, "": 2})
+        assert await store.load("a") is None
+
+    async def test_save_many_refuses_a_key_of_another_type_and_writes_nothing(
+        self, store: StateStore
+    ) -> None:
+        with pytest.raises(KeyTypeError, match="int"):
+            await store.save_many({"a": 1, 42: 2})  # type: ignore[dict-item]
         assert await store.load("a") is None
 
     # -- concurrency -----------------------------------------------------------------------

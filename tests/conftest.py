@@ -1,8 +1,10 @@
-"""Backends for the shared tests: in-memory, an SQLite file and a PostgreSQL database of this run.
+"""Backends for the shared tests: in-memory, an SQLite file, and a PostgreSQL and a MariaDB
+database of this run.
 
-PostgreSQL comes from ``RUSTRADE_TEST_POSTGRES_URL`` (an admin URL; default: the local server).
-Each run creates its own database and drops it at the end. An unreachable server skips its tests
-locally and fails them under ``CI=true``.
+PostgreSQL comes from ``RUSTRADE_TEST_POSTGRES_URL``, MariaDB (or MySQL) from
+``RUSTRADE_TEST_MARIADB_URL`` (admin URLs; default: the local servers). Each run creates its own
+databases and drops them at the end. An unreachable server skips its tests locally and fails
+them under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
-from sqlalchemy import URL, delete, event
+from sqlalchemy import URL, delete, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from rustrade_store import InMemoryStore, SqlStore, upgrade
-from rustrade_store.engine import resolve_url
+from rustrade_store.engine import create_engine, resolve_url
 from rustrade_store.schema import snapshots
 
 if TYPE_CHECKING:
@@ -29,10 +33,13 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RUSTRADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
+MARIADB_ADMIN_URL = os.environ.get("RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+
 BACKENDS = [
     "memory",
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
 ]
 
 
@@ -107,6 +114,56 @@ def fresh_postgres(postgres_admin_url: URL) -> Iterator[URL]:
     asyncio.run(_drop_database(postgres_admin_url, name))
 
 
+async def _mariadb_admin(admin: URL, statement: str) -> None:
+    engine = create_engine(admin, poolclass=NullPool, timeout=5)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _new_mariadb_database(admin: URL) -> URL:
+    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_mariadb_admin(admin, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except (OSError, SQLAlchemyError, ImportError, TimeoutError) as exc:
+        unavailable(f"MariaDB at {admin.render_as_string()}", exc)
+    return admin.set(database=name)
+
+
+def _drop_mariadb_database(admin: URL, database: URL) -> None:
+    asyncio.run(_mariadb_admin(admin, f"DROP DATABASE IF EXISTS `{database.database}`"))
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin_url() -> URL:
+    return resolve_url(MARIADB_ADMIN_URL)
+
+
+@pytest.fixture(scope="session")
+def mariadb_database(mariadb_admin_url: URL) -> Iterator[URL]:
+    """An empty MariaDB database created for this test run (unmigrated), dropped afterwards."""
+    url = _new_mariadb_database(mariadb_admin_url)
+    yield url
+    _drop_mariadb_database(mariadb_admin_url, url)
+
+
+@pytest.fixture(scope="session")
+def mariadb_url(mariadb_database: URL) -> URL:
+    """The run's MariaDB database, migrated to head."""
+    asyncio.run(upgrade(mariadb_database))
+    return mariadb_database
+
+
+@pytest.fixture
+def fresh_mariadb(mariadb_admin_url: URL) -> Iterator[URL]:
+    """A new empty MariaDB database for one test that migrates or breaks its schema."""
+    url = _new_mariadb_database(mariadb_admin_url)
+    yield url
+    _drop_mariadb_database(mariadb_admin_url, url)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> URL:
     """An SQLite file in the test's own directory, migrated to head."""
@@ -145,7 +202,7 @@ def store_url(backend: str, request: pytest.FixtureRequest) -> URL:
     if backend == "sqlite":
         url: URL = request.getfixturevalue("sqlite_url")
         return url
-    url = request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue(f"{backend}_url")
     return url
 
 

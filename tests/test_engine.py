@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from rustrade_store import DEFAULT_URL, ENV_VAR, SqlStore, resolve_url
@@ -16,10 +18,24 @@ from rustrade_store import DEFAULT_URL, ENV_VAR, SqlStore, resolve_url
         ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("postgres://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db"),
         ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("mysql://u@h/db", "mysql+asyncmy://u@h/db"),
+        ("mysql+asyncmy://u@h:3307/db", "mysql+asyncmy://u@h:3307/db"),
+        ("mariadb://u@h/db", "mariadb+asyncmy://u@h/db"),
     ],
 )
 def test_plain_urls_get_the_async_driver(given: str, resolved: str) -> None:
     assert resolve_url(given).render_as_string() == resolved
+
+
+def test_a_missing_optional_driver_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "asyncmy", None)  # makes `import asyncmy` fail
+    with pytest.raises(
+        ModuleNotFoundError, match=r"pip install 'rustrade-store\[mysql\]'"
+    ) as caught:
+        SqlStore.from_url("mysql://trader:s3cret@127.0.0.1/db")
+    assert "s3cret" not in str(caught.value)
 
 
 def test_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,6 +52,7 @@ def test_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
         ("oracle://u@h/db", "unsupported database URL scheme 'oracle'"),
         ("postgresql+psycopg2://u@h/db", "driver 'psycopg2'"),
         ("sqlite+pysqlite:///x.db", "driver 'pysqlite'"),
+        ("mysql+pymysql://u@h/db", "driver 'pymysql'"),
         ("not a url", "cannot parse database URL"),
     ],
 )

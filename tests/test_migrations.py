@@ -1,4 +1,4 @@
-"""Alembic: the command line and the API, both databases, our own version table, no drift."""
+"""Alembic: the command line and the API, every database, our own version table, no drift."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, make_url, text
+from sqlalchemy.schema import CreateTable
 
 from rustrade_store import SchemaError, SqlStore, downgrade, head_revision, upgrade
 from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
@@ -24,12 +25,18 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
     """An empty, never migrated database of each kind."""
     if request.param == "sqlite":
         return resolve_url(f"sqlite:///{tmp_path / 'fresh.db'}")
-    url: URL = request.getfixturevalue("fresh_postgres")
+    url: URL = request.getfixturevalue(f"fresh_{request.param}")
     return url
 
 
@@ -129,8 +136,19 @@ async def test_unknown_revision_names_both_revisions(empty_url: URL) -> None:
         await engine.dispose()
 
 
-def test_offline_sql_is_generated_for_both_dialects() -> None:
-    for url in ("sqlite:///x.db", "postgresql://u@h/db"):
+def test_offline_sql_is_generated_for_every_dialect() -> None:
+    for url in ("sqlite:///x.db", "postgresql://u@h/db", "mysql://u@h/db", "mariadb://u@h/db"):
         script = alembic("-x", f"url={url}", "upgrade", "head", "--sql")
         assert "CREATE TABLE snapshots" in script
         assert VERSION_TABLE in script
+
+
+@pytest.mark.parametrize(
+    ("backend", "checked"), [("sqlite", True), ("mysql", True), ("postgresql", False)]
+)
+def test_package_metadata_declares_the_json_check_where_the_migration_does(
+    backend: str, checked: bool
+) -> None:
+    dialect = make_url(f"{backend}://").get_dialect()()
+    ddl = str(CreateTable(metadata.tables["snapshots"]).compile(dialect=dialect))
+    assert ("CHECK (json_valid(value))" in ddl) is checked, ddl
