@@ -32,6 +32,7 @@ __all__ = [
     "facts_for",
     "install_connection_setup",
     "is_memory_url",
+    "store_engine_options",
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
@@ -134,6 +135,8 @@ class DialectFacts:
     lives on a single connection whose transactions must not interleave)."""
     in_memory: bool
     """The database lives and dies with its connection, so the store migrates it itself."""
+    transaction_isolation: str
+    """The isolation level of a transaction the store opens on an autocommit connection."""
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     max_bind_params: int
@@ -147,6 +150,7 @@ def facts_for(url: URL) -> DialectFacts:
             name="sqlite",
             one_writer=True,
             in_memory=is_memory_url(url),
+            transaction_isolation="SERIALIZABLE",
             upsert=_sqlite_upsert,
             json_text=_as_is,
             max_bind_params=32_766,
@@ -156,6 +160,7 @@ def facts_for(url: URL) -> DialectFacts:
             name="postgresql",
             one_writer=False,
             in_memory=False,
+            transaction_isolation="READ COMMITTED",
             upsert=_postgres_upsert,
             json_text=_as_text,
             max_bind_params=32_767,
@@ -179,6 +184,20 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
         return {"pool_timeout": timeout, "connect_args": {"timeout": timeout}}
+    return {}
+
+
+def store_engine_options(url: URL) -> dict[str, Any]:
+    """Settings for an engine only the store uses (not for migrations, which need transactions).
+
+    Connections autocommit: a single statement is its own transaction, durable when it returns,
+    with no BEGIN and COMMIT round trips (PostgreSQL) or commit hand-off (aiosqlite); and since
+    every operation then ends its transaction, the pool's rollback on return is skipped while a
+    connection is in autocommit. Operations of several statements switch their connection to
+    :attr:`DialectFacts.transaction_isolation` for one transaction.
+    """
+    if url.get_backend_name() in ("sqlite", "postgresql"):
+        return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
     return {}
 
 
