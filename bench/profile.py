@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
+    from rustrade_store import JSONValue
+
 CALLS: Counter[str] = Counter()
 
 
@@ -56,7 +58,7 @@ def install_counters() -> None:
 
 
 async def per_call(store: SqlStore, what: str, runs: int = 50) -> dict[str, float]:
-    value = {"position": {"qty": 0.125, "avg_price": 64250.5}, "trades": 42, "halted": False}
+    value: JSONValue = {"position": {"qty": 0.125, "avg_price": 64250.5}, "trades": 42}
     await store.save("bot1/BTCUSDT", value)
     CALLS.clear()
     for _ in range(runs):
@@ -79,7 +81,7 @@ async def run(url: URL, profile: bool) -> None:
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.0001, async_mode="enabled")
-            value = {"position": {"qty": 0.125, "avg_price": 64250.5}, "trades": 42}
+            value: JSONValue = {"position": {"qty": 0.125, "avg_price": 64250.5}, "trades": 42}
             with profiler:
                 for index in range(2000):
                     await store.save(f"bot{index % 20}/BTCUSDT", value)
