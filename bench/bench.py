@@ -430,7 +430,7 @@ async def run_impl(backend: str, impl: Impl, sizes: Sizes) -> list[Row]:
 async def buffered_burst(path: Path, sizes: Sizes) -> tuple[list[Row], bool]:
     """10,000 saves over 50 keys: write-through against ``BufferedStore``, then check."""
     try:
-        from rustrade_store import BufferedStore  # type: ignore[attr-defined,unused-ignore]
+        from rustrade_store import BufferedStore
     except ImportError:
         return [], False
 
