@@ -435,6 +435,7 @@ async def buffered_burst(path: Path, sizes: Sizes) -> tuple[list[Row], bool]:
         return [], False
 
     url = resolve_url(f"sqlite:///{path}")
+    await upgrade(url)
     keys = [f"bot{i // 10}/SYM{i % 10}" for i in range(50)]
     rows = []
     last: dict[str, JSONValue] = {}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, cast, event
+from sqlalchemy import Text, any_, bindparam, cast, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
@@ -116,6 +116,16 @@ def _postgres_upsert(table: Table) -> Insert:
     )
 
 
+def _in_expanded_list(column: ColumnElement[str]) -> ColumnElement[bool]:
+    return column.in_(bindparam("keys", expanding=True))
+
+
+def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
+    # One array parameter, not one parameter per key: the statement text stays the same for any
+    # number of keys, so it is rendered and prepared once.
+    return column == any_(bindparam("keys", type_=postgresql.ARRAY(String(255))))
+
+
 def _as_is(column: ColumnElement[str]) -> ColumnElement[str]:
     return column
 
@@ -139,7 +149,10 @@ class DialectFacts:
     """The isolation level of a transaction the store opens on an autocommit connection."""
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
-    max_bind_params: int
+    key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
+    """``column`` is one of the list bound as ``keys``, in one query of at most
+    :attr:`max_keys_per_query` keys."""
+    max_keys_per_query: int
 
 
 def facts_for(url: URL) -> DialectFacts:
@@ -153,7 +166,8 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="SERIALIZABLE",
             upsert=_sqlite_upsert,
             json_text=_as_is,
-            max_bind_params=32_766,
+            key_in=_in_expanded_list,
+            max_keys_per_query=32_766,
         )
     if backend == "postgresql":
         return DialectFacts(
@@ -163,7 +177,8 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="READ COMMITTED",
             upsert=_postgres_upsert,
             json_text=_as_text,
-            max_bind_params=32_767,
+            key_in=_in_array,
+            max_keys_per_query=100_000,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 

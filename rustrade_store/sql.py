@@ -85,9 +85,7 @@ class SqlStore(StateStore):
         by_key = table.c.key == bindparam("key")
         self._select_value = select(value).where(by_key)
         self._select_one = select(value, table.c.updated_at).where(by_key)
-        self._select_many = select(table.c.key, value).where(
-            table.c.key.in_(bindparam("keys", expanding=True))
-        )
+        self._select_many = select(table.c.key, value).where(self._facts.key_in(table.c.key))
         self._upsert = self._facts.upsert(table)
         self._delete = delete(table).where(by_key)
         self._count = select(func.count()).select_from(table)
@@ -143,11 +141,11 @@ class SqlStore(StateStore):
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, in one query
-        per 30,000 keys or so."""
+        per 30,000 keys or more."""
         if isinstance(keys, str):
             raise TypeError("load_many() takes an iterable of keys, not one str")
         wanted = list(dict.fromkeys(check_key(key) for key in keys))
-        step = self._facts.max_bind_params
+        step = self._facts.max_keys_per_query
 
         async def work(connection: AsyncConnection) -> dict[str, Any]:
             found: dict[str, Any] = {}
