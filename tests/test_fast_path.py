@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy import URL
+
+    from rustrade_store import JSONValue
 
 SQLITE_TRIGGER = (
     "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots WHEN NEW.key = 'boom' "
@@ -94,3 +97,16 @@ async def test_a_save_is_committed_when_it_returns(store: SqlStore, store_url: U
         assert await other.load("k") == {"v": 1}
         await store.save_many({"k": {"v": 2}, "j": [1]})
         assert await other.load_many(["k", "j"]) == {"k": {"v": 2}, "j": [1]}
+
+
+async def test_load_many_splits_keys_over_queries_and_keeps_odd_keys(store: SqlStore) -> None:
+    """Keys in several queries (a store that takes 7 per query), duplicates and odd keys."""
+    store._facts = dataclasses.replace(store._facts, max_keys_per_query=7)
+    odd = ["бот/евро", "🤖/😀", "a b", "'; DROP TABLE snapshots; --", "100%_done\\", "A", "a"]
+    values: dict[str, JSONValue] = {key: index for index, key in enumerate(odd)}
+    values |= {f"bot/{index:02d}": [index] for index in range(20)}
+    await store.save_many(values)
+    asked = [*values, "missing", odd[0], "bot/03"]
+    loaded = await store.load_many(asked)
+    assert list(loaded) == list(dict.fromkeys(asked))
+    assert loaded == values | {"missing": None}
