@@ -2,8 +2,10 @@
 
 ``python bench/profile.py [sqlite|postgresql] [--profile]`` counts, per ``save`` and per
 ``load``, the aiosqlite thread hand-offs (every call queued to aiosqlite's thread) or the
-asyncpg adapter's round trips (BEGIN, statement, COMMIT, ROLLBACK), then with ``--profile``
-prints pyinstrument's profile of 2,000 saves and 2,000 loads. Needs the ``bench`` extra.
+asyncpg round trips (BEGIN, statement, COMMIT, ROLLBACK, PREPARE); times one load through each
+layer (the raw driver; SQLAlchemy's pool and the raw driver; SQLAlchemy Core's least path, all
+in one greenlet; the store); then with ``--profile`` prints pyinstrument's profile of 2,000
+saves and 2,000 loads. Needs the ``bench`` extra.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +25,15 @@ import aiosqlite.core
 import asyncpg
 import asyncpg.prepared_stmt
 import asyncpg.transaction
+from sqlalchemy import select
+from sqlalchemy.util import greenlet_spawn
 
 from rustrade_store import SqlStore, upgrade
 from rustrade_store.engine import resolve_url
+from rustrade_store.schema import snapshots
+
+PG_LOAD = "SELECT value::text FROM snapshots WHERE key = $1"
+SQLITE_LOAD = "SELECT value FROM snapshots WHERE key = ?"
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,6 +78,77 @@ async def per_call(store: SqlStore, what: str, runs: int = 50) -> dict[str, floa
     return {name: calls / runs for name, calls in sorted(CALLS.items())}
 
 
+async def layers(store: SqlStore, runs: int = 2000) -> None:
+    """p50 of one load through each layer, interleaved so that machine noise hits all alike."""
+    key = "bot1/BTCUSDT"
+    engine = store.engine
+    postgres = engine.dialect.name == "postgresql"
+    sql = PG_LOAD if postgres else SQLITE_LOAD
+    statement = select(snapshots.c.value).where(snapshots.c.key == key)
+    pool = engine.sync_engine.pool
+
+    async def driver_call(driver: Any) -> object:
+        if postgres:
+            return await driver.fetchval(sql, key)
+        return await driver.execute_fetchall(sql, (key,))
+
+    async def pool_and_driver() -> object:
+        fairy = await greenlet_spawn(pool.connect)
+        try:
+            return await driver_call(fairy.driver_connection)
+        finally:
+            await greenlet_spawn(fairy.close)
+
+    async def connection_and_driver() -> object:
+        async with engine.connect() as connection:
+            raw_connection = await connection.get_raw_connection()
+            return await driver_call(raw_connection.driver_connection)
+
+    def core_sync() -> object:
+        with engine.sync_engine.connect() as connection:
+            return connection.execute(statement).scalar()
+
+    async def core() -> object:
+        return await greenlet_spawn(core_sync)
+
+    async def through_store() -> object:
+        return await store.load(key)
+
+    async with engine.connect() as held:
+        raw_connection = await held.get_raw_connection()
+        driver = raw_connection.driver_connection
+        # The raw driver on a connection of its own, so the pool is not in the way.
+        if postgres:
+            options = engine.url.translate_connect_args(database="database", username="user")
+            own: Any = await asyncpg.connect(**options)
+        else:
+            own = await aiosqlite.connect(engine.url.database or ":memory:")
+    del driver
+    try:
+
+        async def raw() -> object:
+            return await driver_call(own)
+
+        paths = {
+            "raw driver": raw,
+            "SQLAlchemy pool + raw driver": pool_and_driver,
+            "AsyncConnection + raw driver": connection_and_driver,
+            "SQLAlchemy Core, one greenlet": core,
+            "store.load": through_store,
+        }
+        timings: dict[str, list[int]] = {name: [] for name in paths}
+        for _ in range(runs):
+            for name, path in paths.items():
+                before = time.perf_counter_ns()
+                await path()
+                timings[name].append(time.perf_counter_ns() - before)
+        for name, spent in timings.items():
+            spent.sort()
+            print(f"  load through {name:<32} p50 {spent[len(spent) // 2] / 1000:7.0f} µs")
+    finally:
+        await own.close()
+
+
 async def run(url: URL, profile: bool) -> None:
     async with SqlStore.from_url(url) as store:
         for what in ("save", "load"):
@@ -77,6 +157,7 @@ async def run(url: URL, profile: bool) -> None:
             total = sum(calls.values())
             detail = ", ".join(f"{name} {n:g}" for name, n in calls.items())
             print(f"{url.get_backend_name()} {what}: {total:g} hand-offs/round trips ({detail})")
+        await layers(store)
         if profile:
             from pyinstrument import Profiler
 
