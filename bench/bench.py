@@ -371,59 +371,80 @@ class AsyncpgImpl(Impl):
 # -- the runs ---------------------------------------------------------------------------------
 
 
-async def run_impl(backend: str, impl: Impl, sizes: Sizes) -> list[Row]:
-    """Time the five operations on ``impl``, starting from an empty table."""
+async def interleaved(
+    impls: list[Impl], call: Callable[[Impl, int], Awaitable[object]], count: int
+) -> dict[str, list[int]]:
+    """Run ``call`` ``count`` times on each implementation in turn, one call each round, so that
+    the machine's noise (other processes, disk flushes) falls on every implementation alike."""
+    latencies: dict[str, list[int]] = {impl.name: [] for impl in impls}
+    clock = time.perf_counter_ns
+    for index in range(count):
+        for impl in impls:
+            before = clock()
+            await call(impl, index)
+            latencies[impl.name].append(clock() - before)
+    return latencies
+
+
+async def run_backend(backend: str, impls: list[Impl], sizes: Sizes) -> list[Row]:
+    """Time the five operations on every implementation of one backend, on one table."""
     rows: list[Row] = []
-    await impl.clear()
+    for impl in impls:
+        await impl.clear()
     keys = keys_for(BATCH)
     values = {key: snapshot(index) for index, key in enumerate(keys)}
 
-    async def save_many(_: int) -> None:
+    def add(operation: str, latencies: dict[str, list[int]], items: int) -> None:
+        for name, spent in latencies.items():
+            rows.append(summarise(backend, operation, name, spent, sum(spent), items * len(spent)))
+
+    async def save_many(impl: Impl, _: int) -> None:
         await impl.save_many(values)
 
-    await sequential(save_many, 2)  # warm-up; leaves the 1,000 keys in place
-    latencies, wall = await sequential(save_many, sizes.batches)
-    rows.append(
-        summarise(backend, f"save_many {BATCH}", impl.name, latencies, wall, BATCH * sizes.batches)
-    )
-    if isinstance(impl, StoreImpl):
-        before = impl.statements
-        await impl.save_many(values)
-        rows[-1].note = f"{impl.statements - before} statement(s) per call"
-
-    async def load_many(_: int) -> None:
+    async def load_many(impl: Impl, _: int) -> None:
         await impl.load_many(keys)
 
-    await sequential(load_many, 2)
-    latencies, wall = await sequential(load_many, sizes.batches)
-    rows.append(
-        summarise(backend, f"load_many {BATCH}", impl.name, latencies, wall, BATCH * sizes.batches)
-    )
-
-    async def save(index: int) -> None:
+    async def save(impl: Impl, index: int) -> None:
         await impl.save(keys[index % BATCH], snapshot(index))
 
-    async def load(index: int) -> None:
+    async def load(impl: Impl, index: int) -> None:
         await impl.load(keys[index % BATCH])
 
-    await sequential(save, sizes.warmup)
-    latencies, wall = await sequential(save, sizes.sequential)
-    rows.append(summarise(backend, "save", impl.name, latencies, wall, sizes.sequential))
-    await sequential(load, sizes.warmup)
-    latencies, wall = await sequential(load, sizes.sequential)
-    rows.append(summarise(backend, "load", impl.name, latencies, wall, sizes.sequential))
+    for operation, call, count, items in (
+        (f"save_many {BATCH}", save_many, sizes.batches, BATCH),
+        (f"load_many {BATCH}", load_many, sizes.batches, BATCH),
+        ("save", save, sizes.sequential, 1),
+        ("load", load, sizes.sequential, 1),
+    ):
+        await interleaved(impls, call, sizes.warmup if items == 1 else 2)
+        add(operation, await interleaved(impls, call, count), items)
+    for impl in impls:
+        if isinstance(impl, StoreImpl):
+            before = impl.statements
+            await impl.save_many(values)
+            note = f"{impl.statements - before} statement(s) per call"
+            for row in rows:
+                if row.impl == impl.name and row.operation.startswith("save_many"):
+                    row.note = note
 
-    if impl.concurrent_ok:
-        saver = impl.save_concurrently if isinstance(impl, AsyncpgImpl) else impl.save
+    # Concurrent savers: each implementation in turn, a few rounds per turn.
+    chunk = 5
+    gathered: dict[str, tuple[list[int], int]] = {}
+    for turn in range(-1, max(1, sizes.per_task // chunk)):
+        for impl in impls:
+            if not impl.concurrent_ok:
+                continue
+            saver = impl.save_concurrently if isinstance(impl, AsyncpgImpl) else impl.save
 
-        async def save_from(task: int, round_: int) -> None:
-            await saver(keys[task], snapshot(round_))
+            async def save_from(task: int, round_: int, saver: Any = saver) -> None:
+                await saver(keys[task], snapshot(round_))
 
-        await concurrent(save_from, TASKS, 2)
-        latencies, wall = await concurrent(save_from, TASKS, sizes.per_task)
-        rows.append(
-            summarise(backend, f"save x{TASKS} tasks", impl.name, latencies, wall, len(latencies))
-        )
+            latencies, wall = await concurrent(save_from, TASKS, min(chunk, sizes.per_task))
+            if turn >= 0:  # the first turn warms up
+                spent, total = gathered.get(impl.name, ([], 0))
+                gathered[impl.name] = (spent + latencies, total + wall)
+    for name, (spent, total) in gathered.items():
+        rows.append(summarise(backend, f"save x{TASKS} tasks", name, spent, total, len(spent)))
     return rows
 
 
@@ -527,35 +548,41 @@ async def main(sizes: Sizes) -> None:
     rows: list[Row] = []
     pg_version = "not run"
     with tempfile.TemporaryDirectory(prefix="rustrade-bench-") as tmp:
-        memory = StoreImpl(InMemoryStore())
-        rows += await run_impl("memory", memory, sizes)
-        await memory.close()
-        for raw in (Sqlite3Impl(":memory:"), await AiosqliteImpl.open(":memory:")):
-            rows += await run_impl("memory", raw, sizes)
-            await raw.close()
+        impls: list[Impl] = [
+            StoreImpl(InMemoryStore()),
+            Sqlite3Impl(":memory:"),
+            await AiosqliteImpl.open(":memory:"),
+        ]
+        await impls[0].load("warm")  # the in-memory store makes its schema at first use
+        rows += await run_backend("memory", impls, sizes)
+        for impl in impls:
+            await impl.close()
 
         path = Path(tmp) / "bench.db"
         url = resolve_url(f"sqlite:///{path}")
         await upgrade(url)
-        store = StoreImpl(SqlStore.from_url(url))
-        rows += await run_impl("sqlite file", store, sizes)
-        await store.close()
-        for raw in (Sqlite3Impl(str(path)), await AiosqliteImpl.open(str(path))):
-            rows += await run_impl("sqlite file", raw, sizes)
-            await raw.close()
+        impls = [
+            StoreImpl(SqlStore.from_url(url)),
+            # Each on a file of its own: connections taking turns on one file would wait on
+            # each other's locks, which no single program would see.
+            Sqlite3Impl(str(Path(tmp) / "sqlite3.db")),
+            await AiosqliteImpl.open(str(Path(tmp) / "aiosqlite.db")),
+        ]
+        rows += await run_backend("sqlite file", impls, sizes)
+        for impl in impls:
+            await impl.close()
 
         databases = await postgres_database()
         if databases is not None:
             admin, pg_url = databases
             try:
                 await upgrade(pg_url)
-                store = StoreImpl(SqlStore.from_url(pg_url))
-                rows += await run_impl("postgresql", store, sizes)
-                await store.close()
                 raw_pg = await AsyncpgImpl.open(pg_url)
                 pg_version = await raw_pg.connection.fetchval("SHOW server_version")
-                rows += await run_impl("postgresql", raw_pg, sizes)
-                await raw_pg.close()
+                impls = [StoreImpl(SqlStore.from_url(pg_url)), raw_pg]
+                rows += await run_backend("postgresql", impls, sizes)
+                for impl in impls:
+                    await impl.close()
             finally:
                 await drop_database(admin, pg_url)
 
