@@ -1,10 +1,11 @@
 """Where a store call spends its time: driver hand-offs counted, and a pyinstrument profile.
 
-``python bench/profile.py [sqlite|postgresql] [--profile]`` counts, per ``save`` and per
-``load``, the aiosqlite thread hand-offs (every call queued to aiosqlite's thread) or the
-asyncpg round trips (BEGIN, statement, COMMIT, ROLLBACK, PREPARE); times one load through each
-layer (the raw driver; SQLAlchemy's pool and the raw driver; SQLAlchemy Core's least path, all
-in one greenlet; the store); then with ``--profile`` prints pyinstrument's profile of 2,000
+``python bench/profile.py [sqlite|postgresql] [--profile]`` counts, per ``save``, ``load``,
+``save_many`` and ``load_many`` of 1,000 keys, the aiosqlite thread hand-offs (every call queued
+to aiosqlite's thread) or the asyncpg round trips (BEGIN, statement, COMMIT, ROLLBACK, PREPARE,
+pipelined executemany); times one load through each layer (the raw driver; SQLAlchemy's pool,
+then the raw driver; an ``AsyncConnection``, then the raw driver; SQLAlchemy Core's least path,
+all in one greenlet; the store); then with ``--profile`` prints pyinstrument's profile of 2,000
 saves and 2,000 loads. Needs the ``bench`` extra.
 """
 
@@ -64,17 +65,24 @@ def install_counters() -> None:
     count(asyncpg.transaction.Transaction, "rollback", lambda _: "asyncpg ROLLBACK")
     count(asyncpg.prepared_stmt.PreparedStatement, "fetch", lambda _: "asyncpg execute")
     count(asyncpg.Connection, "prepare", lambda _: "asyncpg prepare")
+    count(asyncpg.Connection, "_executemany", lambda _: "asyncpg executemany (one flight)")
 
 
 async def per_call(store: SqlStore, what: str, runs: int = 50) -> dict[str, float]:
     value: JSONValue = {"position": {"qty": 0.125, "avg_price": 64250.5}, "trades": 42}
-    await store.save("bot1/BTCUSDT", value)
+    batch: dict[str, JSONValue] = {f"bot{index}/BTCUSDT": value for index in range(1000)}
+    await store.save_many(batch)
+    await store.load_many(batch)
     CALLS.clear()
     for _ in range(runs):
         if what == "save":
             await store.save("bot1/BTCUSDT", value)
-        else:
+        elif what == "load":
             await store.load("bot1/BTCUSDT")
+        elif what == "save_many 1000":
+            await store.save_many(batch)
+        else:
+            await store.load_many(batch)
     return {name: calls / runs for name, calls in sorted(CALLS.items())}
 
 
@@ -151,9 +159,8 @@ async def layers(store: SqlStore, runs: int = 2000) -> None:
 
 async def run(url: URL, profile: bool) -> None:
     async with SqlStore.from_url(url) as store:
-        for what in ("save", "load"):
-            counts = per_call(store, what)
-            calls = await counts
+        for what in ("save", "load", "save_many 1000", "load_many 1000"):
+            calls = await per_call(store, what, 50 if what in ("save", "load") else 5)
             total = sum(calls.values())
             detail = ", ".join(f"{name} {n:g}" for name, n in calls.items())
             print(f"{url.get_backend_name()} {what}: {total:g} hand-offs/round trips ({detail})")

@@ -160,7 +160,7 @@ class BufferedStore(StateStore):
         if not texts:
             return
         self._pending.update(texts)
-        if self._writer is None:
+        if self._writer is None or self._writer.done():  # done: cancelled from outside
             self._writer = asyncio.get_running_loop().create_task(self._write_behind())
         if len(self._pending) >= self._max_pending:
             self._full.set()

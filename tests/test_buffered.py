@@ -198,3 +198,52 @@ def test_settings_are_checked() -> None:
         BufferedStore(InMemoryStore(), delay=-1)
     with pytest.raises(ValueError, match="max_pending"):
         BufferedStore(InMemoryStore(), max_pending=0)
+
+
+class GatedStore(RecordingStore):
+    """A real store whose batch writes wait until the test opens the gate."""
+
+    __slots__ = ("entered", "gate")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().save_many(values)
+
+
+async def test_flush_waits_for_the_write_in_flight_and_writes_what_came_after() -> None:
+    inner = GatedStore()
+    async with BufferedStore(inner, delay=0) as store:
+        await store.save("a", 1)
+        await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)  # the writer holds batch {a}
+        await store.save("b", 2)  # queued while the batch is in flight
+        assert await store.load_many(["a", "b"]) == {"a": 1, "b": 2}
+        flushing = asyncio.create_task(store.flush())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not flushing.done()
+        inner.gate.set()
+        await asyncio.wait_for(flushing, HANG_GUARD)
+        assert await inner.load_many(["a", "b"]) == {"a": 1, "b": 2}
+        assert store.pending == 0
+
+
+async def test_a_cancelled_flush_keeps_its_batch_queued() -> None:
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    flushing = asyncio.create_task(store.flush())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert store.pending == 1
+    assert await store.load("a") == 1
+    inner.gate.set()
+    await store.aclose()
+    assert inner.batches == [{"a": 1}]
