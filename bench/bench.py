@@ -620,7 +620,7 @@ def report(rows: list[Row], sizes: Sizes, burst_ok: bool, pg_version: str) -> No
         ratio = "" if row.ratio is None else f"{row.ratio:.2f}x"
         print(
             f"{row.backend:<12} {row.operation:<18} {row.impl:<14} {row.ops_per_s:>10,.0f} "
-            f"{row.p50_us:>10,.0f} {row.p99_us:>10,.0f} {ratio:>14}  {row.note}"
+            f"{row.p50_us:>10,.0f} {row.p99_us:>10,.0f} {ratio:>14}  {row.note}".rstrip()
         )
 
     print("\ntargets:")
