@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .buffered import BufferedStore
 from .codec import MAX_DEPTH, MAX_INT_DIGITS, MAX_KEY_LENGTH, MAX_VALUE_BYTES, JSONValue
 from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
 from .errors import (
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_INT_DIGITS",
     "MAX_KEY_LENGTH",
     "MAX_VALUE_BYTES",
+    "BufferedStore",
     "InMemoryStore",
     "InvalidKeyError",
     "InvalidValueError",

@@ -204,6 +204,10 @@ def _finite_float(literal: str) -> float:
     return number
 
 
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+"""Built once: ``json.loads`` with these hooks would build a new decoder on every call."""
+
+
 def decode(text: object, key: str) -> JSONValue:
     """Parse a stored document; a corrupt one is a :class:`StorageError` naming its key."""
     if type(text) is not str:
@@ -212,9 +216,7 @@ def decode(text: object, key: str) -> JSONValue:
             "the row was written outside rustrade-store"
         )
     try:
-        value: JSONValue = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float
-        )
+        value: JSONValue = _decoder.decode(text)
     except (ValueError, RecursionError) as exc:
         raise StorageError(f"stored value for key {key!r} is not valid JSON: {exc}") from None
     return value

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, cast, event
+from sqlalchemy import Text, any_, bindparam, cast, event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
@@ -38,6 +38,7 @@ __all__ = [
     "install_connection_setup",
     "is_memory_url",
     "json_check_applies",
+    "store_engine_options",
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
@@ -205,6 +206,16 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     )
 
 
+def _in_expanded_list(column: ColumnElement[str]) -> ColumnElement[bool]:
+    return column.in_(bindparam("keys", expanding=True))
+
+
+def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
+    # One array parameter, not one parameter per key: the statement text stays the same for any
+    # number of keys, so it is rendered and prepared once.
+    return column == any_(bindparam("keys", type_=postgresql.ARRAY(String(255))))
+
+
 def _as_is(column: ColumnElement[str]) -> ColumnElement[str]:
     return column
 
@@ -224,9 +235,14 @@ class DialectFacts:
     lives on a single connection whose transactions must not interleave)."""
     in_memory: bool
     """The database lives and dies with its connection, so the store migrates it itself."""
+    transaction_isolation: str
+    """The isolation level of a transaction the store opens on an autocommit connection."""
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
-    max_bind_params: int
+    key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
+    """``column`` is one of the list bound as ``keys``, in one query of at most
+    :attr:`max_keys_per_query` keys."""
+    max_keys_per_query: int
     failure_hint: Callable[[bool, BaseException], str] = _no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
@@ -240,30 +256,36 @@ def facts_for(url: URL) -> DialectFacts:
             name="sqlite",
             one_writer=True,
             in_memory=is_memory_url(url),
+            transaction_isolation="SERIALIZABLE",
             upsert=_sqlite_upsert,
             json_text=_as_is,
-            max_bind_params=32_766,
+            key_in=_in_expanded_list,
+            max_keys_per_query=32_766,
         )
     if backend == "postgresql":
         return DialectFacts(
             name="postgresql",
             one_writer=False,
             in_memory=False,
+            transaction_isolation="READ COMMITTED",
             upsert=_postgres_upsert,
             json_text=_as_text,
-            max_bind_params=32_767,
+            key_in=_in_array,
+            max_keys_per_query=100_000,
         )
     if backend in MYSQL_BACKENDS:
         return DialectFacts(
             name=backend,
             one_writer=False,
             in_memory=False,
+            transaction_isolation="READ COMMITTED",
             upsert=_mysql_upsert,
             json_text=_as_is,
+            key_in=_in_expanded_list,
             # The driver inlines parameters into the statement text, which must fit the
             # server's max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020
             # bytes each (255 four-byte characters) stay near 10 MiB.
-            max_bind_params=10_000,
+            max_keys_per_query=10_000,
             failure_hint=_mysql_hint,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")
@@ -300,6 +322,18 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
             },
         }
     return {}
+
+
+def store_engine_options() -> dict[str, Any]:
+    """Settings for an engine only the store uses (not for migrations, which need transactions).
+
+    Connections autocommit: a single statement is its own transaction, durable when it returns,
+    with no BEGIN and COMMIT round trips (PostgreSQL) or commit hand-off (aiosqlite); and since
+    every operation then ends its transaction, the pool's rollback on return is skipped while a
+    connection is in autocommit. Operations of several statements switch their connection to
+    :attr:`DialectFacts.transaction_isolation` for one transaction.
+    """
+    return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
 
 
 def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import create_engine
+from .dialects import store_engine_options
+from .engine import create_engine, resolve_url
 from .sql import SqlStore
 
 __all__ = ["InMemoryStore"]
@@ -20,4 +21,5 @@ class InMemoryStore(SqlStore):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(create_engine("sqlite+aiosqlite://"), owns_engine=True)
+        url = resolve_url("sqlite+aiosqlite://")
+        super().__init__(create_engine(url, **store_engine_options()), owns_engine=True)

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .codec import JSONValue, check_key, decode, encode, encode_entry
-from .dialects import facts_for
+from .dialects import facts_for, store_engine_options
 from .engine import DEFAULT_TIMEOUT, create_engine, masked
 from .errors import StorageError, StoreError
 from .migrate import check_revision, upgrade_connection
@@ -57,9 +57,11 @@ class SqlStore(StateStore):
     """
 
     __slots__ = (
+        "_autocommit",
         "_closed",
         "_count",
         "_delete",
+        "_driver_error",
         "_engine",
         "_facts",
         "_lock",
@@ -78,16 +80,16 @@ class SqlStore(StateStore):
         self._facts = facts_for(engine.url)
         self._where = masked(engine.url)
         self._lock = asyncio.Lock() if self._facts.one_writer else None
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._ready = False
+        self._autocommit = False
         self._closed = False
         table = snapshots
         value = self._facts.json_text(table.c.value)
         by_key = table.c.key == bindparam("key")
         self._select_value = select(value).where(by_key)
         self._select_one = select(value, table.c.updated_at).where(by_key)
-        self._select_many = select(table.c.key, value).where(
-            table.c.key.in_(bindparam("keys", expanding=True))
-        )
+        self._select_many = select(table.c.key, value).where(self._facts.key_in(table.c.key))
         self._upsert = self._facts.upsert(table)
         self._delete = delete(table).where(by_key)
         self._count = select(func.count()).select_from(table)
@@ -105,7 +107,8 @@ class SqlStore(StateStore):
         ``timeout`` bounds, in seconds, the wait for a connection or a lock. ``engine_options``
         go to SQLAlchemy's ``create_async_engine`` and override the store's own settings.
         """
-        return cls(create_engine(url, timeout=timeout, **engine_options), owns_engine=True)
+        options = store_engine_options() | engine_options
+        return cls(create_engine(url, timeout=timeout, **options), owns_engine=True)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -142,11 +145,11 @@ class SqlStore(StateStore):
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, in one query
-        per 30,000 keys or so."""
+        per 30,000 keys or more."""
         if isinstance(keys, str):
             raise TypeError("load_many() takes an iterable of keys, not one str")
         wanted = list(dict.fromkeys(check_key(key) for key in keys))
-        step = self._facts.max_bind_params
+        step = self._facts.max_keys_per_query
 
         async def work(connection: AsyncConnection) -> dict[str, Any]:
             found: dict[str, Any] = {}
@@ -156,7 +159,8 @@ class SqlStore(StateStore):
                 found.update(rows.all())
             return found
 
-        found = await self._run("load_many", None, work) if wanted else {}
+        several = len(wanted) > step
+        found = await self._run("load_many", None, work, atomic=several) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
@@ -236,7 +240,7 @@ class SqlStore(StateStore):
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(self._upsert, rows)
 
-        await self._run(action, None, work)
+        await self._run(action, None, work, atomic=True)
 
     def _prefix_filter(self, prefix: str) -> list[Any]:
         if prefix == "":
@@ -275,12 +279,20 @@ class SqlStore(StateStore):
             after = rows[-1][0]
 
     async def _run(
-        self, action: str, key: str | None, work: Callable[[AsyncConnection], Awaitable[T]]
+        self,
+        action: str,
+        key: str | None,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        atomic: bool = False,
     ) -> T:
         """Run ``work`` in one transaction, one operation at a time where the database needs it.
 
-        Every operation is an idempotent read or upsert, so a connection found dead is retried
-        once on a fresh one; any other failure becomes a :class:`StorageError`.
+        ``work`` that runs a single statement (not ``atomic``) runs in autocommit when the
+        connection is in it (engines from :meth:`from_url`): the statement is its own
+        transaction, committed when it returns. Every operation is an idempotent read or upsert,
+        so a connection found dead is retried once on a fresh one; any other failure becomes a
+        :class:`StorageError`.
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
@@ -288,10 +300,16 @@ class SqlStore(StateStore):
             retried = False
             while True:
                 try:
-                    async with self._engine.begin() as connection:
-                        if not self._ready:
-                            await self._prepare(connection)
-                        return await work(connection)
+                    async with self._engine.connect() as connection:
+                        try:
+                            if self._autocommit and self._ready and not atomic:
+                                return await work(connection)
+                            return await self._in_transaction(connection, work)
+                        except self._driver_error:
+                            # Raised past SQLAlchemy (setting the isolation level of a dead
+                            # connection): the connection's state is unknown, so drop it.
+                            await connection.invalidate()
+                            raise
                 except DBAPIError as exc:
                     if exc.connection_invalidated and not retried:
                         retried = True
@@ -299,8 +317,30 @@ class SqlStore(StateStore):
                     raise self._failure(action, key, exc) from exc
                 except StoreError:
                     raise
+                except self._driver_error as exc:
+                    dead = self._engine.dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
+                    if not retried and dead:
+                        retried = True
+                        continue
+                    raise self._failure(action, key, exc) from exc
                 except (SQLAlchemyError, OSError, TimeoutError) as exc:
                     raise self._failure(action, key, exc) from exc
+
+    async def _in_transaction(
+        self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
+    ) -> T:
+        if not self._ready:
+            raw = await connection.get_raw_connection()
+            dbapi_connection = raw.dbapi_connection
+            self._autocommit = dbapi_connection is not None and bool(
+                connection.dialect.detect_autocommit_setting(dbapi_connection)
+            )
+        if self._autocommit:  # the pool resets the level when the connection comes back
+            await connection.execution_options(isolation_level=self._facts.transaction_isolation)
+        async with connection.begin():
+            if not self._ready:
+                await self._prepare(connection)
+            return await work(connection)
 
     async def _prepare(self, connection: AsyncConnection) -> None:
         if self._facts.in_memory:

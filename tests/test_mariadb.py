@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 pytestmark = pytest.mark.mariadb
 
@@ -60,7 +61,12 @@ async def test_sessions_are_utc_strict_and_read_committed(maria: SqlStore) -> No
     assert await scalar(maria, "SELECT @@session.time_zone") == "+00:00"
     assert "STRICT_ALL_TABLES" in str(await scalar(maria, "SELECT @@session.sql_mode"))
     isolation = "tx_isolation" if is_mariadb(maria) else "transaction_isolation"
-    assert await scalar(maria, f"SELECT @@session.{isolation}") == "READ-COMMITTED"
+
+    async def level(connection: AsyncConnection) -> object:
+        return (await connection.execute(text(f"SELECT @@session.{isolation}"))).scalar()
+
+    # Single statements autocommit; a transaction of several (save_many) reads committed rows.
+    assert await maria._run("probe", None, level, atomic=True) == "READ-COMMITTED"
 
 
 async def test_the_column_refuses_text_that_is_not_json(maria: SqlStore) -> None:

@@ -1,0 +1,249 @@
+"""BufferedStore: the shared contract on every backend, plus write-behind's own promises."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rustrade_store import (
+    BufferedStore,
+    InMemoryStore,
+    InvalidValueError,
+    SqlStore,
+    StorageError,
+)
+from rustrade_store.testing import StateStoreContract
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from sqlalchemy import URL
+
+    from rustrade_store import JSONValue
+
+HANG_GUARD = 30.0
+"""Seconds before a wait that should end at once is declared hung (not a timing assertion)."""
+
+
+class TestBufferedStoreContract(StateStoreContract):
+    """The contract on each backend's store (conftest's ``store``) wrapped in a BufferedStore."""
+
+    @pytest.fixture
+    async def store(self, store: SqlStore) -> AsyncIterator[BufferedStore]:
+        buffered = BufferedStore(store, delay=0.001, max_pending=8)
+        yield buffered
+        await buffered.aclose()
+
+
+class RecordingStore(InMemoryStore):
+    """A real store that records every batch it is asked to write, and can be made to fail."""
+
+    __slots__ = ("batches", "failing", "written")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[dict[str, JSONValue]] = []
+        self.failing = False
+        self.written = asyncio.Event()
+
+    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+        if self.failing:
+            raise StorageError("the disk is full")
+        await super().save_many(values)
+        self.batches.append(dict(values))
+        self.written.set()
+
+
+async def test_saves_to_one_key_coalesce_into_one_write() -> None:
+    inner = RecordingStore()
+    async with BufferedStore(inner, delay=3600) as store:
+        for index in range(100):
+            await store.save("bot/BTC", {"n": index})
+        await store.save("bot/ETH", 1)
+        assert inner.batches == []
+        await store.flush()
+        assert inner.batches == [{"bot/BTC": {"n": 99}, "bot/ETH": 1}]
+        await store.flush()  # nothing queued: nothing written
+        assert len(inner.batches) == 1
+
+
+async def test_loads_see_queued_values_before_they_are_written() -> None:
+    inner = RecordingStore()
+    async with BufferedStore(inner, delay=3600) as store:
+        await inner.save("old", "stored")
+        value: dict[str, JSONValue] = {"streak": 1}
+        await store.save("k", value)
+        value["streak"] = 99  # the queue holds the value as it was saved
+        assert await store.load("k") == {"streak": 1}
+        assert await inner.load("k") is None
+        assert await store.load_many(["k", "old", "missing"]) == {
+            "k": {"streak": 1},
+            "old": "stored",
+            "missing": None,
+        }
+        loaded = await store.load("k")
+        assert isinstance(loaded, dict)
+        loaded["streak"] = 7
+        assert await store.load("k") == {"streak": 1}
+        assert store.pending == 1
+        await store.flush()
+        assert store.pending == 0
+        assert await inner.load("k") == {"streak": 1}
+
+
+async def test_the_writer_sends_a_batch_when_max_pending_keys_are_queued() -> None:
+    inner = RecordingStore()
+    async with BufferedStore(inner, delay=3600, max_pending=3) as store:
+        await store.save("a", 1)
+        await store.save("b", 2)
+        await asyncio.sleep(0)
+        assert inner.batches == []
+        await store.save("c", 3)
+        await asyncio.wait_for(inner.written.wait(), HANG_GUARD)
+        assert inner.batches == [{"a": 1, "b": 2, "c": 3}]
+
+
+async def test_the_writer_sends_a_batch_after_the_delay() -> None:
+    inner = RecordingStore()
+    async with BufferedStore(inner, delay=0.01) as store:
+        await store.save("a", 1)
+        await asyncio.wait_for(inner.written.wait(), HANG_GUARD)
+        assert inner.batches == [{"a": 1}]
+        assert store.pending == 0
+
+
+async def test_flush_raises_when_writing_fails_and_keeps_the_values_queued() -> None:
+    inner = RecordingStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    await store.save("b", 2)
+    inner.failing = True
+    with pytest.raises(StorageError, match="the disk is full"):
+        await store.flush()
+    assert store.pending == 2
+    assert await store.load_many(["a", "b"]) == {"a": 1, "b": 2}
+    await store.save("a", 10)  # a newer save wins over the value put back
+    with pytest.raises(StorageError):
+        await store.aclose()  # aclose flushes; failing, it leaves the store open
+    await store.save("c", 3)
+    inner.failing = False
+    await store.flush()
+    assert store.pending == 0
+    assert await inner.load_many(["a", "b", "c"]) == {"a": 10, "b": 2, "c": 3}
+    await store.aclose()
+
+
+async def test_a_failed_background_write_is_retried_and_reported_by_flush() -> None:
+    inner = RecordingStore()
+    inner.failing = True
+    async with BufferedStore(inner, delay=0.001) as store:
+        await store.save("a", 1)
+        for _ in range(100):  # let the writer try, and fail, in the background
+            await asyncio.sleep(0.001)
+        assert store.pending == 1
+        with pytest.raises(StorageError, match="the disk is full"):
+            await store.flush()
+        inner.failing = False
+        await store.flush()
+        assert await inner.load("a") == 1
+
+
+async def test_flush_after_a_real_database_failure(backend: str, store: SqlStore) -> None:
+    """The table vanishes under the store (renamed away): flush raises, and writes it all later."""
+    if backend == "memory":
+        pytest.skip("needs a table another connection can rename")
+    buffered = BufferedStore(store, delay=3600)
+    await buffered.save("a", {"x": 1})
+    async with store.engine.begin() as connection:
+        await connection.exec_driver_sql("ALTER TABLE snapshots RENAME TO snapshots_away")
+    try:
+        with pytest.raises(StorageError, match="snapshots"):
+            await buffered.flush()
+        await buffered.save("b", [2])
+        assert await buffered.load("a") == {"x": 1}
+    finally:
+        async with store.engine.begin() as connection:
+            await connection.exec_driver_sql("ALTER TABLE snapshots_away RENAME TO snapshots")
+    await buffered.flush()
+    assert await store.load_many(["a", "b"]) == {"a": {"x": 1}, "b": [2]}
+
+
+async def test_aclose_flushes_and_closes(sqlite_url: URL) -> None:
+    buffered = BufferedStore(SqlStore.from_url(sqlite_url), delay=3600)
+    await buffered.save_many({"a": 1, "b": 2})
+    await buffered.aclose()
+    await buffered.aclose()  # closing twice is fine
+    with pytest.raises(StorageError, match="closed"):
+        await buffered.save("c", 3)
+    async with SqlStore.from_url(sqlite_url) as reopened:
+        assert await reopened.load_many(["a", "b", "c"]) == {"a": 1, "b": 2, "c": None}
+
+
+async def test_bad_input_fails_at_save_time_and_queues_nothing() -> None:
+    inner = RecordingStore()
+    async with BufferedStore(inner, delay=3600) as store:
+        with pytest.raises(InvalidValueError, match="NaN"):
+            await store.save("k", [math.nan])
+        with pytest.raises(InvalidValueError, match=r"key 'c'.*NaN"):
+            await store.save_many({"a": 1, "c": math.nan})
+        assert store.pending == 0
+    assert inner.batches == []
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="delay"):
+        BufferedStore(InMemoryStore(), delay=-1)
+    with pytest.raises(ValueError, match="max_pending"):
+        BufferedStore(InMemoryStore(), max_pending=0)
+
+
+class GatedStore(RecordingStore):
+    """A real store whose batch writes wait until the test opens the gate."""
+
+    __slots__ = ("entered", "gate")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().save_many(values)
+
+
+async def test_flush_waits_for_the_write_in_flight_and_writes_what_came_after() -> None:
+    inner = GatedStore()
+    async with BufferedStore(inner, delay=0) as store:
+        await store.save("a", 1)
+        await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)  # the writer holds batch {a}
+        await store.save("b", 2)  # queued while the batch is in flight
+        assert await store.load_many(["a", "b"]) == {"a": 1, "b": 2}
+        flushing = asyncio.create_task(store.flush())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not flushing.done()
+        inner.gate.set()
+        await asyncio.wait_for(flushing, HANG_GUARD)
+        assert await inner.load_many(["a", "b"]) == {"a": 1, "b": 2}
+        assert store.pending == 0
+
+
+async def test_a_cancelled_flush_keeps_its_batch_queued() -> None:
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    flushing = asyncio.create_task(store.flush())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert store.pending == 1
+    assert await store.load("a") == 1
+    inner.gate.set()
+    await store.aclose()
+    assert inner.batches == [{"a": 1}]

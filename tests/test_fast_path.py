@@ -1,0 +1,126 @@
+"""The store's fast path: single statements in autocommit, batches still in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rustrade_store import SqlStore, StorageError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy import URL
+
+    from rustrade_store import JSONValue
+
+SQLITE_TRIGGER = (
+    "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots WHEN NEW.key = 'boom' "
+    "BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+)
+POSTGRES_TRIGGER = [
+    "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots FOR EACH ROW "
+    "EXECUTE FUNCTION refuse_boom()",
+]
+MARIADB_TRIGGER = (
+    "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots FOR EACH ROW "
+    "BEGIN IF NEW.`key` = 'boom' THEN "
+    "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'boom refused'; END IF; END"
+)
+CREATES = {
+    "memory": [SQLITE_TRIGGER],
+    "sqlite": [SQLITE_TRIGGER],
+    "postgres": POSTGRES_TRIGGER,
+    "mariadb": [MARIADB_TRIGGER],
+}
+DROPS = {
+    "memory": ["DROP TRIGGER refuse_boom"],
+    "sqlite": ["DROP TRIGGER refuse_boom"],
+    "postgres": ["DROP TRIGGER refuse_boom ON snapshots", "DROP FUNCTION refuse_boom()"],
+    "mariadb": ["DROP TRIGGER refuse_boom"],
+}
+
+
+@pytest.fixture
+async def refusing(backend: str, store: SqlStore) -> AsyncIterator[SqlStore]:
+    """The store, its table refusing (in the database, not in Python) any row keyed 'boom'."""
+    await store.is_empty()
+    async with store.engine.begin() as connection:
+        for statement in CREATES[backend]:
+            await connection.exec_driver_sql(statement)
+    try:
+        yield store
+    finally:
+        async with store.engine.begin() as connection:
+            for statement in DROPS[backend]:
+                await connection.exec_driver_sql(statement)
+
+
+async def test_store_engine_autocommits_and_migrations_do_not(store_url: URL) -> None:
+    """Engines the store creates autocommit; the package's create_engine (migrations) does not."""
+    from rustrade_store import create_engine
+
+    async with SqlStore.from_url(store_url) as store, store.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        assert raw.dbapi_connection is not None
+        assert connection.dialect.detect_autocommit_setting(raw.dbapi_connection)
+    engine = create_engine(store_url)
+    try:
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            assert raw.dbapi_connection is not None
+            assert not connection.dialect.detect_autocommit_setting(raw.dbapi_connection)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_batch_the_database_refuses_writes_nothing(refusing: SqlStore) -> None:
+    """save_many is one transaction on an autocommit engine: a row refused rolls back the rest."""
+    await refusing.save("a", "old")
+    with pytest.raises(StorageError, match="boom refused"):
+        await refusing.save_many({"a": "new", "b": 2, "boom": 3, "c": 4})
+    assert await refusing.load_many(["a", "b", "boom", "c"]) == {
+        "a": "old",
+        "b": None,
+        "boom": None,
+        "c": None,
+    }
+    # The connection went back to autocommit: a single save after the failure is kept.
+    await refusing.save("d", 5)
+    assert await refusing.load("d") == 5
+
+
+async def test_a_single_save_the_database_refuses_is_a_storage_error(refusing: SqlStore) -> None:
+    with pytest.raises(StorageError, match="save 'boom'"):
+        await refusing.save("boom", 1)
+    await refusing.save("fine", 1)
+    assert await refusing.load_many(["boom", "fine"]) == {"boom": None, "fine": 1}
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_a_save_is_committed_when_it_returns(store: SqlStore, store_url: URL) -> None:
+    """Another engine sees a save, and a failed batch's absence, as soon as the call returns."""
+    async with SqlStore.from_url(store_url) as other:
+        await store.save("k", {"v": 1})
+        assert await other.load("k") == {"v": 1}
+        await store.save_many({"k": {"v": 2}, "j": [1]})
+        assert await other.load_many(["k", "j"]) == {"k": {"v": 2}, "j": [1]}
+
+
+async def test_load_many_splits_keys_over_queries_and_keeps_odd_keys(store: SqlStore) -> None:
+    """Keys in several queries (a store that takes 7 per query), duplicates and odd keys."""
+    store._facts = dataclasses.replace(store._facts, max_keys_per_query=7)
+    odd = ["бот/евро", "🤖/😀", "a b", "'; DROP TABLE snapshots; --", "100%_done\\", "A", "a"]
+    values: dict[str, JSONValue] = {key: index for index, key in enumerate(odd)}
+    values |= {f"bot/{index:02d}": [index] for index in range(20)}
+    await store.save_many(values)
+    asked = [*values, "missing", odd[0], "bot/03"]
+    loaded = await store.load_many(asked)
+    assert list(loaded) == list(dict.fromkeys(asked))
+    assert loaded == values | {"missing": None}
