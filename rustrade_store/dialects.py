@@ -17,7 +17,7 @@ from sqlalchemy.types import DateTime, String, TypeDecorator
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import URL, ColumnElement, Table
+    from sqlalchemy import URL, ColumnElement, Connection, Table
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.dml import Insert
@@ -32,9 +32,16 @@ __all__ = [
     "facts_for",
     "install_connection_setup",
     "is_memory_url",
+    "read_settings",
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
+
+_SETTINGS = {
+    "sqlite": ("journal_mode", "synchronous"),
+    "postgresql": ("synchronous_commit", "fsync"),
+}
+_SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 
 
 class _PostgresJsonText(postgresql.JSON):
@@ -195,3 +202,20 @@ def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
         cursor.close()
+
+
+def read_settings(connection: Connection) -> list[tuple[str, str]]:
+    """The durability settings a connection runs with, as (name, value), for ``doctor``.
+
+    SQLite: ``journal_mode`` and ``synchronous``; PostgreSQL: ``synchronous_commit`` and
+    ``fsync``. Read on a connection of an engine the store made, they are what the store uses.
+    """
+    name = connection.dialect.name
+    found = []
+    for setting in _SETTINGS.get(name, ()):
+        statement = f"PRAGMA {setting}" if name == "sqlite" else f"SHOW {setting}"
+        value = str(connection.exec_driver_sql(statement).scalar())
+        if name == "sqlite" and setting == "synchronous":
+            value = _SQLITE_SYNCHRONOUS_NAMES.get(value, value)
+        found.append((setting, value))
+    return found

@@ -123,13 +123,14 @@ async def check_revision(connection: AsyncConnection, where: str) -> None:
         return
     if current is None:
         raise SchemaError(
-            f"{where} has no rustrade-store schema: run `alembic upgrade head` "
-            "(or `await rustrade_store.upgrade(url)`) first"
+            f"{where} has no rustrade-store schema: run `rustrade-store upgrade` "
+            "(or `alembic upgrade head`, or `await rustrade_store.upgrade(url)`) first"
         )
     if _known(current):
         raise SchemaError(
             f"{where} is at schema revision {current}, older than this release's {head}: "
-            "run `alembic upgrade head` (or `await rustrade_store.upgrade(url)`)"
+            "run `rustrade-store upgrade` (or `alembic upgrade head`, "
+            "or `await rustrade_store.upgrade(url)`)"
         )
     raise SchemaError(
         f"{where} is at schema revision {current}, which this release does not know "

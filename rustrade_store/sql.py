@@ -19,7 +19,14 @@ from .schema import snapshots
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Mapping,
+    )
 
     from sqlalchemy import URL, ColumnElement, Select
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -166,6 +173,29 @@ class SqlStore(StateStore):
         """Write snapshots as given, timestamps included, in one transaction (import, copy)."""
         await self._write("restore", [(item.key, item.value, item.updated_at) for item in items])
 
+    async def restore_stream(self, batches: AsyncIterable[Iterable[Snapshot]]) -> int:
+        """Write every batch of snapshots, timestamps kept, in ONE transaction; return the count.
+
+        For more snapshots than memory holds (import, copy): batches are written as they come
+        and nothing is committed until the last one is in, so an error anywhere, a bad
+        snapshot or one raised by ``batches`` itself, leaves the database as it was. Unlike
+        every other operation this is not retried on a lost connection, since the batches
+        cannot be replayed; the error is raised and nothing is written. A key repeated within
+        the stream ends with its last snapshot.
+        """
+
+        async def work(connection: AsyncConnection) -> int:
+            written = 0
+            async for batch in batches:
+                latest = {item.key: item for item in batch}  # one upsert may touch a row once
+                rows = self._rows([(i.key, i.value, i.updated_at) for i in latest.values()])
+                if rows:
+                    await connection.execute(self._upsert, rows)
+                    written += len(rows)
+            return written
+
+        return await self._run("restore", None, work, retry=False)
+
     # -- beyond the contract ---------------------------------------------------------------
 
     async def load_snapshot(self, key: str) -> Snapshot | None:
@@ -222,7 +252,9 @@ class SqlStore(StateStore):
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
+    @staticmethod
+    def _rows(items: Iterable[tuple[str, JSONValue, datetime]]) -> list[dict[str, Any]]:
+        """Validate every item and return the rows to upsert; raise before any is written."""
         rows = []
         for key, value, updated_at in items:
             check_key(key)
@@ -231,6 +263,10 @@ class SqlStore(StateStore):
             except (InvalidValueError, ValueTypeError) as exc:
                 raise type(exc)(f"key {key!r}: {exc}") from None
             rows.append({"key": key, "value": text, "updated_at": updated_at})
+        return rows
+
+    async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
+        rows = self._rows(items)
         if not rows:
             return
 
@@ -276,12 +312,18 @@ class SqlStore(StateStore):
             after = rows[-1][0]
 
     async def _run(
-        self, action: str, key: str | None, work: Callable[[AsyncConnection], Awaitable[T]]
+        self,
+        action: str,
+        key: str | None,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        retry: bool = True,
     ) -> T:
         """Run ``work`` in one transaction, one operation at a time where the database needs it.
 
         Every operation is an idempotent read or upsert, so a connection found dead is retried
-        once on a fresh one; any other failure becomes a :class:`StorageError`.
+        once on a fresh one (unless ``retry`` is false: work that consumes a stream cannot be
+        replayed); any other failure becomes a :class:`StorageError`.
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
@@ -294,7 +336,7 @@ class SqlStore(StateStore):
                             await self._prepare(connection)
                         return await work(connection)
                 except DBAPIError as exc:
-                    if exc.connection_invalidated and not retried:
+                    if exc.connection_invalidated and retry and not retried:
                         retried = True
                         continue
                     raise self._failure(action, key, exc) from exc
