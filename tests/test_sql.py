@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from rustrade_store import InvalidKeyError, Snapshot, SqlStore, StorageError
+from rustrade_store import InvalidKeyError, InvalidValueError, Snapshot, SqlStore, StorageError
 from rustrade_store.sql import _prefix_end
 from rustrade_store.testing import assert_same_json
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy import URL
 
 
@@ -178,3 +180,39 @@ async def test_a_store_handed_an_engine_leaves_it_open(sqlite_url: URL) -> None:
     await borrower.aclose()
     assert await owner.load("k") == 1
     await owner.aclose()
+
+
+async def test_restore_stream_writes_every_batch_in_one_transaction(store: SqlStore) -> None:
+    when = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        for start in range(0, 2500, 1000):
+            yield [Snapshot(f"k/{i:04d}", {"i": i}, when) for i in range(start, start + 1000)]
+        yield [Snapshot("dup", 1, when), Snapshot("dup", 2, when)]  # the last one wins
+
+    assert await store.restore_stream(batches()) == 3001
+    assert await store.count() == 3001
+    assert await store.load_snapshot("dup") == Snapshot("dup", 2, when)
+    assert await store.load_snapshot("k/2999") == Snapshot("k/2999", {"i": 2999}, when)
+
+
+async def test_restore_stream_failing_late_leaves_everything_as_it_was(store: SqlStore) -> None:
+    await store.save("kept", "old")
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot(f"new/{i}", i, when) for i in range(1000)]
+        yield [Snapshot("kept", "new", when)]
+        raise InvalidKeyError("the source went bad after two batches")
+
+    with pytest.raises(InvalidKeyError, match="went bad"):
+        await store.restore_stream(batches())
+
+    async def bad_value() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot("kept", "newer", when)]
+        yield [Snapshot("nan", float("nan"), when)]
+
+    with pytest.raises(InvalidValueError, match="'nan'"):
+        await store.restore_stream(bad_value())
+    assert await store.load("kept") == "old"
+    assert await store.count() == 1
