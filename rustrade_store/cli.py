@@ -77,12 +77,13 @@ class _Parser(argparse.ArgumentParser):
 class _Console:
     """stdout for results, stderr for everything else; any password is masked on the way out."""
 
-    __slots__ = ("_secrets", "err", "out")
+    __slots__ = ("_drawn", "_secrets", "err", "out")
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out = out
         self.err = err
         self._secrets: set[str] = set()
+        self._drawn = False  # a progress line is on screen, not yet ended
 
     def hide(self, url: URL) -> None:
         if url.password:
@@ -95,6 +96,9 @@ class _Console:
 
     def say(self, message: str) -> None:
         """A confirmation or a note, on stderr."""
+        if self._drawn:
+            self.err.write("\n")
+            self._drawn = False
         self.err.write(self.scrub(message) + "\n")
         self.err.flush()
 
@@ -112,8 +116,7 @@ class _Console:
             last = now
             of = f" of {total:,} ({100 * done / total:.0f}%)" if total else ""
             self.err.write(f"\r{label} {done:,}{of}")
-            if done == total:
-                self.err.write("\n")
+            self._drawn = True
             self.err.flush()
 
         return show

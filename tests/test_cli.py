@@ -337,7 +337,7 @@ def test_copy_shows_progress_only_on_a_terminal(
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert main(["copy", "--from", str(source), "--to", str(target)]) == 0
     total = 1500 + len(EXACT_VALUES)
-    assert f"\rcopied {total:,} of {total:,} (100%)\n" in err.getvalue()
+    assert f"\rcopied {total:,} of {total:,} (100%)\ncopied {total:,} snapshot(s)" in err.getvalue()
 
 
 # -- the file format, in process -------------------------------------------------------------
