@@ -26,7 +26,14 @@ from .codec import check_key, encode
 from .dialects import is_memory_url, read_settings
 from .engine import DEFAULT_TIMEOUT, ENV_VAR, create_engine, masked, resolve_url
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
-from .migrate import _known, check_revision, current_revision, downgrade, head_revision, upgrade
+from .migrate import (
+    check_revision,
+    current_revision,
+    downgrade,
+    head_revision,
+    known_revision,
+    upgrade,
+)
 from .schema import snapshots
 from .sql import SqlStore
 from .transfer import copy, export, import_lines, parse_json
@@ -175,7 +182,7 @@ def _revision_line(current: str | None, head: str) -> str:
         return f"{current} (head)"
     if current is None:
         return f"none: never migrated (head is {head})"
-    if _known(current):
+    if known_revision(current):
         return f"{current}: older than head {head}"
     return f"{current}: unknown to rustrade-store {__version__} (its head is {head})"
 
@@ -204,7 +211,7 @@ async def cmd_upgrade(args: argparse.Namespace, console: _Console) -> int:
     where = masked(url)
     async with _connection(url, args.timeout) as connection:
         current = await current_revision(connection)
-    if current is not None and not _known(current):
+    if current is not None and not known_revision(current):
         raise StorageError(
             f"{where} is at schema revision {current}, which rustrade-store {__version__} "
             f"does not know (its newest is {head_revision()}): a newer release migrated it"
@@ -219,7 +226,7 @@ async def cmd_downgrade(args: argparse.Namespace, console: _Console) -> int:
     async with _connection(url, args.timeout) as connection:
         current = await current_revision(connection)
         rows = await connection.run_sync(_count_rows)
-    if current is not None and not _known(current):
+    if current is not None and not known_revision(current):
         raise StorageError(
             f"{where} is at schema revision {current}, which rustrade-store {__version__} "
             "does not know: downgrade it with the release that migrated it"
