@@ -181,7 +181,8 @@ class SqlStore(StateStore):
         snapshot or one raised by ``batches`` itself, leaves the database as it was. Unlike
         every other operation this is not retried on a lost connection, since the batches
         cannot be replayed; the error is raised and nothing is written. A key repeated within
-        the stream ends with its last snapshot.
+        the stream ends with its last snapshot. ``batches`` must not use this same store while
+        it runs (on SQLite the store does one operation at a time, so that would wait forever).
         """
 
         async def work(connection: AsyncConnection) -> int:
