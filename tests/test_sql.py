@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from rustrade_store import InvalidKeyError, InvalidValueError, Snapshot, SqlStore, StorageError
+from rustrade_store.engine import create_engine
 from rustrade_store.sql import _prefix_end
 from rustrade_store.testing import assert_same_json
 
@@ -216,3 +217,33 @@ async def test_restore_stream_failing_late_leaves_everything_as_it_was(store: Sq
         await store.restore_stream(bad_value())
     assert await store.load("kept") == "old"
     assert await store.count() == 1
+
+
+@pytest.mark.postgres
+async def test_restore_stream_is_not_replayed_after_a_lost_connection(postgres_url: URL) -> None:
+    """A connection killed mid-stream fails the whole stream: a retry would commit only the
+    batches that were not consumed yet."""
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+    async with SqlStore.from_url(postgres_url) as store:
+        await store.is_empty()
+        async with store.engine.begin() as connection:
+            await connection.execute(text("DELETE FROM snapshots"))
+
+        async def batches() -> AsyncIterator[list[Snapshot]]:
+            yield [Snapshot(f"first/{i}", i, when) for i in range(10)]
+            killer = create_engine(postgres_url)
+            try:
+                async with killer.connect() as connection:
+                    await connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+            finally:
+                await killer.dispose()
+            yield [Snapshot(f"second/{i}", i, when) for i in range(10)]
+
+        with pytest.raises(StorageError, match="restore failed"):
+            await store.restore_stream(batches())
+        assert await store.count() == 0
