@@ -32,5 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Not part of `make test`: a million snapshots through export, import and copy (10+ minutes).
+scale: $(STAMP)
+	$(BIN)/python bench/scale.py
+
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

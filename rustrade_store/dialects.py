@@ -38,6 +38,7 @@ __all__ = [
     "install_connection_setup",
     "is_memory_url",
     "json_check_applies",
+    "read_settings",
     "store_engine_options",
 ]
 
@@ -76,6 +77,16 @@ def _mysql_key_collation(dialect: Dialect) -> str:
     # Binary and NO PAD: 'a' and 'a ' are two keys, and order is code point order.
     # MariaDB 10.10+ has utf8mb4_nopad_bin; in MySQL 8 every utf8mb4_0900 collation is NO PAD.
     return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
+_SETTINGS = {
+    "sqlite": ("PRAGMA journal_mode", "PRAGMA synchronous"),
+    "postgresql": ("SHOW synchronous_commit", "SHOW fsync"),
+    "mysql": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
+    "mariadb": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
+}
+"""The statements reading each database's durability settings, for ``doctor``."""
+_SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 
 
 class _PostgresJsonText(postgresql.JSON):
@@ -349,3 +360,21 @@ def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
         cursor.close()
+
+
+def read_settings(connection: Connection) -> list[tuple[str, str]]:
+    """The durability settings a connection runs with, as (name, value), for ``doctor``.
+
+    SQLite: ``journal_mode`` and ``synchronous``; PostgreSQL: ``synchronous_commit`` and
+    ``fsync``; MySQL and MariaDB: ``innodb_flush_log_at_trx_commit`` and ``sync_binlog``. Read
+    on a connection of an engine the store made, they are what the store uses.
+    """
+    name = connection.dialect.name
+    found = []
+    for statement in _SETTINGS.get(name, ()):
+        setting = statement.split()[-1].removeprefix("@@")
+        value = str(connection.exec_driver_sql(statement).scalar())
+        if statement == "PRAGMA synchronous":
+            value = _SQLITE_SYNCHRONOUS_NAMES.get(value, value)
+        found.append((setting, value))
+    return found

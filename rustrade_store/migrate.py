@@ -24,6 +24,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "head_revision",
+    "known_revision",
     "script_location",
     "upgrade",
     "upgrade_connection",
@@ -64,7 +65,8 @@ def head_revision() -> str:
     return head
 
 
-def _known(revision: str) -> bool:
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one of this release's migrations."""
     return any(script.revision == revision for script in _scripts().walk_revisions())
 
 
@@ -123,13 +125,14 @@ async def check_revision(connection: AsyncConnection, where: str) -> None:
         return
     if current is None:
         raise SchemaError(
-            f"{where} has no rustrade-store schema: run `alembic upgrade head` "
-            "(or `await rustrade_store.upgrade(url)`) first"
+            f"{where} has no rustrade-store schema: run `rustrade-store upgrade` "
+            "(or `alembic upgrade head`, or `await rustrade_store.upgrade(url)`) first"
         )
-    if _known(current):
+    if known_revision(current):
         raise SchemaError(
             f"{where} is at schema revision {current}, older than this release's {head}: "
-            "run `alembic upgrade head` (or `await rustrade_store.upgrade(url)`)"
+            "run `rustrade-store upgrade` (or `alembic upgrade head`, "
+            "or `await rustrade_store.upgrade(url)`)"
         )
     raise SchemaError(
         f"{where} is at schema revision {current}, which this release does not know "

@@ -19,7 +19,14 @@ from .schema import snapshots
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+    from collections.abc import (
+        AsyncIterable,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Iterable,
+        Mapping,
+    )
 
     from sqlalchemy import URL, ColumnElement, Select
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -172,6 +179,30 @@ class SqlStore(StateStore):
         """Write snapshots as given, timestamps included, in one transaction (import, copy)."""
         await self._write("restore", [(item.key, item.value, item.updated_at) for item in items])
 
+    async def restore_stream(self, batches: AsyncIterable[Iterable[Snapshot]]) -> int:
+        """Write every batch of snapshots, timestamps kept, in ONE transaction; return the count.
+
+        For more snapshots than memory holds (import, copy): batches are written as they come
+        and nothing is committed until the last one is in, so an error anywhere, a bad
+        snapshot or one raised by ``batches`` itself, leaves the database as it was. Unlike
+        every other operation this is not retried on a lost connection, since the batches
+        cannot be replayed; the error is raised and nothing is written. A key repeated within
+        the stream ends with its last snapshot. ``batches`` must not use this same store while
+        it runs (on SQLite the store does one operation at a time, so that would wait forever).
+        """
+
+        async def work(connection: AsyncConnection) -> int:
+            written = 0
+            async for batch in batches:
+                latest = {item.key: item for item in batch}  # one upsert may touch a row once
+                rows = self._rows([(i.key, i.value, i.updated_at) for i in latest.values()])
+                if rows:
+                    await connection.execute(self._upsert, rows)
+                    written += len(rows)
+            return written
+
+        return await self._run("restore", None, work, atomic=True, retry=False)
+
     # -- beyond the contract ---------------------------------------------------------------
 
     async def load_snapshot(self, key: str) -> Snapshot | None:
@@ -228,12 +259,20 @@ class SqlStore(StateStore):
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
+    @staticmethod
+    def _rows(items: Iterable[tuple[str, JSONValue, datetime]]) -> list[dict[str, Any]]:
+        """Validate every item and return the rows to upsert, in key order; raise before any
+        is written.
+
+        In key order (a stable sort: the last of a repeated key still wins), concurrent batches
+        over the same keys take their row locks in one order and never deadlock.
+        """
         entries = [(key, encode_entry(key, value), when) for key, value, when in items]
-        # In key order (a stable sort: the last of a repeated key still wins): concurrent batches
-        # over the same keys then take their row locks in one order and never deadlock.
         entries.sort(key=lambda entry: entry[0])
-        rows = [{"key": key, "value": text, "updated_at": when} for key, text, when in entries]
+        return [{"key": key, "value": text, "updated_at": when} for key, text, when in entries]
+
+    async def _write(self, action: str, items: list[tuple[str, JSONValue, datetime]]) -> None:
+        rows = self._rows(items)
         if not rows:
             return
 
@@ -285,19 +324,21 @@ class SqlStore(StateStore):
         work: Callable[[AsyncConnection], Awaitable[T]],
         *,
         atomic: bool = False,
+        retry: bool = True,
     ) -> T:
         """Run ``work`` in one transaction, one operation at a time where the database needs it.
 
         ``work`` that runs a single statement (not ``atomic``) runs in autocommit when the
         connection is in it (engines from :meth:`from_url`): the statement is its own
         transaction, committed when it returns. Every operation is an idempotent read or upsert,
-        so a connection found dead is retried once on a fresh one; any other failure becomes a
+        so a connection found dead is retried once on a fresh one (unless ``retry`` is false:
+        work that consumes a stream cannot be replayed); any other failure becomes a
         :class:`StorageError`.
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
         async with self._lock or contextlib.nullcontext():
-            retried = False
+            retried = not retry  # a spent retry: nothing is tried twice
             while True:
                 try:
                     async with self._engine.connect() as connection:

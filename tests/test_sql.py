@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from rustrade_store import InvalidKeyError, Snapshot, SqlStore, StorageError
+from rustrade_store import InvalidKeyError, InvalidValueError, Snapshot, SqlStore, StorageError
+from rustrade_store.engine import create_engine
 from rustrade_store.sql import _prefix_end
 from rustrade_store.testing import assert_same_json
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy import URL
 
 
@@ -207,3 +210,69 @@ async def test_concurrent_batches_over_the_same_keys_do_not_deadlock(store: SqlS
     values = set((await store.load_many(keys)).values())
     assert len(values) == 1
     assert values <= set(range(16))
+
+
+async def test_restore_stream_writes_every_batch_in_one_transaction(store: SqlStore) -> None:
+    when = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        for start in range(0, 2500, 1000):
+            yield [Snapshot(f"k/{i:04d}", {"i": i}, when) for i in range(start, start + 1000)]
+        yield [Snapshot("dup", 1, when), Snapshot("dup", 2, when)]  # the last one wins
+
+    assert await store.restore_stream(batches()) == 3001
+    assert await store.count() == 3001
+    assert await store.load_snapshot("dup") == Snapshot("dup", 2, when)
+    assert await store.load_snapshot("k/2999") == Snapshot("k/2999", {"i": 2999}, when)
+
+
+async def test_restore_stream_failing_late_leaves_everything_as_it_was(store: SqlStore) -> None:
+    await store.save("kept", "old")
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot(f"new/{i}", i, when) for i in range(1000)]
+        yield [Snapshot("kept", "new", when)]
+        raise InvalidKeyError("the source went bad after two batches")
+
+    with pytest.raises(InvalidKeyError, match="went bad"):
+        await store.restore_stream(batches())
+
+    async def bad_value() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot("kept", "newer", when)]
+        yield [Snapshot("nan", float("nan"), when)]
+
+    with pytest.raises(InvalidValueError, match="'nan'"):
+        await store.restore_stream(bad_value())
+    assert await store.load("kept") == "old"
+    assert await store.count() == 1
+
+
+@pytest.mark.postgres
+async def test_restore_stream_is_not_replayed_after_a_lost_connection(postgres_url: URL) -> None:
+    """A connection killed mid-stream fails the whole stream: a retry would commit only the
+    batches that were not consumed yet."""
+    when = datetime(2025, 1, 2, tzinfo=UTC)
+    async with SqlStore.from_url(postgres_url) as store:
+        await store.is_empty()
+        async with store.engine.begin() as connection:
+            await connection.execute(text("DELETE FROM snapshots"))
+
+        async def batches() -> AsyncIterator[list[Snapshot]]:
+            yield [Snapshot(f"first/{i}", i, when) for i in range(10)]
+            killer = create_engine(postgres_url)
+            try:
+                async with killer.connect() as connection:
+                    await connection.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+            finally:
+                await killer.dispose()
+            yield [Snapshot(f"second/{i}", i, when) for i in range(10)]
+
+        with pytest.raises(StorageError, match="restore failed"):
+            await store.restore_stream(batches())
+        assert await store.count() == 0
