@@ -134,6 +134,11 @@ class DialectFacts:
     lives on a single connection whose transactions must not interleave)."""
     in_memory: bool
     """The database lives and dies with its connection, so the store migrates it itself."""
+    finish_when_cancelled: bool
+    """A cancelled operation runs to its end before the cancellation is raised: SQLAlchemy
+    discards a connection cancelled mid-transaction, which loses an in-memory database and
+    leaves aiosqlite's thread holding the write lock. PostgreSQL's server aborts the
+    transaction of a dropped connection itself, so there cancellation is immediate."""
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     max_bind_params: int
@@ -147,6 +152,7 @@ def facts_for(url: URL) -> DialectFacts:
             name="sqlite",
             one_writer=True,
             in_memory=is_memory_url(url),
+            finish_when_cancelled=True,
             upsert=_sqlite_upsert,
             json_text=_as_is,
             max_bind_params=32_766,
@@ -156,6 +162,7 @@ def facts_for(url: URL) -> DialectFacts:
             name="postgresql",
             one_writer=False,
             in_memory=False,
+            finish_when_cancelled=False,
             upsert=_postgres_upsert,
             json_text=_as_text,
             max_bind_params=32_767,
@@ -178,7 +185,10 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         # One writer at a time is all SQLite allows; the store queues operations itself.
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
-        return {"pool_timeout": timeout, "connect_args": {"timeout": timeout}}
+        return {
+            "pool_timeout": timeout,
+            "connect_args": {"timeout": timeout, "command_timeout": timeout},
+        }
     return {}
 
 

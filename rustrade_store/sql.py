@@ -285,6 +285,26 @@ class SqlStore(StateStore):
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
+        if not self._facts.finish_when_cancelled:
+            return await self._attempt(action, key, work)
+        # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory database
+        # goes with it, and an SQLite connection still busy in aiosqlite's thread keeps the
+        # write lock. So the operation runs to its end (bounded by the busy timeout), then the
+        # cancellation is honoured.
+        task = asyncio.ensure_future(self._attempt(action, key, work))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller asked not to hear about it
+            raise
+
+    async def _attempt(
+        self, action: str, key: str | None, work: Callable[[AsyncConnection], Awaitable[T]]
+    ) -> T:
         async with self._lock or contextlib.nullcontext():
             retried = False
             while True:
