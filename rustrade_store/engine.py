@@ -74,6 +74,9 @@ def create_engine(
     if "poolclass" in options:  # another pool class takes other arguments
         defaults = {name: value for name, value in defaults.items() if not name.startswith("pool")}
         defaults.pop("max_overflow", None)
-    engine = create_async_engine(resolved, **(defaults | options))
+    merged = defaults | options
+    if "connect_args" in defaults and "connect_args" in options:  # keep our timeouts
+        merged["connect_args"] = defaults["connect_args"] | options["connect_args"]
+    engine = create_async_engine(resolved, **merged)
     install_connection_setup(engine, timeout)
     return engine

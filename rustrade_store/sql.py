@@ -332,6 +332,9 @@ class SqlStore(StateStore):
 
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        detail = str(cause).strip() or type(cause).__name__
+        if isinstance(cause, TimeoutError):
+            detail = "timed out waiting for the database (TimeoutError)"
+        else:
+            detail = str(cause).strip() or type(cause).__name__
         subject = action if key is None else f"{action} {key!r}"
         return StorageError(f"{subject} failed on {self._where}: {detail}")
