@@ -18,6 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves.
+soak: $(STAMP)
+	RUSTRADE_CRASH_KILLS=200 $(BIN)/python -m pytest tests/test_crash.py -s -q
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from sqlalchemy import Text, cast, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -185,11 +186,18 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         # One writer at a time is all SQLite allows; the store queues operations itself.
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
-        return {
-            "pool_timeout": timeout,
-            "connect_args": {"timeout": timeout, "command_timeout": timeout},
-        }
+        # timeout bounds the connection attempt, command_timeout every statement after it.
+        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+        if url.query.get("prepared_statement_cache_size") == "0":
+            # Behind PgBouncer's transaction pooling: statement names unique across clients
+            # (SQLAlchemy's advice), since clients share server connections.
+            connect_args["prepared_statement_name_func"] = _unique_statement_name
+        return {"pool_timeout": timeout, "connect_args": connect_args}
     return {}
+
+
+def _unique_statement_name() -> str:
+    return f"__rustrade_{uuid4().hex}__"
 
 
 def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
