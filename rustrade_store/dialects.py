@@ -25,10 +25,13 @@ if TYPE_CHECKING:
     from sqlalchemy.types import TypeEngine
 
 __all__ = [
+    "SQLITE_SYNCHRONOUS",
+    "SQLITE_SYNCHRONOUS_MODES",
     "DialectFacts",
     "JsonDocument",
     "SnapshotKey",
     "UtcTimestamp",
+    "check_synchronous",
     "engine_options",
     "facts_for",
     "install_connection_setup",
@@ -36,6 +39,10 @@ __all__ = [
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
+"""The default: in WAL mode, a commit that returned survives a power cut or an OS crash."""
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+"""``NORMAL`` skips the fsync at each commit: still safe against a process crash, but the last
+commits before a power cut or an OS crash can be lost (the database stays consistent)."""
 
 
 class _PostgresJsonText(postgresql.JSON):
@@ -200,8 +207,21 @@ def _unique_statement_name() -> str:
     return f"__rustrade_{uuid4().hex}__"
 
 
-def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
+def check_synchronous(mode: str) -> str:
+    """Return the SQLite ``synchronous`` mode to use, or raise naming the one refused."""
+    upper = mode.upper() if isinstance(mode, str) else mode
+    if upper not in SQLITE_SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"sqlite_synchronous={mode!r} is not supported: use one of {SQLITE_SYNCHRONOUS_MODES}"
+        )
+    return upper
+
+
+def install_connection_setup(
+    engine: AsyncEngine, timeout: float, synchronous: str = SQLITE_SYNCHRONOUS
+) -> None:
     """Apply the durability settings to every new connection of an engine the store owns."""
+    synchronous = check_synchronous(synchronous)
     if engine.dialect.name != "sqlite":
         return
     busy_ms = int(timeout * 1000)
@@ -211,5 +231,5 @@ def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.close()

@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .codec import JSONValue, check_key, decode, encode
-from .dialects import facts_for
+from .dialects import SQLITE_SYNCHRONOUS, facts_for
 from .engine import DEFAULT_TIMEOUT, create_engine, masked
 from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
 from .migrate import check_revision, upgrade_connection
@@ -96,14 +96,20 @@ class SqlStore(StateStore):
         url: str | URL | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        sqlite_synchronous: str = SQLITE_SYNCHRONOUS,
         **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``; without one, ``RUSTRADE_STORE_URL``, else ``rustrade_state.db``.
 
-        ``timeout`` bounds, in seconds, the wait for a connection or a lock. ``engine_options``
-        go to SQLAlchemy's ``create_async_engine`` and override the store's own settings.
+        ``timeout`` bounds, in seconds, the wait for a connection, a lock or a statement.
+        ``sqlite_synchronous="NORMAL"`` trades durability across power loss for speed (see the
+        README's Guarantees). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and
+        override the store's own settings.
         """
-        return cls(create_engine(url, timeout=timeout, **engine_options), owns_engine=True)
+        engine = create_engine(
+            url, timeout=timeout, sqlite_synchronous=sqlite_synchronous, **engine_options
+        )
+        return cls(engine, owns_engine=True)
 
     @property
     def engine(self) -> AsyncEngine:
