@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test lint bench soak scale clean
 
@@ -20,12 +19,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 # Not a test: prints figures and ratios, never fails on them. PostgreSQL is skipped if unreachable.
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	touch $(BENCH_STAMP)
+# The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves.
+soak: $(STAMP)
+	RUSTRADE_CRASH_KILLS=200 $(BIN)/python -m pytest tests/test_crash.py -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from sqlalchemy import Text, any_, bindparam, cast, event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -29,10 +30,13 @@ if TYPE_CHECKING:
 __all__ = [
     "JSON_CHECK_DIALECTS",
     "MYSQL_BACKENDS",
+    "SQLITE_SYNCHRONOUS",
+    "SQLITE_SYNCHRONOUS_MODES",
     "DialectFacts",
     "JsonDocument",
     "SnapshotKey",
     "UtcTimestamp",
+    "check_synchronous",
     "engine_options",
     "facts_for",
     "install_connection_setup",
@@ -43,6 +47,10 @@ __all__ = [
 ]
 
 SQLITE_SYNCHRONOUS = "FULL"
+"""The default: in WAL mode, a commit that returned survives a power cut or an OS crash."""
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+"""``NORMAL`` skips the fsync at each commit: still safe against a process crash, but the last
+commits before a power cut or an OS crash can be lost (the database stays consistent)."""
 
 MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 """Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
@@ -248,6 +256,13 @@ class DialectFacts:
     """The database lives and dies with its connection, so the store migrates it itself."""
     transaction_isolation: str
     """The isolation level of a transaction the store opens on an autocommit connection."""
+    finish_when_cancelled: bool
+    """A cancelled operation runs to its end before the cancellation is raised. SQLite:
+    SQLAlchemy discards a connection cancelled mid-transaction, which loses an in-memory database
+    and leaves aiosqlite's thread holding the write lock. MySQL: asyncmy leaves a connection
+    cancelled mid-statement unusable ("Cancelled during execution") without flagging it dead.
+    PostgreSQL's server aborts the transaction of a dropped connection itself, so there
+    cancellation is immediate."""
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
@@ -268,6 +283,7 @@ def facts_for(url: URL) -> DialectFacts:
             one_writer=True,
             in_memory=is_memory_url(url),
             transaction_isolation="SERIALIZABLE",
+            finish_when_cancelled=True,
             upsert=_sqlite_upsert,
             json_text=_as_is,
             key_in=_in_expanded_list,
@@ -279,6 +295,7 @@ def facts_for(url: URL) -> DialectFacts:
             one_writer=False,
             in_memory=False,
             transaction_isolation="READ COMMITTED",
+            finish_when_cancelled=False,
             upsert=_postgres_upsert,
             json_text=_as_text,
             key_in=_in_array,
@@ -290,6 +307,7 @@ def facts_for(url: URL) -> DialectFacts:
             one_writer=False,
             in_memory=False,
             transaction_isolation="READ COMMITTED",
+            finish_when_cancelled=True,
             upsert=_mysql_upsert,
             json_text=_as_is,
             key_in=_in_expanded_list,
@@ -317,7 +335,13 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         # One writer at a time is all SQLite allows; the store queues operations itself.
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
     if backend == "postgresql":
-        return {"pool_timeout": timeout, "connect_args": {"timeout": timeout}}
+        # timeout bounds the connection attempt, command_timeout every statement after it.
+        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+        if url.query.get("prepared_statement_cache_size") == "0":
+            # Behind PgBouncer's transaction pooling: statement names unique across clients
+            # (SQLAlchemy's advice), since clients share server connections.
+            connect_args["prepared_statement_name_func"] = _unique_statement_name
+        return {"pool_timeout": timeout, "connect_args": connect_args}
     if backend in MYSQL_BACKENDS:
         return {
             "pool_timeout": timeout,
@@ -335,7 +359,7 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
     return {}
 
 
-def store_engine_options() -> dict[str, Any]:
+def store_engine_options(url: URL) -> dict[str, Any]:
     """Settings for an engine only the store uses (not for migrations, which need transactions).
 
     Connections autocommit: a single statement is its own transaction, durable when it returns,
@@ -343,12 +367,35 @@ def store_engine_options() -> dict[str, Any]:
     every operation then ends its transaction, the pool's rollback on return is skipped while a
     connection is in autocommit. Operations of several statements switch their connection to
     :attr:`DialectFacts.transaction_isolation` for one transaction.
+
+    Not behind PgBouncer's transaction pooling (``prepared_statement_cache_size=0``): there a
+    statement prepared outside a transaction can land on one server connection and run on
+    another, so every operation keeps its transaction.
     """
+    if url.query.get("prepared_statement_cache_size") == "0":
+        return {}
     return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
 
 
-def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
+def _unique_statement_name() -> str:
+    return f"__rustrade_{uuid4().hex}__"
+
+
+def check_synchronous(mode: str) -> str:
+    """Return the SQLite ``synchronous`` mode to use, or raise naming the one refused."""
+    upper = mode.upper() if isinstance(mode, str) else mode
+    if upper not in SQLITE_SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"sqlite_synchronous={mode!r} is not supported: use one of {SQLITE_SYNCHRONOUS_MODES}"
+        )
+    return upper
+
+
+def install_connection_setup(
+    engine: AsyncEngine, timeout: float, synchronous: str = SQLITE_SYNCHRONOUS
+) -> None:
     """Apply the durability settings to every new connection of an engine the store owns."""
+    synchronous = check_synchronous(synchronous)
     if engine.dialect.name != "sqlite":
         return
     busy_ms = int(timeout * 1000)
@@ -358,7 +405,7 @@ def install_connection_setup(engine: AsyncEngine, timeout: float) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.close()
 
 

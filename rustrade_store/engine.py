@@ -9,7 +9,12 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .dialects import engine_options, install_connection_setup
+from .dialects import (
+    SQLITE_SYNCHRONOUS,
+    check_synchronous,
+    engine_options,
+    install_connection_setup,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "ENV_VAR", "create_engine", "masked", "resolve_url"]
 
@@ -71,19 +76,29 @@ def masked(url: URL) -> str:
 
 
 def create_engine(
-    url: str | URL | None = None, *, timeout: float = DEFAULT_TIMEOUT, **options: Any
+    url: str | URL | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    sqlite_synchronous: str = SQLITE_SYNCHRONOUS,
+    **options: Any,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with the store's pool and durability settings.
 
-    ``options`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine` and override ours.
+    ``sqlite_synchronous`` is SQLite's ``synchronous`` pragma: ``"FULL"`` (the default) or
+    ``"NORMAL"``. ``options`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine` and
+    override ours.
     """
+    sqlite_synchronous = check_synchronous(sqlite_synchronous)
     resolved = resolve_url(url)
     defaults = engine_options(resolved, timeout)
     if "poolclass" in options:  # another pool class takes other arguments
         defaults = {name: value for name, value in defaults.items() if not name.startswith("pool")}
         defaults.pop("max_overflow", None)
+    merged = defaults | options
+    if "connect_args" in defaults and "connect_args" in options:  # keep our timeouts
+        merged["connect_args"] = defaults["connect_args"] | options["connect_args"]
     try:
-        engine = create_async_engine(resolved, **(defaults | options))
+        engine = create_async_engine(resolved, **merged)
     except ModuleNotFoundError as exc:
         extra = _EXTRAS.get(resolved.get_driver_name())
         if extra is None or exc.name != resolved.get_driver_name():
@@ -93,5 +108,5 @@ def create_engine(
             f"pip install 'rustrade-store[{extra}]'",
             name=exc.name,
         ) from exc
-    install_connection_setup(engine, timeout)
+    install_connection_setup(engine, timeout, sqlite_synchronous)
     return engine

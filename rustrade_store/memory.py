@@ -22,4 +22,4 @@ class InMemoryStore(SqlStore):
 
     def __init__(self) -> None:
         url = resolve_url("sqlite+aiosqlite://")
-        super().__init__(create_engine(url, **store_engine_options()), owns_engine=True)
+        super().__init__(create_engine(url, **store_engine_options(url)), owns_engine=True)

@@ -11,8 +11,8 @@ from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .codec import JSONValue, check_key, decode, encode, encode_entry
-from .dialects import facts_for, store_engine_options
-from .engine import DEFAULT_TIMEOUT, create_engine, masked
+from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
+from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
 from .errors import StorageError, StoreError
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
@@ -107,15 +107,23 @@ class SqlStore(StateStore):
         url: str | URL | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        sqlite_synchronous: str = SQLITE_SYNCHRONOUS,
         **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``; without one, ``RUSTRADE_STORE_URL``, else ``rustrade_state.db``.
 
-        ``timeout`` bounds, in seconds, the wait for a connection or a lock. ``engine_options``
-        go to SQLAlchemy's ``create_async_engine`` and override the store's own settings.
+        ``timeout`` bounds, in seconds, the wait for a connection, a lock or a statement.
+        ``sqlite_synchronous="NORMAL"`` trades durability across power loss for speed (see the
+        README's Guarantees). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and
+        override the store's own settings.
         """
-        options = store_engine_options() | engine_options
-        return cls(create_engine(url, timeout=timeout, **options), owns_engine=True)
+        engine = create_engine(
+            url,
+            timeout=timeout,
+            sqlite_synchronous=sqlite_synchronous,
+            **(store_engine_options(resolve_url(url)) | engine_options),
+        )
+        return cls(engine, owns_engine=True)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -337,6 +345,33 @@ class SqlStore(StateStore):
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
+        attempt = self._attempt(action, key, work, atomic=atomic, retry=retry)
+        if not self._facts.finish_when_cancelled:
+            return await attempt
+        # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory database
+        # goes with it, and an SQLite connection still busy in aiosqlite's thread keeps the
+        # write lock. So the operation runs to its end (bounded by the busy timeout), then the
+        # cancellation is honoured.
+        task = asyncio.ensure_future(attempt)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller asked not to hear about it
+            raise
+
+    async def _attempt(
+        self,
+        action: str,
+        key: str | None,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        atomic: bool,
+        retry: bool,
+    ) -> T:
         async with self._lock or contextlib.nullcontext():
             retried = not retry  # a spent retry: nothing is tried twice
             while True:
@@ -392,7 +427,10 @@ class SqlStore(StateStore):
 
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        detail = str(cause).strip() or type(cause).__name__
+        if isinstance(cause, TimeoutError):
+            detail = "timed out waiting for the database (TimeoutError)"
+        else:
+            detail = str(cause).strip() or type(cause).__name__
         detail += self._facts.failure_hint(action in _WRITES, cause)
         subject = action if key is None else f"{action} {key!r}"
         return StorageError(f"{subject} failed on {self._where}: {detail}")

@@ -1,0 +1,173 @@
+"""Dropped connections and an unreachable server, against the real PostgreSQL server.
+
+The server is never stopped (other runs share it): connections are killed with
+``pg_terminate_backend``, and the server is made unreachable through a TCP proxy the test owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import event
+
+from rustrade_store import SqlStore, StorageError
+
+from .conftest import _asyncpg_admin
+from .proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy import URL
+
+pytestmark = pytest.mark.postgres
+
+HANG_GUARD = 120.0
+"""Seconds after which a call counts as hung: far above any timeout used here, so a slow,
+shared machine cannot fail the test, while a call that would wait forever still does."""
+
+
+class Invalidations:
+    """Connections the pool threw away as dead, by the pool's own ``invalidate`` event."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.count = 0
+        event.listen(store.engine.sync_engine.pool, "invalidate", self._seen)
+
+    def _seen(self, *_: Any) -> None:
+        self.count += 1
+
+
+async def terminate(admin_url: URL, application_name: str) -> int:
+    """Terminate every server connection of ``application_name``; wait until they are gone."""
+    admin = await _asyncpg_admin(admin_url)
+    try:
+        killed: int = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            application_name,
+        )
+        for _ in range(500):
+            left = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                application_name,
+            )
+            if left == 0:
+                break
+            await asyncio.sleep(0.01)
+        return killed
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def named_store(postgres_url: URL) -> AsyncIterator[tuple[SqlStore, str]]:
+    """A store whose server connections carry their own application_name."""
+    name = f"rustrade_faults_{secrets.token_hex(4)}"
+    store = SqlStore.from_url(
+        postgres_url, connect_args={"server_settings": {"application_name": name}}
+    )
+    try:
+        yield store, name
+    finally:
+        assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        await store.aclose()
+
+
+async def test_terminated_connections_are_replaced_without_recreating_the_store(
+    named_store: tuple[SqlStore, str], postgres_admin_url: URL
+) -> None:
+    store, name = named_store
+    invalidations = Invalidations(store)
+    keys = [f"term/{index}" for index in range(8)]
+    await asyncio.gather(*(store.save(key, index) for index, key in enumerate(keys)))
+    pooled = store.engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
+    assert pooled >= 2, "the pool should hold several live connections"
+    assert await terminate(postgres_admin_url, name) == pooled
+
+    assert await store.load(keys[0]) == 0  # a dead connection, found dead, retried on a new one
+    await store.save(keys[1], "after")
+    assert await store.load(keys[1]) == "after"
+    assert invalidations.count >= 1, "the dead connection was never noticed"
+
+    # Again, with many calls at once on the pool's dead connections.
+    assert await terminate(postgres_admin_url, name) >= 1
+    loaded = await asyncio.gather(*(store.load(key) for key in keys))
+    assert loaded == [0, "after", *range(2, 8)]
+    await asyncio.gather(*(store.save(key, -index) for index, key in enumerate(keys)))
+    assert list((await store.load_many(keys)).values()) == [-index for index in range(8)]
+
+
+async def test_connections_killed_while_saving_lose_no_acknowledged_save(
+    named_store: tuple[SqlStore, str], postgres_admin_url: URL
+) -> None:
+    """Saves racing one ``pg_terminate_backend`` of every connection: each save returns (after
+    its one retry) and stays. (Kills repeated faster than a retry can finish can make a save
+    fail with StorageError: the rule is one retry, not a loop.)"""
+    store, name = named_store
+    acknowledged: dict[str, int] = {}
+
+    async def writer(worker: int) -> None:
+        for step in range(40):
+            key = f"race/{worker}/{step % 5}"
+            await store.save(key, step)
+            acknowledged[key] = step
+
+    async def killer() -> None:
+        await asyncio.sleep(0.05)
+        assert await terminate(postgres_admin_url, name) >= 1
+
+    await asyncio.gather(*(writer(worker) for worker in range(4)), killer())
+    assert await store.load_many(acknowledged) == acknowledged
+
+
+async def _call(store: SqlStore, action: str) -> float:
+    """Run ``action`` expecting StorageError; return how long it took to be refused."""
+    started = time.monotonic()
+    call = store.load("reach/k") if action == "load" else store.save("reach/k", "lost")
+    with pytest.raises(StorageError) as caught:
+        await asyncio.wait_for(call, HANG_GUARD)
+    assert f"{action} 'reach/k'" in str(caught.value)
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("fault", ["hangs", "refuses"])
+async def test_unreachable_server_raises_storage_error_then_recovers(
+    postgres_url: URL, fault: str
+) -> None:
+    """A server that stops answering (frozen proxy) or refuses connections (closed port):
+    ``StorageError`` after the timeout, never a hang; once it is back the same store works."""
+    upstream_port = postgres_url.port or 5432
+    async with TcpProxy(postgres_url.host or "127.0.0.1", upstream_port) as proxy:
+        store = SqlStore.from_url(postgres_url.set(port=proxy.port), timeout=0.5)
+        try:
+            await store.save("reach/k", "before")
+            if fault == "hangs":
+                proxy.freeze()
+            else:
+                await proxy.cut()
+            waits = [await _call(store, "load"), await _call(store, "save")]
+            print(f"{fault}: refused after {', '.join(f'{wait:.2f}' for wait in waits)} s")
+            await proxy.restore()
+            assert await store.load("reach/k") == "before"
+            await store.save("reach/k", "after")
+            assert await store.load("reach/k") == "after"
+            assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        finally:
+            await store.aclose()
+
+
+async def test_timeout_error_message_says_it_timed_out(postgres_url: URL) -> None:
+    async with TcpProxy(postgres_url.host or "127.0.0.1", postgres_url.port or 5432) as proxy:
+        store = SqlStore.from_url(postgres_url.set(port=proxy.port), timeout=0.3)
+        try:
+            proxy.freeze()
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(store.load("k"), HANG_GUARD)
+        finally:
+            await proxy.restore()
+            await store.aclose()
