@@ -493,18 +493,22 @@ async def buffered_burst(path: Path, sizes: Sizes) -> tuple[list[Row], bool]:
     return rows, stored == last
 
 
+async def _admin_connection(admin: URL) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        user=admin.username,
+        password=admin.password,
+        host=admin.host,
+        port=admin.port,
+        database=admin.database,
+        timeout=5,
+    )
+
+
 async def postgres_database() -> tuple[URL, URL] | None:
     admin = resolve_url(POSTGRES_ADMIN_URL)
     name = f"rustrade_bench_{os.getpid()}_{secrets.token_hex(4)}"
     try:
-        connection = await asyncpg.connect(
-            user=admin.username,
-            password=admin.password,
-            host=admin.host,
-            port=admin.port,
-            database=admin.database,
-            timeout=5,
-        )
+        connection = await _admin_connection(admin)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         print(f"PostgreSQL skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -516,14 +520,7 @@ async def postgres_database() -> tuple[URL, URL] | None:
 
 
 async def drop_database(admin: URL, url: URL) -> None:
-    connection = await asyncpg.connect(
-        user=admin.username,
-        password=admin.password,
-        host=admin.host,
-        port=admin.port,
-        database=admin.database,
-        timeout=5,
-    )
+    connection = await _admin_connection(admin)
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
     finally:

@@ -10,6 +10,7 @@ them under ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from typing import TYPE_CHECKING
@@ -83,16 +84,25 @@ def postgres_admin_url() -> URL:
     return resolve_url(POSTGRES_ADMIN_URL)
 
 
+@contextlib.contextmanager
+def new_postgres_database(admin: URL) -> Iterator[URL]:
+    """A PostgreSQL database of its own, dropped on exit; skips (fails under CI) if unreachable."""
+    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_create_database(admin, name))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        unavailable(f"PostgreSQL at {admin.render_as_string()}", exc)
+    try:
+        yield admin.set(database=name)
+    finally:
+        asyncio.run(_drop_database(admin, name))
+
+
 @pytest.fixture(scope="session")
 def postgres_database(postgres_admin_url: URL) -> Iterator[URL]:
     """An empty database created for this test run (unmigrated), dropped afterwards."""
-    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_create_database(postgres_admin_url, name))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        unavailable(f"PostgreSQL at {postgres_admin_url.render_as_string()}", exc)
-    yield postgres_admin_url.set(database=name)
-    asyncio.run(_drop_database(postgres_admin_url, name))
+    with new_postgres_database(postgres_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -105,13 +115,8 @@ def postgres_url(postgres_database: URL) -> URL:
 @pytest.fixture
 def fresh_postgres(postgres_admin_url: URL) -> Iterator[URL]:
     """A new empty PostgreSQL database for one test that migrates or breaks its schema."""
-    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_create_database(postgres_admin_url, name))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        unavailable(f"PostgreSQL at {postgres_admin_url.render_as_string()}", exc)
-    yield postgres_admin_url.set(database=name)
-    asyncio.run(_drop_database(postgres_admin_url, name))
+    with new_postgres_database(postgres_admin_url) as url:
+        yield url
 
 
 async def _mariadb_admin(admin: URL, statement: str) -> None:
