@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -191,6 +192,35 @@ def test_export_import_round_trip_gives_identical_files(
     assert (tmp_path / "c.jsonl").read_bytes() == a
     assert asyncio.run(_read_all(last)) == asyncio.run(_read_all(first))
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.mariadb
+@pytest.mark.postgres
+def test_copy_moves_state_between_all_three_databases(
+    tmp_path: Path, fresh_postgres: URL, fresh_mariadb: URL
+) -> None:
+    """SQLite -> MariaDB -> PostgreSQL -> SQLite: every key, value and timestamp arrives."""
+    first = resolve_url(f"sqlite:///{tmp_path / 'first.db'}")
+    last = resolve_url(f"sqlite:///{tmp_path / 'last.db'}")
+    route = (first, fresh_mariadb, fresh_postgres, last)
+    for url in route:
+        ok(cli("upgrade", url=url, cwd=tmp_path))
+    seeded = asyncio.run(_seed(first, 300))
+    for source, target in itertools.pairwise(route):
+        run = ok(
+            cli(
+                "copy",
+                "--from",
+                source.render_as_string(hide_password=False),
+                "--to",
+                target.render_as_string(hide_password=False),
+                cwd=tmp_path,
+            )
+        )
+        assert f"copied {len(seeded):,} snapshot(s)" in run.err
+    original = asyncio.run(_read_all(first))
+    for url in route[1:]:
+        assert asyncio.run(_read_all(url)) == original
 
 
 def test_copy_sqlite_to_postgres_and_back_keeps_everything(
