@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
-from .codec import JSONValue, check_key, decode, encode
-from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
+from .codec import JSONValue, check_key, decode, encode, encode_entry
+from .errors import StorageError, StoreError
 from .store import StateStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 __all__ = ["DEFAULT_DELAY", "DEFAULT_MAX_PENDING", "BufferedStore"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DELAY = 0.05
 """Seconds a save may wait in memory before the background writer sends it on."""
@@ -119,14 +122,7 @@ class BufferedStore(StateStore):
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
         """Queue every item, or none if any key or value is refused."""
         self._check_open("save_many")
-        texts: dict[str, str] = {}
-        for key, value in values.items():
-            check_key(key)
-            try:
-                texts[key] = encode(value)
-            except (InvalidValueError, ValueTypeError) as exc:
-                raise type(exc)(f"key {key!r}: {exc}") from None
-        self._queue(texts)
+        self._queue({key: encode_entry(key, value) for key, value in values.items()})
 
     async def flush(self) -> None:
         """Return once everything queued before this call is durable; raise if it is not."""
@@ -134,17 +130,27 @@ class BufferedStore(StateStore):
             await self._write_pending()
 
     async def aclose(self) -> None:
-        """Flush, stop the background writer and close the inner store."""
+        """Refuse new saves, flush, stop the background writer and close the inner store.
+
+        If the flush fails it raises and the store stays open (saves accepted again), so the
+        caller can try again; nothing queued is dropped.
+        """
         if self._closed:
             return
-        await self.flush()
-        self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        await self._inner.aclose()
+        self._closed = True  # a save arriving while the flush waits must not be dropped
+        try:
+            await self.flush()
+        except BaseException:
+            self._closed = False
+            raise
+        try:
+            if self._writer is not None:
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer
+                self._writer = None
+        finally:
+            await self._inner.aclose()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -197,12 +203,19 @@ class BufferedStore(StateStore):
             async with self._write_lock:
                 try:
                     await self._write_pending()
-                except StoreError:
+                except StoreError as exc:
                     # The values stay queued and the next flush() reports the failure; retry
                     # later, backing off up to 5 s, rather than hammering a broken store.
                     self._failures += 1
+                    logger.warning(
+                        "write-behind of %d key(s) failed (attempt %d), retrying: %s",
+                        len(self._pending),
+                        self._failures,
+                        exc,
+                    )
                 else:
                     self._failures = 0
             if self._failures:
-                await asyncio.sleep(min(5.0, max(self._delay, 0.05) * 2**self._failures))
+                backoff = max(self._delay, 0.05) * 2 ** min(self._failures, 10)
+                await asyncio.sleep(min(5.0, backoff))
                 self._wake.set()

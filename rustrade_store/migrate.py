@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import create_engine
-from .errors import SchemaError
+from .engine import create_engine, masked
+from .errors import SchemaError, StorageError
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_run_command, name, revision)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        raise StorageError(
+            f"{name} to {revision} failed on {masked(engine.url)}: "
+            f"{str(cause).strip() or type(cause).__name__}"
+        ) from exc
     finally:
         if engine is not target:
             await engine.dispose()

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
 from .codec import JSONValue, check_key, decode, encode, encode_entry
 from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
 from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
-from .errors import StorageError, StoreError
+from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 from .store import Snapshot, StateStore
@@ -39,6 +39,15 @@ _WRITES = frozenset({"save", "save_many", "restore"})
 
 PAGE_SIZE = 1000
 """Rows fetched per query when listing: listing streams, whatever the table's size."""
+
+
+def _utc(key: str, when: object) -> datetime:
+    """``when`` if it is a time-zone-aware datetime, else the error naming the key."""
+    if type(when) is not datetime:
+        raise ValueTypeError(f"key {key!r}: updated_at is a {type(when).__name__}, not a datetime")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidValueError(f"key {key!r}: updated_at {when.isoformat()} has no time zone")
+    return when
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -159,8 +168,9 @@ class SqlStore(StateStore):
         await self._run("save", key, work)
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
-        """Return ``{key: value}`` for every key asked, ``None`` where missing, in one query
-        per 30,000 keys or more."""
+        """Return ``{key: value}`` for every key asked, ``None`` where missing: one query, or
+        one per ``max_keys_per_query`` keys of the database (10,000 on MySQL and MariaDB,
+        32,766 on SQLite, 100,000 on PostgreSQL)."""
         if isinstance(keys, str):
             raise TypeError("load_many() takes an iterable of keys, not one str")
         wanted = list(dict.fromkeys(check_key(key) for key in keys))
@@ -174,8 +184,7 @@ class SqlStore(StateStore):
                 found.update(rows.all())
             return found
 
-        several = len(wanted) > step
-        found = await self._run("load_many", None, work, atomic=several) if wanted else {}
+        found = await self._run("load_many", None, work) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
@@ -228,13 +237,17 @@ class SqlStore(StateStore):
         return None if row is None else Snapshot(key, decode(row[0], key), row[1])
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; return whether it was there."""
+        """Remove ``key``; return whether it was there.
+
+        Not retried on a lost connection: a retry after a delete whose answer was lost would
+        find nothing and report ``False``; the caller gets a :class:`StorageError` instead.
+        """
         check_key(key)
 
         async def work(connection: AsyncConnection) -> int:
             return (await connection.execute(self._delete, {"key": key})).rowcount
 
-        return await self._run("delete", key, work) > 0
+        return await self._run("delete", key, work, retry=False) > 0
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key that starts with ``prefix``, in code point order, a page at a time."""
@@ -275,7 +288,7 @@ class SqlStore(StateStore):
         In key order (a stable sort: the last of a repeated key still wins), concurrent batches
         over the same keys take their row locks in one order and never deadlock.
         """
-        entries = [(key, encode_entry(key, value), when) for key, value, when in items]
+        entries = [(key, encode_entry(key, value), _utc(key, when)) for key, value, when in items]
         entries.sort(key=lambda entry: entry[0])
         return [{"key": key, "value": text, "updated_at": when} for key, text, when in entries]
 
@@ -345,23 +358,25 @@ class SqlStore(StateStore):
         """
         if self._closed:
             raise StorageError(f"{action} on {self._where}: the store is closed")
-        attempt = self._attempt(action, key, work, atomic=atomic, retry=retry)
-        if not self._facts.finish_when_cancelled:
-            return await attempt
-        # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory database
-        # goes with it, and an SQLite connection still busy in aiosqlite's thread keeps the
-        # write lock. So the operation runs to its end (bounded by the busy timeout), then the
-        # cancellation is honoured.
-        task = asyncio.ensure_future(attempt)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            while not task.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([task])
-            if not task.cancelled():
-                task.exception()  # retrieved: the caller asked not to hear about it
-            raise
+        # Waiting for the lock is cancellable: an operation still queued has touched nothing.
+        async with self._lock or contextlib.nullcontext():
+            attempt = self._attempt(action, key, work, atomic=atomic, retry=retry)
+            if not self._facts.finish_when_cancelled:
+                return await attempt
+            # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
+            # database goes with it, and an SQLite connection still busy in aiosqlite's thread
+            # keeps the write lock. So the operation runs to its end (bounded by the busy
+            # timeout), then the cancellation is honoured.
+            task = asyncio.ensure_future(attempt)
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                while not task.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved: the caller asked not to hear about it
+                raise
 
     async def _attempt(
         self,
@@ -372,35 +387,34 @@ class SqlStore(StateStore):
         atomic: bool,
         retry: bool,
     ) -> T:
-        async with self._lock or contextlib.nullcontext():
-            retried = not retry  # a spent retry: nothing is tried twice
-            while True:
-                try:
-                    async with self._engine.connect() as connection:
-                        try:
-                            if self._autocommit and self._ready and not atomic:
-                                return await work(connection)
-                            return await self._in_transaction(connection, work)
-                        except self._driver_error:
-                            # Raised past SQLAlchemy (setting the isolation level of a dead
-                            # connection): the connection's state is unknown, so drop it.
-                            await connection.invalidate()
-                            raise
-                except DBAPIError as exc:
-                    if exc.connection_invalidated and not retried:
-                        retried = True
-                        continue
-                    raise self._failure(action, key, exc) from exc
-                except StoreError:
-                    raise
-                except self._driver_error as exc:
-                    dead = self._engine.dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
-                    if not retried and dead:
-                        retried = True
-                        continue
-                    raise self._failure(action, key, exc) from exc
-                except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                    raise self._failure(action, key, exc) from exc
+        retried = not retry  # a spent retry: nothing is tried twice
+        while True:
+            try:
+                async with self._engine.connect() as connection:
+                    try:
+                        if self._autocommit and self._ready and not atomic:
+                            return await work(connection)
+                        return await self._in_transaction(connection, work)
+                    except self._driver_error:
+                        # Raised past SQLAlchemy (setting the isolation level of a dead
+                        # connection): the connection's state is unknown, so drop it.
+                        await connection.invalidate()
+                        raise
+            except DBAPIError as exc:
+                if exc.connection_invalidated and not retried:
+                    retried = True
+                    continue
+                raise self._failure(action, key, exc) from exc
+            except StoreError:
+                raise
+            except self._driver_error as exc:
+                dead = self._engine.dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
+                if not retried and dead:
+                    retried = True
+                    continue
+                raise self._failure(action, key, exc) from exc
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise self._failure(action, key, exc) from exc
 
     async def _in_transaction(
         self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
@@ -426,7 +440,7 @@ class SqlStore(StateStore):
         self._ready = True
 
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
         if isinstance(cause, TimeoutError):
             detail = "timed out waiting for the database (TimeoutError)"
         else:

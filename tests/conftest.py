@@ -177,6 +177,10 @@ def sqlite_url(tmp_path: Path) -> URL:
     return url
 
 
+_COUNTERS: dict[int, CheckoutCounter] = {}
+"""The checkout counter of each store the ``store`` fixture has open."""
+
+
 class CheckoutCounter:
     """Counts the connections a pool has lent and not had back, through the pool's own events."""
 
@@ -225,12 +229,18 @@ def open_store(backend: str, url: URL) -> SqlStore:
 async def store(backend: str, store_url: URL) -> AsyncIterator[SqlStore]:
     """A store on an empty database of each backend; no connection may be left checked out."""
     opened = open_store(backend, store_url)
-    counter = CheckoutCounter(opened)
+    _COUNTERS[id(opened)] = CheckoutCounter(opened)
     await opened.is_empty()  # an in-memory database gets its schema at first use
     await _empty(opened)
     try:
         yield opened
     finally:
-        leaked = counter.outstanding
+        leaked = _COUNTERS.pop(id(opened)).outstanding
         await opened.aclose()
     assert leaked == 0, f"{leaked} connection(s) left checked out of the pool"
+
+
+def checked_out(store: SqlStore) -> int:
+    """Connections the ``store`` fixture's pool has lent and not had back, by the pool's events
+    (``StaticPool`` keeps no count of its own)."""
+    return _COUNTERS[id(store)].outstanding

@@ -41,16 +41,18 @@ class TestBufferedStoreContract(StateStoreContract):
 class RecordingStore(InMemoryStore):
     """A real store that records every batch it is asked to write, and can be made to fail."""
 
-    __slots__ = ("batches", "failing", "written")
+    __slots__ = ("batches", "failing", "failures", "written")
 
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[dict[str, JSONValue]] = []
         self.failing = False
+        self.failures = 0
         self.written = asyncio.Event()
 
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
         if self.failing:
+            self.failures += 1
             raise StorageError("the disk is full")
         await super().save_many(values)
         self.batches.append(dict(values))
@@ -141,8 +143,11 @@ async def test_a_failed_background_write_is_retried_and_reported_by_flush() -> N
     inner.failing = True
     async with BufferedStore(inner, delay=0.001) as store:
         await store.save("a", 1)
-        for _ in range(100):  # let the writer try, and fail, in the background
-            await asyncio.sleep(0.001)
+        for _ in range(2000):  # let the writer try, fail and try again, in the background
+            if inner.failures >= 2:
+                break
+            await asyncio.sleep(0.005)
+        assert inner.failures >= 2, "the background writer did not try again"
         assert store.pending == 1
         with pytest.raises(StorageError, match="the disk is full"):
             await store.flush()
@@ -245,3 +250,46 @@ async def test_a_cancelled_flush_keeps_its_batch_queued() -> None:
     inner.gate.set()
     await store.aclose()
     assert inner.batches == [{"a": 1}]
+
+
+async def test_a_save_during_the_closing_flush_is_refused_not_dropped() -> None:
+    """aclose() stops taking saves before it flushes: a late save raises, it never vanishes."""
+    inner = RecordingStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    closing = asyncio.create_task(store.aclose())
+    await asyncio.sleep(0)  # aclose() is now waiting on its flush
+    with pytest.raises(StorageError, match="closed"):
+        await store.save("late", 2)
+    await closing
+    assert inner.batches == [{"a": 1}]
+
+
+async def test_a_failed_closing_flush_leaves_the_store_open() -> None:
+    inner = RecordingStore()
+    inner.failing = True
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    with pytest.raises(StorageError, match="the disk is full"):
+        await store.aclose()
+    await store.save("b", 2)  # still open: nothing queued was dropped
+    inner.failing = False
+    await store.aclose()
+    assert inner.batches == [{"a": 1, "b": 2}]
+
+
+async def test_a_long_outage_backs_off_without_overflowing() -> None:
+    """Past ~1,000 failures in a row the back-off stays capped instead of overflowing a float."""
+    inner = RecordingStore()
+    inner.failing = True
+    async with BufferedStore(inner, delay=0.001) as store:
+        store._failures = 5000  # as after hours of a refusing database
+        await store.save("a", 1)
+        for _ in range(2000):
+            if inner.failures >= 1:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)
+        assert store._writer is not None
+        assert not store._writer.done(), "the background writer died"
+        inner.failing = False

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from rustrade_store import InvalidKeyError, InvalidValueError, Snapshot, SqlStore, StorageError
+from rustrade_store import (
+    InMemoryStore,
+    InvalidKeyError,
+    InvalidValueError,
+    Snapshot,
+    SqlStore,
+    StorageError,
+    ValueTypeError,
+)
 from rustrade_store.engine import create_engine
 from rustrade_store.sql import _prefix_end
 from rustrade_store.testing import assert_same_json
@@ -276,3 +284,58 @@ async def test_restore_stream_is_not_replayed_after_a_lost_connection(postgres_u
         with pytest.raises(StorageError, match="restore failed"):
             await store.restore_stream(batches())
         assert await store.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("when", "error", "words"),
+    [
+        (
+            datetime(2026, 1, 1),
+            InvalidValueError,
+            "updated_at 2026-01-01T00:00:00 has no time zone",
+        ),
+        ("2026-01-01T00:00:00+00:00", ValueTypeError, "updated_at is a str"),
+        (None, ValueTypeError, "updated_at is a NoneType"),
+    ],
+)
+async def test_restore_refuses_a_bad_timestamp_and_writes_nothing(
+    store: SqlStore, when: object, error: type[Exception], words: str
+) -> None:
+    good = Snapshot("a", 1, datetime(2026, 1, 1, tzinfo=UTC))
+    with pytest.raises(error, match=f"key 'b': {words}"):
+        await store.restore([good, Snapshot("b", 2, when)])  # type: ignore[arg-type]
+    assert await store.is_empty()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def one_writer_store(
+    request: pytest.FixtureRequest, sqlite_url: URL
+) -> AsyncIterator[SqlStore]:
+    """A store that runs its operations one at a time: SQLite in memory or in a file."""
+    opened = InMemoryStore() if request.param == "memory" else SqlStore.from_url(sqlite_url)
+    async with opened:
+        yield opened
+
+
+async def test_an_operation_queued_behind_another_can_be_cancelled(
+    one_writer_store: SqlStore,
+) -> None:
+    """Where operations run one at a time (SQLite), one still waiting its turn has touched
+    nothing: cancelling it (here by a timeout) is immediate, and it never runs later."""
+    store = one_writer_store
+    release = asyncio.Event()
+    started = asyncio.Event()
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def slow_batches() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot("first", 1, when)]
+        started.set()
+        await release.wait()
+
+    holder = asyncio.create_task(store.restore_stream(slow_batches()))
+    await started.wait()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.save("queued", 1), 0.2)
+    release.set()
+    assert await holder == 1
+    assert await store.load_many(["first", "queued"]) == {"first": 1, "queued": None}
