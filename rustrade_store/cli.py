@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
     from sqlalchemy import URL, Connection
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_STORAGE", "main"]
 
@@ -97,8 +98,9 @@ class _Console:
             self._secrets.add(str(url.password))
 
     def scrub(self, text: str) -> str:
+        # Whole words only: a password such as "postgres" must not garble "postgresql".
         for secret in self._secrets:
-            text = text.replace(secret, "***")
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", text)
         return text
 
     def say(self, message: str) -> None:
@@ -216,7 +218,7 @@ async def cmd_upgrade(args: argparse.Namespace, console: _Console) -> int:
             f"{where} is at schema revision {current}, which rustrade-store {__version__} "
             f"does not know (its newest is {head_revision()}): a newer release migrated it"
         )
-    await _migrate(upgrade, url, args.revision)
+    await _migrate(upgrade, url, args.revision, args.timeout)
     return await _report_revision(url, args.timeout, console)
 
 
@@ -231,27 +233,35 @@ async def cmd_downgrade(args: argparse.Namespace, console: _Console) -> int:
             f"{where} is at schema revision {current}, which rustrade-store {__version__} "
             "does not know: downgrade it with the release that migrated it"
         )
-    if args.revision == "base" and rows and not args.yes:
+    # Any step down may drop the table (`-1` from the first revision is `base`), so every
+    # downgrade of a table holding snapshots needs --yes.
+    if rows and not args.yes:
         raise Failure(
             EXIT_BAD_INPUT,
-            f"downgrade to base drops the snapshots table of {where} with its {rows} "
-            f"snapshot(s): `{PROG} export` them first, then add --yes",
+            f"downgrade to {args.revision} may drop the snapshots table of {where} with its "
+            f"{rows} snapshot(s): `{PROG} export` them first, then add --yes",
         )
-    await _migrate(downgrade, url, args.revision)
+    await _migrate(downgrade, url, args.revision, args.timeout)
     return await _report_revision(url, args.timeout, console)
 
 
 async def _migrate(
-    step: Callable[[URL, str], Coroutine[Any, Any, None]], url: URL, revision: str
+    step: Callable[[AsyncEngine, str], Coroutine[Any, Any, None]],
+    url: URL,
+    revision: str,
+    wait: float,
 ) -> None:
     from alembic.util import CommandError
 
+    engine = create_engine(url, timeout=wait)
     try:
-        await step(url, revision)
+        await step(engine, revision)
     except CommandError as exc:
         raise Failure(EXIT_BAD_INPUT, f"revision {revision!r}: {exc}") from None
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise _storage_error(f"migrating {masked(url)} failed", exc) from exc
+    finally:
+        await engine.dispose()
 
 
 async def _report_revision(url: URL, wait: float, console: _Console) -> int:

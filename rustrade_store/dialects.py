@@ -5,6 +5,7 @@ The rest of the package is dialect-free: it asks :func:`facts_for` and uses what
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -350,10 +351,16 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
             # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
             "isolation_level": "READ COMMITTED",
             "connect_args": {
+                # connect_timeout bounds the connection attempt, read_timeout every answer
+                # after it, innodb_lock_wait_timeout the wait for another session's row lock.
                 "connect_timeout": timeout,
+                "read_timeout": timeout,
                 "charset": "utf8mb4",
                 # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
-                "init_command": f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}'",
+                "init_command": (
+                    f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
+                    f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
+                ),
             },
         }
     return {}

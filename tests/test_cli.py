@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -160,8 +161,9 @@ def test_operator_session(empty_db: URL, tmp_path: Path) -> None:
     else:
         assert doctor["synchronous_commit"] == "on"
 
-    refused = cli("downgrade", "base", url=empty_db, cwd=tmp_path)
-    one_line_error(refused, 2, "2 snapshot(s)", "--yes")
+    for target in ("base", "-1"):  # from the first revision, -1 is base too
+        refused = cli("downgrade", target, url=empty_db, cwd=tmp_path)
+        one_line_error(refused, 2, "2 snapshot(s)", "--yes")
     assert ok(cli("get", "bot1/BTCUSDT", url=empty_db, cwd=tmp_path)).out
     ok(cli("downgrade", "base", "--yes", url=empty_db, cwd=tmp_path))
     gone = cli("current", url=empty_db, cwd=tmp_path)
@@ -411,3 +413,14 @@ def test_parse_json_is_strict() -> None:
     for bad in ("NaN", "Infinity", "-Infinity", "[1e999]", '{"a":1,"a":1}', "", "[1,]", "'x'"):
         with pytest.raises(ValueError, match="not valid JSON"):
             parse_json(bad)
+
+
+@pytest.mark.postgres
+def test_a_common_word_as_password_does_not_garble_the_output(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    """The password is hidden where it stands as a word; "postgresql" stays readable."""
+    url = postgres_url.set(password="postgres")
+    report = ok(cli("doctor", url=url, cwd=tmp_path)).out
+    assert re.search(r"^dialect: +postgresql$", report, re.MULTILINE), report
+    assert ":postgres@" not in report

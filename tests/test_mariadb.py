@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
 from rustrade_store.codec import encode
+from rustrade_store.engine import DEFAULT_TIMEOUT
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
 
@@ -70,6 +71,8 @@ async def test_columns_have_the_types_the_contract_needs(maria: SqlStore) -> Non
 async def test_sessions_are_utc_strict_and_read_committed(maria: SqlStore) -> None:
     assert await scalar(maria, "SELECT @@session.time_zone") == "+00:00"
     assert "STRICT_ALL_TABLES" in str(await scalar(maria, "SELECT @@session.sql_mode"))
+    # A row lock held by another session is waited for no longer than the store's timeout.
+    assert await scalar(maria, "SELECT @@session.innodb_lock_wait_timeout") == DEFAULT_TIMEOUT
     isolation = "tx_isolation" if is_mariadb(maria) else "transaction_isolation"
 
     async def level(connection: AsyncConnection) -> object:
