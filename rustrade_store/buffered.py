@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from .codec import JSONValue, check_key, decode, encode, encode_entry
+from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
 from .errors import StorageError, StoreError
 from .store import StateStore
 
@@ -109,9 +109,7 @@ class BufferedStore(StateStore):
         self._queue({key: encode(value)})
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
-        if isinstance(keys, str):
-            raise TypeError("load_many() takes an iterable of keys, not one str")
-        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+        wanted = check_keys(keys)
         queued = {key: text for key in wanted if (text := self._queued(key)) is not None}
         missing = [key for key in wanted if key not in queued]
         stored = await self._inner.load_many(missing) if missing else {}

@@ -26,7 +26,13 @@ from . import __version__
 from .codec import check_key, encode
 from .dialects import is_memory_url, read_settings
 from .engine import DEFAULT_TIMEOUT, ENV_VAR, create_engine, masked, resolve_url
-from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
+from .errors import (
+    InvalidKeyError,
+    InvalidValueError,
+    KeyTypeError,
+    StorageError,
+    StoreError,
+)
 from .migrate import (
     check_revision,
     current_revision,
@@ -584,10 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except Failure as exc:
         return _fail(console, exc.code, str(exc), debug)
-    except (InvalidKeyError, KeyTypeError, InvalidValueError, ValueTypeError) as exc:
-        return _fail(console, EXIT_BAD_INPUT, str(exc), debug)
     except StorageError as exc:
         return _fail(console, EXIT_STORAGE, str(exc), debug)
+    except StoreError as exc:  # every other error of the package is bad input
+        return _fail(console, EXIT_BAD_INPUT, str(exc), debug)
     except KeyboardInterrupt:
         return _fail(console, EXIT_INTERRUPTED, "interrupted; nothing half-written", debug)
     except BrokenPipeError:

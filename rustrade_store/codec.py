@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeAlias, cast
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "MAX_DEPTH",
@@ -23,6 +23,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "JSONValue",
     "check_key",
+    "check_keys",
     "decode",
     "encode",
     "encode_entry",
@@ -71,6 +72,14 @@ def check_key(key: object) -> str:
                 "which is not valid Unicode"
             ) from None
     return key
+
+
+def check_keys(keys: Iterable[object]) -> list[str]:
+    """The distinct keys of ``keys``, in order, each checked; a lone str is refused, since
+    iterating it would ask for one key per character."""
+    if isinstance(keys, str):
+        raise KeyTypeError(f"expected an iterable of keys, not one str: {keys!r:.80}")
+    return list(dict.fromkeys(check_key(key) for key in keys))
 
 
 class _Rejected(Exception):
@@ -193,18 +202,20 @@ def encode_entry(key: object, value: object) -> str:
         raise type(exc)(f"key {key!r}: {exc}") from None
 
 
-def _reject_constant(name: str) -> NoReturn:
+def reject_constant(name: str) -> NoReturn:
+    """``parse_constant`` hook: ``NaN`` and ``Infinity``, read by Python's json, are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
-def _finite_float(literal: str) -> float:
+def finite_float(literal: str) -> float:
+    """``parse_float`` hook: ``1e999`` is valid JSON text that Python would read as inf."""
     number = float(literal)
-    if not math.isfinite(number):  # 1e999 is valid JSON text that Python reads as inf
-        raise ValueError(f"{literal} is out of the range of a float")
+    if not math.isfinite(number):
+        raise ValueError(f"number {literal} is out of the range of a float")
     return number
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_decoder = json.JSONDecoder(parse_constant=reject_constant, parse_float=finite_float)
 """Built once: ``json.loads`` with these hooks would build a new decoder on every call."""
 
 

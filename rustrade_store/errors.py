@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
+    "BadFileError",
+    "CopyMismatchError",
     "InvalidKeyError",
     "InvalidValueError",
     "KeyTypeError",
     "SchemaError",
     "StorageError",
     "StoreError",
+    "TargetNotEmptyError",
     "ValueTypeError",
 ]
 
@@ -42,3 +45,15 @@ class InvalidValueError(StoreError, ValueError):
 
 class ValueTypeError(StoreError, TypeError):
     """A value containing a type JSON has no form for (bytes, set, datetime, non-str dict key)."""
+
+
+class BadFileError(InvalidValueError):
+    """An import file with bad lines; each was reported, nothing was written."""
+
+
+class TargetNotEmptyError(StoreError, ValueError):
+    """``copy`` into a database that already holds snapshots, without ``merge``."""
+
+
+class CopyMismatchError(StorageError):
+    """After a copy, the target does not hold exactly what the source holds."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 
-from .codec import JSONValue, check_key, decode, encode, encode_entry
+from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
 from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
 from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
 from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
@@ -171,9 +171,7 @@ class SqlStore(StateStore):
         """Return ``{key: value}`` for every key asked, ``None`` where missing: one query, or
         one per ``max_keys_per_query`` keys of the database (10,000 on MySQL and MariaDB,
         32,766 on SQLite, 100,000 on PostgreSQL)."""
-        if isinstance(keys, str):
-            raise TypeError("load_many() takes an iterable of keys, not one str")
-        wanted = list(dict.fromkeys(check_key(key) for key in keys))
+        wanted = check_keys(keys)
         step = self._facts.max_keys_per_query
 
         async def work(connection: AsyncConnection) -> dict[str, Any]:

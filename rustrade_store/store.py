@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from .codec import encode_entry
+from .codec import check_keys, encode_entry
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -59,7 +59,7 @@ class StateStore(ABC):
 
         Backends override this to use one round trip; the default loads one key at a time.
         """
-        return {key: await self.load(key) for key in dict.fromkeys(keys)}
+        return {key: await self.load(key) for key in check_keys(keys)}
 
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
         """Save every item of ``values``; a bad key or value is refused before any is saved.

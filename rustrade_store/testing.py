@@ -262,16 +262,27 @@ class StateStoreContract:
             await store.save("k", value)  # type: ignore[arg-type]
         assert words in str(caught.value)
         assert await store.load("k") == {"kept": True}
-        assert await store.load("fresh") is None
+        with pytest.raises(error):
+            await store.save("new", value)  # type: ignore[arg-type]
+        assert await store.load("new") is None
 
     @pytest.mark.parametrize("name", list(BAD_KEYS))
     async def test_bad_key_is_refused(self, store: StateStore, name: str) -> None:
         key, error, words = BAD_KEYS[name]
+        await store.save("kept", 1)
         with pytest.raises(error) as caught:
-            await store.save(key, 1)  # type: ignore[arg-type]
+            await store.save(key, 2)  # type: ignore[arg-type]
         assert words in str(caught.value)
         with pytest.raises(error):
             await store.load(key)  # type: ignore[arg-type]
+        with pytest.raises(error):
+            await store.load_many(["kept", key])  # type: ignore[list-item]
+        assert await store.load_many(["kept"]) == {"kept": 1}
+
+    async def test_load_many_refuses_one_str(self, store: StateStore) -> None:
+        """A lone str is not a list of keys: iterating it would ask for one key per letter."""
+        with pytest.raises(TypeError, match="not one str"):
+            await store.load_many("bot1/BTCUSDT")
 
     # -- batches ---------------------------------------------------------------------------
 

@@ -13,13 +13,17 @@ One line of the file is one snapshot, a JSON object with exactly three members::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .codec import check_key, encode
-from .errors import InvalidValueError, StorageError
+from .codec import check_key, encode, finite_float, reject_constant
+from .errors import (
+    BadFileError,
+    CopyMismatchError,
+    InvalidValueError,
+    TargetNotEmptyError,
+)
 from .store import Snapshot
 
 if TYPE_CHECKING:
@@ -32,10 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_BYTES",
     "BATCH_ROWS",
-    "BadFileError",
-    "CopyMismatchError",
     "ImportCounts",
-    "TargetNotEmptyError",
     "copy",
     "export",
     "format_line",
@@ -55,30 +56,7 @@ _FIELDS = ("key", "value", "updated_at")
 _BOM = b"\xef\xbb\xbf"
 
 
-class BadFileError(InvalidValueError):
-    """An import file with bad lines; each was reported, nothing was written."""
-
-
-class TargetNotEmptyError(InvalidValueError):
-    """``copy`` into a database that already holds snapshots, without ``merge``."""
-
-
-class CopyMismatchError(StorageError):
-    """After a copy, the target does not hold exactly what the source holds."""
-
-
 # -- strict JSON from outside --------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(literal: str) -> float:
-    number = float(literal)
-    if not math.isfinite(number):
-        raise ValueError(f"number {literal} is out of the range of a float")
-    return number
 
 
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -97,8 +75,8 @@ def _loads(text: str) -> Any:
         return json.loads(
             text,
             object_pairs_hook=_unique_members,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
+            parse_constant=reject_constant,
+            parse_float=finite_float,
         )
     except RecursionError:
         raise ValueError("nested too deeply") from None
