@@ -171,6 +171,20 @@ def test_operator_session(empty_db: URL, tmp_path: Path) -> None:
     assert gone.out.startswith("none")
 
 
+def copy_cli(source: URL, target: URL, *extra: str, cwd: Path) -> Run:
+    """``rustrade-store copy --from source --to target``, passwords included."""
+    return cli(
+        "copy",
+        "--from",
+        source.render_as_string(hide_password=False),
+        "--to",
+        target.render_as_string(hide_password=False),
+        *extra,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.postgres
 def test_export_import_round_trip_gives_identical_files(
     tmp_path: Path, fresh_postgres: URL
 ) -> None:
@@ -209,22 +223,14 @@ def test_copy_moves_state_between_all_three_databases(
         ok(cli("upgrade", url=url, cwd=tmp_path))
     seeded = asyncio.run(_seed(first, 300))
     for source, target in itertools.pairwise(route):
-        run = ok(
-            cli(
-                "copy",
-                "--from",
-                source.render_as_string(hide_password=False),
-                "--to",
-                target.render_as_string(hide_password=False),
-                cwd=tmp_path,
-            )
-        )
+        run = ok(copy_cli(source, target, cwd=tmp_path))
         assert f"copied {len(seeded):,} snapshot(s)" in run.err
     original = asyncio.run(_read_all(first))
     for url in route[1:]:
         assert asyncio.run(_read_all(url)) == original
 
 
+@pytest.mark.postgres
 def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     tmp_path: Path, fresh_postgres: URL
 ) -> None:
@@ -235,15 +241,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     seeded = asyncio.run(_seed(first, 2500))
 
     def copy(source: URL, target: URL, *extra: str) -> Run:
-        return cli(
-            "copy",
-            "--from",
-            source.render_as_string(hide_password=False),
-            "--to",
-            target.render_as_string(hide_password=False),
-            *extra,
-            cwd=tmp_path,
-        )
+        return copy_cli(source, target, *extra, cwd=tmp_path)
 
     there = ok(copy(first, fresh_postgres))
     assert f"copied {len(seeded):,} snapshot(s)" in there.err
