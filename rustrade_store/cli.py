@@ -32,6 +32,7 @@ from .errors import (
     KeyTypeError,
     StorageError,
     StoreError,
+    describe,
 )
 from .migrate import (
     check_revision,
@@ -39,6 +40,7 @@ from .migrate import (
     downgrade,
     head_revision,
     known_revision,
+    refuse_unknown_revision,
     upgrade,
 )
 from .schema import snapshots
@@ -176,9 +178,7 @@ async def _connection(url: URL, wait: float) -> AsyncIterator[AsyncConnection]:
 
 
 def _storage_error(what: str, exc: BaseException) -> StorageError:
-    cause = getattr(exc, "orig", None) or exc
-    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return StorageError(f"{what}: {detail}")
+    return StorageError(f"{what}: {describe(exc).splitlines()[0]}")
 
 
 def _open(url: URL, timeout: float) -> SqlStore:
@@ -216,14 +216,6 @@ def _count_rows(connection: Connection) -> int | None:
 
 async def cmd_upgrade(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url, must_exist=False)
-    where = masked(url)
-    async with _connection(url, args.timeout) as connection:
-        current = await current_revision(connection)
-    if current is not None and not known_revision(current):
-        raise StorageError(
-            f"{where} is at schema revision {current}, which rustrade-store {__version__} "
-            f"does not know (its newest is {head_revision()}): a newer release migrated it"
-        )
     await _migrate(upgrade, url, args.revision, args.timeout)
     return await _report_revision(url, args.timeout, console)
 
@@ -232,13 +224,8 @@ async def cmd_downgrade(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url)
     where = masked(url)
     async with _connection(url, args.timeout) as connection:
-        current = await current_revision(connection)
+        await connection.run_sync(refuse_unknown_revision)
         rows = await connection.run_sync(_count_rows)
-    if current is not None and not known_revision(current):
-        raise StorageError(
-            f"{where} is at schema revision {current}, which rustrade-store {__version__} "
-            "does not know: downgrade it with the release that migrated it"
-        )
     # Any step down may drop the table (`-1` from the first revision is `base`), so every
     # downgrade of a table holding snapshots needs --yes.
     if rows and not args.yes:

@@ -13,6 +13,8 @@ __all__ = [
     "StoreError",
     "TargetNotEmptyError",
     "ValueTypeError",
+    "describe",
+    "root_cause",
 ]
 
 
@@ -57,3 +59,18 @@ class TargetNotEmptyError(StoreError, ValueError):
 
 class CopyMismatchError(StorageError):
     """After a copy, the target does not hold exactly what the source holds."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The driver's exception behind a SQLAlchemy one, else ``exc`` itself.
+
+    SQLAlchemy's own text adds the SQL and its parameters, which may hold whole values.
+    """
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def describe(exc: BaseException) -> str:
+    """The message of ``exc``'s root cause, or its type name when it has none."""
+    cause = root_cause(exc)
+    return str(cause).strip() or type(cause).__name__

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engine import create_engine, masked
-from .errors import SchemaError, StorageError
+from .errors import SchemaError, StorageError, describe
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "downgrade",
     "head_revision",
     "known_revision",
+    "refuse_unknown_revision",
     "script_location",
     "upgrade",
     "upgrade_connection",
@@ -71,9 +72,26 @@ def known_revision(revision: str) -> bool:
     return any(script.revision == revision for script in _scripts().walk_revisions())
 
 
+def _unknown_revision(where: str, current: str) -> SchemaError:
+    return SchemaError(
+        f"{where} is at schema revision {current}, which this release does not know "
+        f"(its newest is {head_revision()}): a newer rustrade-store migrated it; use that "
+        "release, or upgrade the package"
+    )
+
+
+def refuse_unknown_revision(connection: Connection) -> None:
+    """Raise :class:`SchemaError` if a newer release migrated the database: this release's
+    migrations cannot move it up or down."""
+    current = _read_revision(connection)
+    if current is not None and not known_revision(current):
+        raise _unknown_revision(masked(connection.engine.url), current)
+
+
 def _run_command(connection: Connection, name: str, revision: str) -> None:
     from alembic import command
 
+    refuse_unknown_revision(connection)
     config = alembic_config()
     config.attributes["connection"] = connection
     getattr(command, name)(config, revision)
@@ -85,10 +103,8 @@ async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str)
         async with engine.begin() as connection:
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         raise StorageError(
-            f"{name} to {revision} failed on {masked(engine.url)}: "
-            f"{str(cause).strip() or type(cause).__name__}"
+            f"{name} to {revision} failed on {masked(engine.url)}: {describe(exc)}"
         ) from exc
     finally:
         if engine is not target:
@@ -141,7 +157,4 @@ async def check_revision(connection: AsyncConnection, where: str) -> None:
             "run `rustrade-store upgrade` (or `alembic upgrade head`, "
             "or `await rustrade_store.upgrade(url)`)"
         )
-    raise SchemaError(
-        f"{where} is at schema revision {current}, which this release does not know "
-        f"(its newest is {head}): a newer rustrade-store migrated it; upgrade the package"
-    )
+    raise _unknown_revision(where, current)

@@ -8,12 +8,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
 from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
 from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
-from .errors import InvalidValueError, StorageError, StoreError, ValueTypeError
+from .errors import (
+    InvalidValueError,
+    StorageError,
+    StoreError,
+    ValueTypeError,
+    describe,
+    root_cause,
+)
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 from .store import Snapshot, StateStore
@@ -438,11 +445,11 @@ class SqlStore(StateStore):
         self._ready = True
 
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
-        cause = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+        cause = root_cause(exc)
         if isinstance(cause, TimeoutError):
             detail = "timed out waiting for the database (TimeoutError)"
         else:
-            detail = str(cause).strip() or type(cause).__name__
+            detail = describe(cause)
         detail += self._facts.failure_hint(action in _WRITES, cause)
         subject = action if key is None else f"{action} {key!r}"
         return StorageError(f"{subject} failed on {self._where}: {detail}")
