@@ -144,14 +144,6 @@ async def test_value_too_large_once_escaped_is_a_clear_error(maria: SqlStore) ->
     assert await maria.load_many(["k", "other"]) == {"k": "kept", "other": None}
 
 
-async def test_store_reopened_sees_earlier_saves(mariadb_url: URL) -> None:
-    async with SqlStore.from_url(mariadb_url) as first:
-        await first.save("reopen/BTCUSDT", {"halted": True})
-    async with SqlStore.from_url(mariadb_url) as second:
-        assert await second.load("reopen/BTCUSDT") == {"halted": True}
-        await second.delete("reopen/BTCUSDT")
-
-
 @pytest.fixture
 def route(request: pytest.FixtureRequest) -> tuple[URL, URL]:
     """The migrated databases named by the test's ``(source, target)`` parameter."""

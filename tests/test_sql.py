@@ -153,18 +153,23 @@ async def test_closed_store_raises_storage_error(store: SqlStore) -> None:
         await store.load("k")
 
 
-async def test_file_store_reopened_sees_earlier_saves(sqlite_url: URL) -> None:
-    async with SqlStore.from_url(sqlite_url) as first:
-        await first.save("bot/BTCUSDT", {"halted": True})
-    async with SqlStore.from_url(sqlite_url) as second:
-        assert await second.load("bot/BTCUSDT") == {"halted": True}
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def durable_url(request: pytest.FixtureRequest) -> URL:
+    """A migrated database that outlives its store: an SQLite file, PostgreSQL or MariaDB."""
+    url: URL = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
-@pytest.mark.postgres
-async def test_postgres_store_reopened_sees_earlier_saves(postgres_url: URL) -> None:
-    async with SqlStore.from_url(postgres_url) as first:
+async def test_a_reopened_store_sees_earlier_saves(durable_url: URL) -> None:
+    async with SqlStore.from_url(durable_url) as first:
         await first.save("reopen/BTCUSDT", {"halted": True})
-    async with SqlStore.from_url(postgres_url) as second:
+    async with SqlStore.from_url(durable_url) as second:
         assert await second.load("reopen/BTCUSDT") == {"halted": True}
         await second.delete("reopen/BTCUSDT")
 
