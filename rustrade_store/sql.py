@@ -133,11 +133,12 @@ class SqlStore(StateStore):
         README's Guarantees). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and
         override the store's own settings.
         """
+        resolved = resolve_url(url)
         engine = create_engine(
-            url,
+            resolved,
             timeout=timeout,
             sqlite_synchronous=sqlite_synchronous,
-            **(store_engine_options(resolve_url(url)) | engine_options),
+            **(store_engine_options(resolved) | engine_options),
         )
         return cls(engine, owns_engine=True)
 
