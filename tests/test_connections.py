@@ -43,23 +43,34 @@ class Invalidations:
 
 
 async def terminate(admin_url: URL, application_name: str) -> int:
-    """Terminate every server connection of ``application_name``; wait until they are gone."""
+    """Terminate every server connection of ``application_name``; wait until those are gone.
+
+    The wait is for the terminated backends only: the store may already have opened new
+    connections under the same name."""
     admin = await _asyncpg_admin(admin_url)
     try:
-        killed: int = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = $1",
+        pids = await admin.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity WHERE application_name = $1",
             application_name,
+        )
+        killed: list[int] = (
+            await admin.fetchval(
+                "SELECT array_agg(pid) FROM unnest($1::int[]) AS pid "
+                "WHERE pg_terminate_backend(pid)",
+                pids or [],
+            )
+            or []
         )
         for _ in range(500):
             left = await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                application_name,
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", killed
             )
             if left == 0:
                 break
             await asyncio.sleep(0.01)
-        return killed
+        else:
+            raise AssertionError(f"backends {killed} still running 5 s after termination")
+        return len(killed)
     finally:
         await admin.close()
 
@@ -116,24 +127,30 @@ async def test_connections_killed_while_saving_lose_no_acknowledged_save(
     killed = False
 
     async def writer(worker: int) -> None:
+        """Save until the kill has landed and ten more of this writer's saves went through."""
         nonlocal saves, saves_after_kill
-        for step in range(40):
+        step = mine_after_kill = 0
+        while mine_after_kill < 10:
+            assert step < 100_000, "the kill never landed"
             key = f"race/{worker}/{step % 5}"
             await store.save(key, step)
             acknowledged[key] = step
             saves += 1
-            saves_after_kill += killed
+            step += 1
+            if killed:
+                mine_after_kill += 1
+                saves_after_kill += 1
             if saves == 40:
                 halfway.set()
 
     async def killer() -> None:
         nonlocal killed
-        await halfway.wait()  # the writers are mid-way: 40 of 160 saves acknowledged
+        await halfway.wait()  # the writers keep saving while the connections are killed
         assert await terminate(postgres_admin_url, name) >= 1
         killed = True
 
     await asyncio.gather(*(writer(worker) for worker in range(4)), killer())
-    assert saves_after_kill > 0, "the kill landed after the saves, not among them"
+    assert saves_after_kill == 40, "the writers stopped before the kill landed"
     assert await store.load_many(acknowledged) == acknowledged
 
 
