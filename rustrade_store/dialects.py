@@ -17,7 +17,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from sqlalchemy import URL, ColumnElement, Connection, Table
     from sqlalchemy.engine import Dialect
@@ -34,6 +34,7 @@ __all__ = [
     "SQLITE_SYNCHRONOUS",
     "SQLITE_SYNCHRONOUS_MODES",
     "DialectFacts",
+    "DriverCalls",
     "JsonDocument",
     "SnapshotKey",
     "UtcTimestamp",
@@ -246,6 +247,45 @@ def _as_text(column: ColumnElement[str]) -> ColumnElement[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class DriverCalls:
+    """How to run one statement on the driver's own connection, for single-key loads and saves.
+
+    Through SQLAlchemy's adapter a statement on aiosqlite costs four hand-offs to the driver's
+    thread (cursor, execute, fetch, close) where one does; and SQLAlchemy's execution adds as
+    much again in Python. The store compiles each statement once with SQLAlchemy and runs it
+    here, on a connection the engine's pool handed out, when that connection autocommits.
+    """
+
+    fetch: Callable[[Any, str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
+    """Run ``sql`` with positional parameters; return every row."""
+    lost: Callable[[Any], bool]
+    """Whether the connection is dead after an error (then it is dropped and the call retried)."""
+
+
+async def _aiosqlite_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
+    return await driver.execute_fetchall(sql, params)
+
+
+async def _asyncpg_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
+    return await driver.fetch(sql, *params)
+
+
+def _never_lost(driver: Any) -> bool:
+    return False
+
+
+def _asyncpg_lost(driver: Any) -> bool:
+    return bool(driver.is_closed())
+
+
+_DRIVER_CALLS = {
+    "aiosqlite": DriverCalls(fetch=_aiosqlite_fetch, lost=_never_lost),
+    "asyncpg": DriverCalls(fetch=_asyncpg_fetch, lost=_asyncpg_lost),
+}
+"""Drivers with a direct path. Others (asyncmy) run every statement through SQLAlchemy."""
+
+
+@dataclass(frozen=True, slots=True)
 class DialectFacts:
     """What the store needs to know about one database."""
 
@@ -273,11 +313,14 @@ class DialectFacts:
     failure_hint: Callable[[bool, BaseException], str] = _no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
+    driver_calls: DriverCalls | None = None
+    """The direct path for the URL's driver, if it has one."""
 
 
 def facts_for(url: URL) -> DialectFacts:
     """Return the facts for the database ``url`` names, or raise for an unsupported one."""
     backend = url.get_backend_name()
+    driver_calls = _DRIVER_CALLS.get(url.get_driver_name())
     if backend == "sqlite":
         return DialectFacts(
             name="sqlite",
@@ -289,6 +332,7 @@ def facts_for(url: URL) -> DialectFacts:
             json_text=_as_is,
             key_in=_in_expanded_list,
             max_keys_per_query=32_766,
+            driver_calls=driver_calls,
         )
     if backend == "postgresql":
         return DialectFacts(
@@ -301,6 +345,7 @@ def facts_for(url: URL) -> DialectFacts:
             json_text=_as_text,
             key_in=_in_array,
             max_keys_per_query=100_000,
+            driver_calls=driver_calls,
         )
     if backend in MYSQL_BACKENDS:
         return DialectFacts(

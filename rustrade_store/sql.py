@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.util import greenlet_spawn
 
 from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
-from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
+from .dialects import SQLITE_SYNCHRONOUS, DriverCalls, facts_for, store_engine_options
 from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
 from .errors import (
     InvalidValueError,
@@ -33,10 +34,14 @@ if TYPE_CHECKING:
         Callable,
         Iterable,
         Mapping,
+        Sequence,
     )
 
     from sqlalchemy import URL, ColumnElement, Select
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql import ClauseElement
+    from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["SqlStore"]
 
@@ -55,6 +60,31 @@ def _utc(key: str, when: object) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidValueError(f"key {key!r}: updated_at {when.isoformat()} has no time zone")
     return when
+
+
+class _LostConnection(Exception):
+    """The driver's connection died under a direct call (the driver's error is the cause)."""
+
+
+class _Compiled:
+    """A statement compiled once for a dialect: its SQL text, and how to bind its parameters
+    in order the way SQLAlchemy would (the same type conversions), for a direct driver call."""
+
+    __slots__ = ("_binds", "sql")
+
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+        compiled = cast("SQLCompiler", statement.compile(dialect=dialect))
+        self.sql = compiled.string
+        self._binds = [
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup or ()
+        ]
+
+    def params(self, values: Mapping[str, Any]) -> list[Any]:
+        return [
+            values[name] if process is None else process(values[name])
+            for name, process in self._binds
+        ]
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -81,7 +111,9 @@ class SqlStore(StateStore):
 
     __slots__ = (
         "_autocommit",
+        "_calls",
         "_closed",
+        "_compiled",
         "_count",
         "_delete",
         "_driver_error",
@@ -106,6 +138,8 @@ class SqlStore(StateStore):
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._ready = False
         self._autocommit = False
+        self._calls: DriverCalls | None = None
+        self._compiled: dict[ClauseElement, _Compiled] = {}
         self._closed = False
         table = snapshots
         value = self._facts.json_text(table.c.value)
@@ -159,11 +193,16 @@ class SqlStore(StateStore):
 
     async def load(self, key: str) -> JSONValue:
         check_key(key)
+        params = {"key": key}
 
         async def work(connection: AsyncConnection) -> Any:
-            return (await connection.execute(self._select_value, {"key": key})).scalar()
+            return (await connection.execute(self._select_value, params)).scalar()
 
-        text = await self._run("load", key, work)
+        async def direct(driver: Any) -> Any:
+            rows = await self._fetch(driver, self._select_value, params)
+            return rows[0][0] if rows else None
+
+        text = await self._run("load", key, work, direct=direct)
         return None if text is None else decode(text, key)
 
     async def save(self, key: str, value: JSONValue) -> None:
@@ -173,7 +212,10 @@ class SqlStore(StateStore):
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(self._upsert, row)
 
-        await self._run("save", key, work)
+        async def direct(driver: Any) -> None:
+            await self._fetch(driver, self._upsert, row)
+
+        await self._run("save", key, work, direct=direct)
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing: one query, or
@@ -352,12 +394,15 @@ class SqlStore(StateStore):
         *,
         atomic: bool = False,
         retry: bool = True,
+        direct: Callable[[Any], Awaitable[T]] | None = None,
     ) -> T:
         """Run ``work`` in one transaction, one operation at a time where the database needs it.
 
         ``work`` that runs a single statement (not ``atomic``) runs in autocommit when the
         connection is in it (engines from :meth:`from_url`): the statement is its own
-        transaction, committed when it returns. Every operation is an idempotent read or upsert,
+        transaction, committed when it returns. Then, where the driver has a direct path,
+        ``direct`` runs instead of ``work``, on the driver's own connection (the same statement,
+        compiled once by SQLAlchemy). Every operation is an idempotent read or upsert,
         so a connection found dead is retried once on a fresh one (unless ``retry`` is false:
         work that consumes a stream cannot be replayed); any other failure becomes a
         :class:`StorageError`.
@@ -366,7 +411,7 @@ class SqlStore(StateStore):
             raise StorageError(f"{action} on {self._where}: the store is closed")
         # Waiting for the lock is cancellable: an operation still queued has touched nothing.
         async with self._lock or contextlib.nullcontext():
-            attempt = self._attempt(action, key, work, atomic=atomic, retry=retry)
+            attempt = self._attempt(action, key, work, atomic=atomic, retry=retry, direct=direct)
             if not self._facts.finish_when_cancelled:
                 return await attempt
             # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
@@ -392,10 +437,13 @@ class SqlStore(StateStore):
         *,
         atomic: bool,
         retry: bool,
+        direct: Callable[[Any], Awaitable[T]] | None,
     ) -> T:
         retried = not retry  # a spent retry: nothing is tried twice
         while True:
             try:
+                if direct is not None and self._calls is not None and not atomic:
+                    return await self._direct(action, key, direct)
                 async with self._engine.connect() as connection:
                     try:
                         if self._autocommit and self._ready and not atomic:
@@ -411,6 +459,12 @@ class SqlStore(StateStore):
                     retried = True
                     continue
                 raise self._failure(action, key, exc) from exc
+            except _LostConnection as lost:
+                if not retried:
+                    retried = True
+                    continue
+                cause = lost.__cause__ or lost
+                raise self._failure(action, key, cause) from cause
             except StoreError:
                 raise
             except self._driver_error as exc:
@@ -421,6 +475,39 @@ class SqlStore(StateStore):
                 raise self._failure(action, key, exc) from exc
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 raise self._failure(action, key, exc) from exc
+
+    async def _direct(
+        self, action: str, key: str | None, direct: Callable[[Any], Awaitable[T]]
+    ) -> T:
+        """Run ``direct`` on a driver connection from the engine's pool: the driver's own errors
+        become :class:`StorageError`, or :class:`_LostConnection` when the connection died.
+
+        Only on autocommit connections the pool returns without a rollback (so returning one is
+        a plain call, never cut short by a cancellation).
+        """
+        assert self._calls is not None
+        pooled = await self._engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            try:
+                return await direct(driver)
+            except Exception as exc:
+                if not self._calls.lost(driver):
+                    raise self._failure(action, key, exc) from exc
+                # As SQLAlchemy does on a disconnect it sees: every connection the pool opened
+                # before this one is presumed dead too and replaced at its next checkout, so
+                # the one retry gets a live connection even after a server restart.
+                await greenlet_spawn(self._engine.sync_engine.pool._invalidate, pooled, exc)
+                raise _LostConnection from exc
+        finally:
+            pooled.close()
+
+    async def _fetch(
+        self, driver: Any, statement: ClauseElement, values: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        assert self._calls is not None
+        compiled = self._compiled[statement]
+        return await self._calls.fetch(driver, compiled.sql, compiled.params(values))
 
     async def _in_transaction(
         self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
@@ -443,6 +530,14 @@ class SqlStore(StateStore):
             await upgrade_connection(connection)
         else:
             await check_revision(connection, self._where)
+        if (
+            self._facts.driver_calls is not None
+            and self._autocommit
+            and connection.dialect.skip_autocommit_rollback
+        ):
+            for statement in (self._select_value, self._upsert):
+                self._compiled[statement] = _Compiled(statement, connection.dialect)
+            self._calls = self._facts.driver_calls
         self._ready = True
 
     def _failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:

@@ -1,4 +1,5 @@
-"""The store's fast path: single statements in autocommit, batches still in one transaction."""
+"""The store's fast path: single statements in autocommit, on the driver's own connection where
+it has one; batches still in one transaction, through SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import event, literal_column, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from rustrade_store import SqlStore, StorageError
+from rustrade_store.schema import snapshots
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy import URL
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from rustrade_store import JSONValue
+
+DIRECT = {"memory": True, "sqlite": True, "postgres": True, "mariadb": False}
+"""Which backends run single loads and saves on the driver directly (asyncmy has no direct path)."""
 
 SQLITE_TRIGGER = (
     "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots WHEN NEW.key = 'boom' "
@@ -124,3 +132,62 @@ async def test_load_many_splits_keys_over_queries_and_keeps_odd_keys(store: SqlS
     loaded = await store.load_many(asked)
     assert list(loaded) == list(dict.fromkeys(asked))
     assert loaded == values | {"missing": None}
+
+
+def statements_through_sqlalchemy(engine: AsyncEngine) -> list[str]:
+    """The statements SQLAlchemy executes on ``engine`` from now on (a direct call is none)."""
+    seen: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _seen(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    return seen
+
+
+async def test_single_saves_and_loads_take_the_direct_path(backend: str, store: SqlStore) -> None:
+    await store.save("warm", 0)  # the first call checks the schema through SQLAlchemy
+    seen = statements_through_sqlalchemy(store.engine)
+    await store.save("k", {"v": 1})
+    assert await store.load("k") == {"v": 1}
+    assert await store.load("missing") is None
+    assert len(seen) == (0 if DIRECT[backend] else 3), seen
+    await store.save_many({"k": 2})
+    assert await store.load_many(["k"]) == {"k": 2}
+    assert len(seen) == (2 if DIRECT[backend] else 5), "batches go through SQLAlchemy"
+
+
+async def test_a_handed_engine_that_rolls_back_on_return_is_served_through_sqlalchemy(
+    store_url: URL,
+) -> None:
+    """The direct path needs connections the pool takes back without a rollback."""
+    engine = create_async_engine(store_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with SqlStore(engine) as store:
+            await store.save("warm", 0)
+            seen = statements_through_sqlalchemy(engine)
+            await store.save("k", 1)
+            assert await store.load("k") == 1
+            assert len(seen) == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_direct_and_batch_writes_are_stored_alike(store: SqlStore) -> None:
+    """A row written directly (save) and one written through SQLAlchemy (save_many) hold the
+    same column types and formats, and each path reads what the other wrote."""
+    value: JSONValue = {"pnl": [-0.0, 1e300, 5e-324, 2**100], "s": "\u0000🤖"}
+    await store.save("direct", value)
+    await store.save_many({"batch": value})
+    async with store.engine.connect() as connection:
+        rows: dict[str, object] = dict(
+            (await connection.execute(select(snapshots.c.key, literal_column("updated_at")))).all()
+        )
+    direct, batch = rows["direct"], rows["batch"]
+    assert type(direct) is type(batch)
+    if isinstance(direct, str) and isinstance(batch, str):  # SQLite keeps the time as text
+        assert len(direct) == len(batch), (direct, batch)
+    assert await store.load("batch") == value
+    assert await store.load_many(["direct"]) == {"direct": value}
+    written = [await store.load_snapshot(key) for key in ("direct", "batch")]
+    assert all(snapshot is not None and snapshot.value == value for snapshot in written)
