@@ -3,7 +3,7 @@
 ``python bench/profile.py [sqlite|postgresql] [--profile]`` counts, per ``save``, ``load``,
 ``save_many`` and ``load_many`` of 1,000 keys, the aiosqlite thread hand-offs (every call queued
 to aiosqlite's thread) or the asyncpg round trips (BEGIN, statement, COMMIT, ROLLBACK, PREPARE,
-pipelined executemany); times one load through each layer (the raw driver; SQLAlchemy's pool,
+pipelined executemany, a statement of the store's direct path); times one load through each layer (the raw driver; SQLAlchemy's pool,
 then the raw driver; an ``AsyncConnection``, then the raw driver; SQLAlchemy Core's least path,
 all in one greenlet; the store); then with ``--profile`` prints pyinstrument's profile of 2,000
 saves and 2,000 loads. Needs the ``bench`` extra.
@@ -66,6 +66,8 @@ def install_counters() -> None:
     count(asyncpg.prepared_stmt.PreparedStatement, "fetch", lambda _: "asyncpg execute")
     count(asyncpg.Connection, "prepare", lambda _: "asyncpg prepare")
     count(asyncpg.Connection, "_executemany", lambda _: "asyncpg executemany (one flight)")
+    # The store's direct path: a statement run by the connection itself (prepared and cached).
+    count(asyncpg.Connection, "_execute", lambda _: "asyncpg execute (direct)")
 
 
 async def per_call(store: SqlStore, what: str, runs: int = 50) -> dict[str, float]:
