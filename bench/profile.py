@@ -3,10 +3,11 @@
 ``python bench/profile.py [sqlite|postgresql] [--profile]`` counts, per ``save``, ``load``,
 ``save_many`` and ``load_many`` of 1,000 keys, the aiosqlite thread hand-offs (every call queued
 to aiosqlite's thread) or the asyncpg round trips (BEGIN, statement, COMMIT, ROLLBACK, PREPARE,
-pipelined executemany, a statement of the store's direct path); times one load through each layer (the raw driver; SQLAlchemy's pool,
-then the raw driver; an ``AsyncConnection``, then the raw driver; SQLAlchemy Core's least path,
-all in one greenlet; the store); then with ``--profile`` prints pyinstrument's profile of 2,000
-saves and 2,000 loads. Needs the ``bench`` extra.
+pipelined executemany, a statement of the store's direct path); times one load through each
+layer (the raw driver; SQLAlchemy's pool, then the raw driver; an ``AsyncConnection``, then the
+raw driver; SQLAlchemy Core's least path, all in one greenlet; the store); then with
+``--profile`` prints pyinstrument's profile of 2,000 saves and 2,000 loads. Needs the ``bench``
+extra.
 """
 
 from __future__ import annotations

@@ -482,8 +482,9 @@ class SqlStore(StateStore):
         """Run ``direct`` on a driver connection from the engine's pool: the driver's own errors
         become :class:`StorageError`, or :class:`_LostConnection` when the connection died.
 
-        Only on autocommit connections the pool returns without a rollback (so returning one is
-        a plain call, never cut short by a cancellation).
+        Only on autocommit connections the pool takes back without a rollback: returning one
+        to the pool then runs no statement, and closing one the pool has no room for runs in
+        SQLAlchemy's greenlet, where its I/O can be awaited.
         """
         assert self._calls is not None
         pooled = await self._engine.raw_connection()
@@ -500,7 +501,7 @@ class SqlStore(StateStore):
                 await greenlet_spawn(self._engine.sync_engine.pool._invalidate, pooled, exc)
                 raise _LostConnection from exc
         finally:
-            pooled.close()
+            await greenlet_spawn(pooled.close)
 
     async def _fetch(
         self, driver: Any, statement: ClauseElement, values: Mapping[str, Any]

@@ -3,7 +3,9 @@ it has one; batches still in one transaction, through SQLAlchemy."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
@@ -191,3 +193,21 @@ async def test_direct_and_batch_writes_are_stored_alike(store: SqlStore) -> None
     assert await store.load_many(["direct"]) == {"direct": value}
     written = [await store.load_snapshot(key) for key in ("direct", "batch")]
     assert all(snapshot is not None and snapshot.value == value for snapshot in written)
+
+
+@pytest.mark.postgres
+async def test_connections_beyond_the_pool_size_are_closed_cleanly(
+    postgres_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More concurrent calls than pooled connections: the extra ones are closed on return (I/O
+    that must run where SQLAlchemy can await it), with no error and none left open."""
+    async with SqlStore.from_url(postgres_url, pool_size=1, max_overflow=8) as store:
+        await store.save("warm", 0)
+        with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
+            await asyncio.gather(*(store.save(f"k{index}", index) for index in range(40)))
+            loaded = await asyncio.gather(*(store.load(f"k{index}") for index in range(40)))
+        assert loaded == list(range(40))
+        assert [record.getMessage() for record in caplog.records] == []
+        pool = store.engine.sync_engine.pool
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert pool.checkedin() <= 1  # type: ignore[attr-defined]
