@@ -262,12 +262,12 @@ class DriverCalls:
     """Whether the connection is dead after an error (then it is dropped and the call retried)."""
 
 
-async def _aiosqlite_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
-    return await driver.execute_fetchall(sql, params)
+def _aiosqlite_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
+    return driver.execute_fetchall(sql, params)
 
 
-async def _asyncpg_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
-    return await driver.fetch(sql, *params)
+def _asyncpg_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
+    return driver.fetch(sql, *params)
 
 
 def _never_lost(driver: Any) -> bool:

@@ -503,12 +503,13 @@ class SqlStore(StateStore):
         finally:
             await greenlet_spawn(pooled.close)
 
-    async def _fetch(
+    def _fetch(
         self, driver: Any, statement: ClauseElement, values: Mapping[str, Any]
-    ) -> Sequence[Sequence[Any]]:
+    ) -> Awaitable[Sequence[Sequence[Any]]]:
+        """The driver's call running ``statement`` with ``values``, to await."""
         assert self._calls is not None
         compiled = self._compiled[statement]
-        return await self._calls.fetch(driver, compiled.sql, compiled.params(values))
+        return self._calls.fetch(driver, compiled.sql, compiled.params(values))
 
     async def _in_transaction(
         self, connection: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[T]]
