@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool, StaticPool
 from sqlalchemy.util import greenlet_spawn
 
 from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
@@ -60,6 +61,21 @@ def _utc(key: str, when: object) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise InvalidValueError(f"key {key!r}: updated_at {when.isoformat()} has no time zone")
     return when
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise that
+    cancellation (an error of ``work`` the caller no longer waits for is dropped)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()
+        raise
 
 
 class _LostConnection(Exception):
@@ -418,16 +434,7 @@ class SqlStore(StateStore):
             # database goes with it, and an SQLite connection still busy in aiosqlite's thread
             # keeps the write lock. So the operation runs to its end (bounded by the busy
             # timeout), then the cancellation is honoured.
-            task = asyncio.ensure_future(attempt)
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                while not task.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([task])
-                if not task.cancelled():
-                    task.exception()  # retrieved: the caller asked not to hear about it
-                raise
+            return await _to_the_end(attempt)
 
     async def _attempt(
         self,
@@ -482,26 +489,39 @@ class SqlStore(StateStore):
         """Run ``direct`` on a driver connection from the engine's pool: the driver's own errors
         become :class:`StorageError`, or :class:`_LostConnection` when the connection died.
 
-        Only on autocommit connections the pool takes back without a rollback: returning one
-        to the pool then runs no statement, and closing one the pool has no room for runs in
-        SQLAlchemy's greenlet, where its I/O can be awaited.
+        Cancelled or timed out, the call may still be running on the server, so the connection
+        is discarded, as SQLAlchemy does: closing it waits until the driver's cancel request
+        has reached the server, and a save the caller saw fail cannot be written after that.
         """
         assert self._calls is not None
+        pool = self._engine.sync_engine.pool
         pooled = await self._engine.raw_connection()
         try:
             driver = pooled.driver_connection
             try:
                 return await direct(driver)
-            except Exception as exc:
-                if not self._calls.lost(driver):
-                    raise self._failure(action, key, exc) from exc
-                # As SQLAlchemy does on a disconnect it sees: every connection the pool opened
-                # before this one is presumed dead too and replaced at its next checkout, so
-                # the one retry gets a live connection even after a server restart.
-                await greenlet_spawn(self._engine.sync_engine.pool._invalidate, pooled, exc)
-                raise _LostConnection from exc
+            except BaseException as exc:
+                if self._calls.lost(driver):
+                    # As SQLAlchemy does on a disconnect it sees: every connection the pool
+                    # opened before this one is presumed dead too and replaced at its next
+                    # checkout, so the one retry gets a live connection even after a restart.
+                    await _to_the_end(greenlet_spawn(pool._invalidate, pooled, exc))
+                    raise _LostConnection from exc
+                if isinstance(exc, (asyncio.CancelledError, TimeoutError)):
+                    await _to_the_end(greenlet_spawn(pooled.invalidate, exc))
+                if not isinstance(exc, Exception):
+                    raise
+                raise self._failure(action, key, exc) from exc
         finally:
-            await greenlet_spawn(pooled.close)
+            # Back to the pool (an invalidated connection is back already), which runs no
+            # statement: autocommit, no rollback on return. A connection the pool has no room
+            # for is closed, I/O that no cancellation may cut short.
+            if pooled.is_valid:
+                close = greenlet_spawn(pooled.close)
+                room = isinstance(pool, StaticPool) or (
+                    isinstance(pool, QueuePool) and pool.checkedin() < pool.size()
+                )
+                await (close if room else _to_the_end(close))
 
     def _fetch(
         self, driver: Any, statement: ClauseElement, values: Mapping[str, Any]
@@ -534,6 +554,8 @@ class SqlStore(StateStore):
             await check_revision(connection, self._where)
         if (
             self._facts.driver_calls is not None
+            and self._owns_engine  # its settings are the store's: nothing the direct path skips
+            and not self._engine.get_execution_options()
             and self._autocommit
             and connection.dialect.skip_autocommit_rollback
         ):

@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .conftest import checked_out
+from rustrade_store import SqlStore, StorageError
+
+from .conftest import _asyncpg_admin, checked_out
 
 if TYPE_CHECKING:
-    from rustrade_store import SqlStore
+    import asyncpg
+    from sqlalchemy import URL
+
     from rustrade_store.codec import JSONValue
 
 ROUNDS = 150
@@ -117,3 +121,50 @@ async def test_wait_for_timeouts_never_break_the_store(store: SqlStore, limit: f
     assert checked_out(store) == 0
     await store.save("after", 1)
     assert await store.load("after") == 1
+
+
+async def _blocked_on_a_lock(observer: asyncpg.Connection) -> None:
+    """Wait until some session of this database waits for a row lock."""
+    for _ in range(1000):
+        waiting = await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the save never reached the row lock")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ending", ["cancelled", "timed out"])
+async def test_a_save_that_ended_in_failure_is_never_written_later(
+    postgres_url: URL, ending: str
+) -> None:
+    """A save blocked on another session's row lock, then cancelled or timed out: when the caller
+    gets its CancelledError or StorageError, the statement is dead on the server too, so the
+    lock's release cannot let it write a value the caller was told was not saved."""
+    store = SqlStore.from_url(postgres_url, timeout=0.3 if ending == "timed out" else 30)
+    other = await _asyncpg_admin(postgres_url)
+    try:
+        for attempt in range(5):
+            await store.save("ghost/k", attempt)
+            holder = other.transaction()
+            await holder.start()
+            await other.execute("UPDATE snapshots SET value = value WHERE key = 'ghost/k'")
+            save = asyncio.create_task(store.save("ghost/k", "must never land"))
+            await _blocked_on_a_lock(other)
+            if ending == "cancelled":
+                save.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await save
+            else:
+                with pytest.raises(StorageError, match="timed out"):
+                    await save
+            await holder.rollback()
+            await asyncio.sleep(0.3)  # a statement still alive would take the lock and commit
+            assert await store.load("ghost/k") == attempt, f"attempt {attempt}: written late"
+        assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await other.close()
+        await store.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -159,11 +160,20 @@ async def test_single_saves_and_loads_take_the_direct_path(backend: str, store: 
     assert len(seen) == (2 if DIRECT[backend] else 5), "batches go through SQLAlchemy"
 
 
-async def test_a_handed_engine_that_rolls_back_on_return_is_served_through_sqlalchemy(
-    store_url: URL,
-) -> None:
-    """The direct path needs connections the pool takes back without a rollback."""
-    engine = create_async_engine(store_url, isolation_level="AUTOCOMMIT")
+HANDED_ENGINES = {
+    "autocommit": lambda url: create_async_engine(url, isolation_level="AUTOCOMMIT"),
+    # Autocommit as an execution option: the pool's own connections do not autocommit.
+    "autocommit option, no rollback on return": lambda url: create_async_engine(
+        url, skip_autocommit_rollback=True
+    ).execution_options(isolation_level="AUTOCOMMIT"),
+}
+
+
+@pytest.mark.parametrize("handed", list(HANDED_ENGINES))
+async def test_a_handed_engine_is_served_through_sqlalchemy(store_url: URL, handed: str) -> None:
+    """The direct path skips what an engine's owner may have set (execution options, events),
+    so an engine handed to the store keeps every call in SQLAlchemy, and every save lands."""
+    engine = HANDED_ENGINES[handed](store_url)
     try:
         async with SqlStore(engine) as store:
             await store.save("warm", 0)
@@ -171,8 +181,23 @@ async def test_a_handed_engine_that_rolls_back_on_return_is_served_through_sqlal
             await store.save("k", 1)
             assert await store.load("k") == 1
             assert len(seen) == 2
+            if store_url.get_backend_name() != "sqlite" or store_url.database:
+                async with SqlStore.from_url(store_url) as other:
+                    assert await other.load("k") == 1, "the save was not committed"
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_store_given_execution_options_is_served_through_sqlalchemy(
+    store_url: URL,
+) -> None:
+    async with SqlStore.from_url(store_url, execution_options={"logging_token": "bot1"}) as store:
+        await store.save("warm", 0)
+        seen = statements_through_sqlalchemy(store.engine)
+        await store.save("k", 1)
+        assert await store.load("k") == 1
+        assert len(seen) == 2
 
 
 async def test_direct_and_batch_writes_are_stored_alike(store: SqlStore) -> None:
@@ -200,14 +225,23 @@ async def test_connections_beyond_the_pool_size_are_closed_cleanly(
     postgres_url: URL, caplog: pytest.LogCaptureFixture
 ) -> None:
     """More concurrent calls than pooled connections: the extra ones are closed on return (I/O
-    that must run where SQLAlchemy can await it), with no error and none left open."""
+    that must run where SQLAlchemy can await it, and that a cancellation must not cut short),
+    with no error and none left open."""
     async with SqlStore.from_url(postgres_url, pool_size=1, max_overflow=8) as store:
         await store.save("warm", 0)
         with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
             await asyncio.gather(*(store.save(f"k{index}", index) for index in range(40)))
             loaded = await asyncio.gather(*(store.load(f"k{index}") for index in range(40)))
+            rng = random.Random(1)
+            for _ in range(30):  # and cancelled, so that some are mid-close
+                saves = [asyncio.create_task(store.save(f"c{index}", index)) for index in range(30)]
+                await asyncio.sleep(rng.uniform(0, 0.02))
+                for save in saves:
+                    save.cancel()
+                await asyncio.gather(*saves, return_exceptions=True)
         assert loaded == list(range(40))
-        assert [record.getMessage() for record in caplog.records] == []
+        pool_errors = [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy")]
+        assert pool_errors == []
         pool = store.engine.sync_engine.pool
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
         assert pool.checkedin() <= 1  # type: ignore[attr-defined]
