@@ -507,7 +507,8 @@ class SqlStore(StateStore):
                     # checkout, so the one retry gets a live connection even after a restart.
                     await _to_the_end(greenlet_spawn(pool._invalidate, pooled, exc))
                     raise _LostConnection from exc
-                if isinstance(exc, (asyncio.CancelledError, TimeoutError)):
+                interrupted = isinstance(exc, (asyncio.CancelledError, TimeoutError))
+                if interrupted and not self._facts.in_memory:  # that database is its connection
                     await _to_the_end(greenlet_spawn(pooled.invalidate, exc))
                 if not isinstance(exc, Exception):
                     raise

@@ -245,3 +245,21 @@ async def test_connections_beyond_the_pool_size_are_closed_cleanly(
         pool = store.engine.sync_engine.pool
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
         assert pool.checkedin() <= 1  # type: ignore[attr-defined]
+
+
+async def test_an_interrupted_direct_call_keeps_an_in_memory_database() -> None:
+    """A direct call cut short (here a timeout) discards its connection, except in memory,
+    where the connection is the database."""
+    from rustrade_store import InMemoryStore
+
+    async def interrupted(driver: object) -> None:
+        raise TimeoutError
+
+    async def unused(connection: object) -> None:
+        raise AssertionError("the direct path was not taken")
+
+    async with InMemoryStore() as store:
+        await store.save("k", 1)
+        with pytest.raises(StorageError, match="timed out"):
+            await store._run("load", "k", unused, direct=interrupted)
+        assert await store.load("k") == 1
