@@ -136,6 +136,7 @@ class SqlStore(StateStore):
         "_engine",
         "_facts",
         "_lock",
+        "_made_engine",
         "_owns_engine",
         "_ready",
         "_select_many",
@@ -148,6 +149,9 @@ class SqlStore(StateStore):
     def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
+        # Set by from_url and InMemoryStore, whose engines carry the store's settings only:
+        # nothing on them (options, events) that a direct driver call would skip.
+        self._made_engine = False
         self._facts = facts_for(engine.url)
         self._where = masked(engine.url)
         self._lock = asyncio.Lock() if self._facts.one_writer else None
@@ -190,7 +194,9 @@ class SqlStore(StateStore):
             sqlite_synchronous=sqlite_synchronous,
             **(store_engine_options(resolved) | engine_options),
         )
-        return cls(engine, owns_engine=True)
+        store = cls(engine, owns_engine=True)
+        store._made_engine = True
+        return store
 
     @property
     def engine(self) -> AsyncEngine:
@@ -489,35 +495,46 @@ class SqlStore(StateStore):
         """Run ``direct`` on a driver connection from the engine's pool: the driver's own errors
         become :class:`StorageError`, or :class:`_LostConnection` when the connection died.
 
-        Cancelled or timed out, the call may still be running on the server, so the connection
-        is discarded, as SQLAlchemy does: closing it waits until the driver's cancel request
-        has reached the server, and a save the caller saw fail cannot be written after that.
+        Cut short (cancelled, timed out, the task exiting), the call may still be running on
+        the server, so the connection is discarded, as SQLAlchemy does: closing it sends the
+        driver's cancel request to the server and waits (up to SQLAlchemy's graceful-close
+        limit) for it to get there.
         """
         assert self._calls is not None
         pool = self._engine.sync_engine.pool
         pooled = await self._engine.raw_connection()
+        closing = False
         try:
             driver = pooled.driver_connection
             try:
                 return await direct(driver)
+            except GeneratorExit:
+                # The coroutine is being closed and may not await: the connection, perhaps
+                # still busy, goes back marked for replacement at its next checkout.
+                closing = True
+                pooled.invalidate(soft=True)
+                pooled.close()
+                raise
             except BaseException as exc:
-                if self._calls.lost(driver):
+                dead = self._calls.lost(driver)
+                cut_short = isinstance(exc, TimeoutError) or not isinstance(exc, Exception)
+                if dead:
                     # As SQLAlchemy does on a disconnect it sees: every connection the pool
                     # opened before this one is presumed dead too and replaced at its next
                     # checkout, so the one retry gets a live connection even after a restart.
                     await _to_the_end(greenlet_spawn(pool._invalidate, pooled, exc))
-                    raise _LostConnection from exc
-                interrupted = isinstance(exc, (asyncio.CancelledError, TimeoutError))
-                if interrupted and not self._facts.in_memory:  # that database is its connection
+                elif cut_short and not self._facts.in_memory:  # that database is its connection
                     await _to_the_end(greenlet_spawn(pooled.invalidate, exc))
                 if not isinstance(exc, Exception):
-                    raise
+                    raise  # a cancellation stays one, even when the connection died with it
+                if dead:
+                    raise _LostConnection from exc
                 raise self._failure(action, key, exc) from exc
         finally:
             # Back to the pool (an invalidated connection is back already), which runs no
             # statement: autocommit, no rollback on return. A connection the pool has no room
             # for is closed, I/O that no cancellation may cut short.
-            if pooled.is_valid:
+            if pooled.is_valid and not closing:
                 close = greenlet_spawn(pooled.close)
                 room = isinstance(pool, StaticPool) or (
                     isinstance(pool, QueuePool) and pool.checkedin() < pool.size()
@@ -555,7 +572,7 @@ class SqlStore(StateStore):
             await check_revision(connection, self._where)
         if (
             self._facts.driver_calls is not None
-            and self._owns_engine  # its settings are the store's: nothing the direct path skips
+            and self._made_engine
             and not self._engine.get_execution_options()
             and self._autocommit
             and connection.dialect.skip_autocommit_rollback

@@ -17,6 +17,7 @@ from .conftest import _asyncpg_admin, checked_out
 
 if TYPE_CHECKING:
     import asyncpg
+    import asyncpg.transaction
     from sqlalchemy import URL
 
     from rustrade_store.codec import JSONValue
@@ -164,6 +165,73 @@ async def test_a_save_that_ended_in_failure_is_never_written_later(
             await holder.rollback()
             await asyncio.sleep(0.3)  # a statement still alive would take the lock and commit
             assert await store.load("ghost/k") == attempt, f"attempt {attempt}: written late"
+        assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await other.close()
+        await store.aclose()
+
+
+async def _blocked_save(
+    url: URL, key: str
+) -> tuple[SqlStore, asyncpg.Connection, asyncpg.transaction.Transaction]:
+    """A store whose one connection will block on ``key``'s row lock, held by another session."""
+    store = SqlStore.from_url(url, pool_size=1, max_overflow=0)
+    await store.save(key, "before")
+    other = await _asyncpg_admin(url)
+    holder = other.transaction()
+    await holder.start()
+    await other.execute("UPDATE snapshots SET value = value WHERE key = $1", key)
+    return store, other, holder
+
+
+@pytest.mark.postgres
+async def test_a_cancellation_with_the_connection_lost_stays_a_cancellation(
+    postgres_url: URL, postgres_admin_url: URL
+) -> None:
+    """The connection dies and the task is cancelled in the same turn (a deploy restarts the
+    server while a timeout fires): CancelledError, not a retry that writes the value."""
+    store, other, holder = await _blocked_save(postgres_url, "lost/k")
+    admin = await _asyncpg_admin(postgres_admin_url)
+    try:
+        pooled = await store.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None
+        pid = driver.get_server_pid()
+        save: asyncio.Task[None] | None = None
+
+        def cancel_the_save(_: object) -> None:
+            assert save is not None
+            save.cancel()
+
+        driver.add_termination_listener(cancel_the_save)
+        pooled.close()
+        save = asyncio.create_task(store.save("lost/k", "must never land"))
+        await _blocked_on_a_lock(other)
+        await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(asyncio.CancelledError):
+            await save
+        await holder.rollback()
+        await asyncio.sleep(0.3)
+        assert await store.load("lost/k") == "before"
+    finally:
+        await admin.close()
+        await other.close()
+        await store.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_save_closed_mid_call_leaves_a_working_store(postgres_url: URL) -> None:
+    """The coroutine of a blocked save is closed (GeneratorExit, as when an async generator
+    holding it is collected): the busy connection is replaced, and the next call works."""
+    store, other, holder = await _blocked_save(postgres_url, "closed/k")
+    try:
+        save = store.save("closed/k", "must never land")
+        save.send(None)  # runs until the statement waits for the row lock
+        save.close()
+        assert await store.load("closed/k") == "before"
+        await holder.rollback()
+        await asyncio.sleep(0.3)
+        assert await store.load("closed/k") == "before"
         assert store.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await other.close()

@@ -166,6 +166,10 @@ HANDED_ENGINES = {
     "autocommit option, no rollback on return": lambda url: create_async_engine(
         url, skip_autocommit_rollback=True
     ).execution_options(isolation_level="AUTOCOMMIT"),
+    # Handed over for the store to close: still the owner's engine, with the owner's hooks.
+    "owned, autocommit, no rollback on return": lambda url: create_async_engine(
+        url, isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True
+    ),
 }
 
 
@@ -175,7 +179,7 @@ async def test_a_handed_engine_is_served_through_sqlalchemy(store_url: URL, hand
     so an engine handed to the store keeps every call in SQLAlchemy, and every save lands."""
     engine = HANDED_ENGINES[handed](store_url)
     try:
-        async with SqlStore(engine) as store:
+        async with SqlStore(engine, owns_engine=handed.startswith("owned")) as store:
             await store.save("warm", 0)
             seen = statements_through_sqlalchemy(engine)
             await store.save("k", 1)
