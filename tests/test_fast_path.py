@@ -185,7 +185,7 @@ async def test_a_handed_engine_is_served_through_sqlalchemy(store_url: URL, hand
             await store.save("k", 1)
             assert await store.load("k") == 1
             assert len(seen) == 2
-            if store_url.get_backend_name() != "sqlite" or store_url.database:
+            if store_url.get_backend_name() != "sqlite" or store_url.database:  # not :memory:
                 async with SqlStore.from_url(store_url) as other:
                     assert await other.load("k") == 1, "the save was not committed"
     finally:
