@@ -531,15 +531,18 @@ class SqlStore(StateStore):
                     raise _LostConnection from exc
                 raise self._failure(action, key, exc) from exc
         finally:
-            # Back to the pool (an invalidated connection is back already), which runs no
-            # statement: autocommit, no rollback on return. A connection the pool has no room
-            # for is closed, I/O that no cancellation may cut short.
+            # Back to the pool (an invalidated connection is back already). With a free place
+            # in the pool that is no I/O: the connection autocommits, so there is no rollback on
+            # return, and an engine the store built has no checkin listener. A connection the
+            # pool has no room for is closed, I/O that no cancellation may cut short.
             if pooled.is_valid and not closing:
-                close = greenlet_spawn(pooled.close)
                 room = isinstance(pool, StaticPool) or (
                     isinstance(pool, QueuePool) and pool.checkedin() < pool.size()
                 )
-                await (close if room else _to_the_end(close))
+                if room:
+                    pooled.close()
+                else:
+                    await _to_the_end(greenlet_spawn(pooled.close))
 
     def _fetch(
         self, driver: Any, statement: ClauseElement, values: Mapping[str, Any]
