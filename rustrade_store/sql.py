@@ -512,7 +512,8 @@ class SqlStore(StateStore):
                 # The coroutine is being closed and may not await: the connection, perhaps
                 # still busy, goes back marked for replacement at its next checkout.
                 closing = True
-                pooled.invalidate(soft=True)
+                if not self._facts.in_memory:
+                    pooled.invalidate(soft=True)
                 pooled.close()
                 raise
             except BaseException as exc:
