@@ -251,19 +251,24 @@ async def test_connections_beyond_the_pool_size_are_closed_cleanly(
         assert pool.checkedin() <= 1  # type: ignore[attr-defined]
 
 
-async def test_an_interrupted_direct_call_keeps_an_in_memory_database() -> None:
-    """A direct call cut short (here a timeout) discards its connection, except in memory,
-    where the connection is the database."""
+@pytest.mark.parametrize("interruption", [TimeoutError, GeneratorExit])
+async def test_an_interrupted_direct_call_keeps_an_in_memory_database(
+    interruption: type[BaseException],
+) -> None:
+    """A direct call cut short (a timeout, its coroutine closed) discards or replaces its
+    connection, except in memory, where the connection is the database."""
     from rustrade_store import InMemoryStore
 
     async def interrupted(driver: object) -> None:
-        raise TimeoutError
+        raise interruption
 
     async def unused(connection: object) -> None:
         raise AssertionError("the direct path was not taken")
 
     async with InMemoryStore() as store:
         await store.save("k", 1)
-        with pytest.raises(StorageError, match="timed out"):
+        with pytest.raises(StorageError if interruption is TimeoutError else interruption):
             await store._run("load", "k", unused, direct=interrupted)
         assert await store.load("k") == 1
+        await store.save("k", 2)
+        assert await store.load("k") == 2
