@@ -72,3 +72,11 @@ async def test_eight_processes_on_postgres_with_a_pool(fresh_postgres: URL) -> N
 
     await upgrade(fresh_postgres)
     await run_writers(fresh_postgres, tasks=4)
+
+
+@pytest.mark.mariadb
+async def test_eight_processes_on_mariadb_with_a_pool(fresh_mariadb: URL) -> None:
+    from rustrade_store import upgrade
+
+    await upgrade(fresh_mariadb)
+    await run_writers(fresh_mariadb, tasks=4)

@@ -88,7 +88,8 @@ async def crash_loop(url: URL, sqlite_path: str | None) -> None:
             assert found == value(found_seq), f"kill {kill}: {key} holds a value never written"
             latest[key] = found_seq  # a later, unacknowledged save is the new floor
         checked += count
-    backend = "SQLite" if sqlite_path else "PostgreSQL"
+    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    backend = names.get(url.get_backend_name(), "MariaDB")
     print(f"\ncrash loop on {backend}: {KILLS} kills, {checked} acknowledged saves checked")
 
 
@@ -103,3 +104,11 @@ async def test_crash_loop_postgres(fresh_postgres: URL) -> None:
 
     await upgrade(fresh_postgres)
     await crash_loop(fresh_postgres, None)
+
+
+@pytest.mark.mariadb
+async def test_crash_loop_mariadb(fresh_mariadb: URL) -> None:
+    from rustrade_store import upgrade
+
+    await upgrade(fresh_mariadb)
+    await crash_loop(fresh_mariadb, None)
