@@ -137,6 +137,14 @@ async def _blocked_on_a_lock(observer: asyncpg.Connection) -> None:
     raise AssertionError("the save never reached the row lock")
 
 
+async def _lock_row(session: asyncpg.Connection, key: str) -> asyncpg.transaction.Transaction:
+    """Take ``key``'s row lock in a transaction of ``session``; roll it back to release it."""
+    holder = session.transaction()
+    await holder.start()
+    await session.execute("UPDATE snapshots SET value = value WHERE key = $1", key)
+    return holder
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("ending", ["cancelled", "timed out"])
 async def test_a_save_that_ended_in_failure_is_never_written_later(
@@ -150,9 +158,7 @@ async def test_a_save_that_ended_in_failure_is_never_written_later(
     try:
         for attempt in range(5):
             await store.save("ghost/k", attempt)
-            holder = other.transaction()
-            await holder.start()
-            await other.execute("UPDATE snapshots SET value = value WHERE key = 'ghost/k'")
+            holder = await _lock_row(other, "ghost/k")
             save = asyncio.create_task(store.save("ghost/k", "must never land"))
             await _blocked_on_a_lock(other)
             if ending == "cancelled":
@@ -178,10 +184,7 @@ async def _blocked_save(
     store = SqlStore.from_url(url, pool_size=1, max_overflow=0)
     await store.save(key, "before")
     other = await _asyncpg_admin(url)
-    holder = other.transaction()
-    await holder.start()
-    await other.execute("UPDATE snapshots SET value = value WHERE key = $1", key)
-    return store, other, holder
+    return store, other, await _lock_row(other, key)
 
 
 @pytest.mark.postgres
