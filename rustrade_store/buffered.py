@@ -24,6 +24,9 @@ DEFAULT_DELAY = 0.05
 DEFAULT_MAX_PENDING = 1000
 """Queued keys that make the background writer send a batch at once, without waiting."""
 
+NAMED_IN_WARNING = 20
+"""Keys a warning about unwritten values names before it only counts the rest."""
+
 
 class BufferedStore(StateStore):
     """A write-behind wrapper around any :class:`StateStore`.
@@ -37,18 +40,22 @@ class BufferedStore(StateStore):
     :meth:`flush` returns once every value queued before it is durable in the inner store, and
     raises :class:`~rustrade_store.StorageError` if writing failed; the values it could not write
     stay queued (a newer save of the same key wins) for the next try, so nothing is dropped
-    silently. :meth:`aclose` flushes, then closes the inner store; if that flush fails, the
-    store stays open and the error propagates, so the caller can try again.
+    silently. :meth:`aclose` flushes, then closes the inner store; every caller, however many
+    close at once, returns only once that flush has succeeded and raises if it failed, in which
+    case the store stays open so the caller can try again. A store garbage-collected, or left
+    behind by its event loop, with values never written logs a warning naming their keys.
     """
 
     __slots__ = (
         "_closed",
+        "_closing",
         "_delay",
         "_failures",
         "_full",
         "_inner",
         "_max_pending",
         "_pending",
+        "_reported",
         "_wake",
         "_write_lock",
         "_writer",
@@ -79,6 +86,15 @@ class BufferedStore(StateStore):
         self._writer: asyncio.Task[None] | None = None
         self._failures = 0
         self._closed = False
+        self._closing: asyncio.Future[BaseException | None] | None = None
+        """The latest close: how it ended (``None`` once closed), or cancelled if called off."""
+        self._reported = False
+        """Whether the values queued now were already reported as lost."""
+
+    def __del__(self) -> None:
+        """Values that die with the store are logged by key, never lost without a word."""
+        if hasattr(self, "_reported"):  # False when __init__ refused its arguments
+            self._report_unflushed("was garbage-collected")
 
     @property
     def inner(self) -> StateStore:
@@ -130,27 +146,67 @@ class BufferedStore(StateStore):
     async def aclose(self) -> None:
         """Refuse new saves, flush, stop the background writer and close the inner store.
 
-        If the flush fails it raises and the store stays open (saves accepted again), so the
-        caller can try again; nothing queued is dropped.
+        Concurrent calls wait for one close: each returns once it succeeded, or raises its error.
+        If the flush fails the store stays open (saves accepted again), so the caller can try
+        again; nothing queued is dropped. A cancelled call calls its close off, unless another
+        call is waiting on it, which then carries it on. After a successful close it returns at
+        once.
         """
-        if self._closed:
+        while (closing := self._closing) is not None and not closing.done():
+            await asyncio.wait([closing])  # raises only if this caller is cancelled
+            if not closing.cancelled():
+                if (error := closing.result()) is not None:
+                    raise error
+                return
+        if closing is not None and not closing.cancelled() and closing.result() is None:
             return
+        await self._close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _close(self) -> None:
+        """Run one close, and tell every :meth:`aclose` waiting on it how it ended."""
+        closing = self._closing = asyncio.get_running_loop().create_future()
         self._closed = True  # a save arriving while the flush waits must not be dropped
+        try:
+            await self._shut_down()
+        except asyncio.CancelledError:
+            closing.cancel()
+            raise
+        except BaseException as exc:
+            closing.set_result(exc)
+            raise
+        closing.set_result(None)
+
+    async def _shut_down(self) -> None:
+        """Flush, stop the background writer, close the inner store; a failed flush reopens."""
         try:
             await self.flush()
         except BaseException:
             self._closed = False
             raise
-        try:
-            if self._writer is not None:
-                self._writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._writer
-                self._writer = None
-        finally:
-            await self._inner.aclose()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+            self._writer = None
+        await self._inner.aclose()
 
-    # -- internals -------------------------------------------------------------------------
+    def _report_unflushed(self, event: str) -> None:
+        """Warn, once, naming the keys whose values never reached the inner store."""
+        keys = sorted(self._pending.keys() | self._writing.keys())
+        if not keys or self._reported:
+            return
+        self._reported = True
+        named = ", ".join(map(repr, keys[:NAMED_IN_WARNING]))
+        more = len(keys) - NAMED_IN_WARNING
+        logger.warning(
+            "%r %s with %d value(s) never written to the inner store: %s%s",
+            self,
+            event,
+            len(keys),
+            named,
+            f" and {more} more" if more > 0 else "",
+        )
 
     def _check_open(self, action: str) -> None:
         if self._closed:
@@ -164,6 +220,7 @@ class BufferedStore(StateStore):
         if not texts:
             return
         self._pending.update(texts)
+        self._reported = False
         if self._writer is None or self._writer.done():  # done: cancelled from outside
             self._writer = asyncio.get_running_loop().create_task(self._write_behind())
         if len(self._pending) >= self._max_pending:
@@ -191,29 +248,34 @@ class BufferedStore(StateStore):
 
     async def _write_behind(self) -> None:
         """The background writer: a batch after ``delay``, or at once when the queue is full."""
-        while True:
-            await self._wake.wait()
-            if self._delay and not self._full.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._delay)
-            self._wake.clear()
-            self._full.clear()
-            async with self._write_lock:
-                try:
-                    await self._write_pending()
-                except StoreError as exc:
-                    # The values stay queued and the next flush() reports the failure; retry
-                    # later, backing off up to 5 s, rather than hammering a broken store.
-                    self._failures += 1
-                    logger.warning(
-                        "write-behind of %d key(s) failed (attempt %d), retrying: %s",
-                        len(self._pending),
-                        self._failures,
-                        exc,
-                    )
-                else:
-                    self._failures = 0
-            if self._failures:
-                backoff = max(self._delay, 0.05) * 2 ** min(self._failures, 10)
-                await asyncio.sleep(min(5.0, backoff))
-                self._wake.set()
+        try:
+            while True:
+                await self._wake.wait()
+                if self._delay and not self._full.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._delay)
+                self._wake.clear()
+                self._full.clear()
+                async with self._write_lock:
+                    try:
+                        await self._write_pending()
+                    except StoreError as exc:
+                        # The values stay queued and the next flush() reports the failure; retry
+                        # later, backing off up to 5 s, rather than hammering a broken store.
+                        self._failures += 1
+                        logger.warning(
+                            "write-behind of %d key(s) failed (attempt %d), retrying: %s",
+                            len(self._pending),
+                            self._failures,
+                            exc,
+                        )
+                    else:
+                        self._failures = 0
+                if self._failures:
+                    backoff = max(self._delay, 0.05) * 2 ** min(self._failures, 10)
+                    await asyncio.sleep(min(5.0, backoff))
+                    self._wake.set()
+        except asyncio.CancelledError:
+            # aclose() cancels it with nothing queued; values queued now die with the event loop.
+            self._report_unflushed("had its background writer cancelled")
+            raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -293,3 +295,122 @@ async def test_a_long_outage_backs_off_without_overflowing() -> None:
         assert store._writer is not None
         assert not store._writer.done(), "the background writer died"
         inner.failing = False
+
+
+async def test_a_second_aclose_waits_for_the_flush_of_the_first() -> None:
+    """A shutdown hook and the main path both close: neither returns before the value is written."""
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    first = asyncio.create_task(store.aclose())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    second = asyncio.create_task(store.aclose())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not second.done(), "the second aclose() returned while the first was still flushing"
+    inner.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, second), HANG_GUARD)
+    assert inner.batches == [{"a": 1}]
+    after = store.aclose()
+    with pytest.raises(StopIteration):  # closed already: it returns without waiting on anything
+        after.send(None)
+
+
+async def test_every_concurrent_aclose_hears_that_the_flush_failed() -> None:
+    inner = GatedStore()
+    inner.failing = True
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    first = asyncio.create_task(store.aclose())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    second = asyncio.create_task(store.aclose())
+    await asyncio.sleep(0)  # the second aclose() is now waiting on the first's flush
+    inner.gate.set()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(first, second, return_exceptions=True), HANG_GUARD
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, StorageError), outcome
+        assert "the disk is full" in str(outcome)
+    await store.save("b", 2)  # the store stayed open: nothing queued was dropped
+    inner.failing = False
+    await store.aclose()
+    assert inner.batches == [{"a": 1, "b": 2}]
+
+
+async def test_a_second_aclose_carries_the_close_on_when_the_first_is_cancelled() -> None:
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    first = asyncio.create_task(store.aclose())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    second = asyncio.create_task(store.aclose())
+    await asyncio.sleep(0)  # the second aclose() is now waiting on the first's flush
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not second.done(), "the second aclose() returned with the value still unwritten"
+    inner.gate.set()
+    await asyncio.wait_for(second, HANG_GUARD)
+    assert inner.batches == [{"a": 1}]
+    with pytest.raises(StorageError, match="closed"):
+        await store.save("b", 2)
+
+
+async def test_a_cancelled_aclose_leaves_the_store_open_with_its_values_queued() -> None:
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=3600)
+    await store.save("a", 1)
+    closing = asyncio.create_task(store.aclose())
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert store.pending == 1
+    await store.save("b", 2)
+    inner.gate.set()
+    await store.aclose()
+    assert inner.batches == [{"a": 1, "b": 2}]
+
+
+def unflushed_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "rustrade_store.buffered" and record.levelno == logging.WARNING
+    ]
+
+
+async def test_a_store_garbage_collected_with_unflushed_values_logs_their_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rustrade_store.buffered")
+    inner = GatedStore()
+    store = BufferedStore(inner, delay=0)
+    await store.save_many({f"bot{index:02}/BTC": index for index in range(25)})
+    await asyncio.wait_for(inner.entered.wait(), HANG_GUARD)  # the writer holds all 25, unwritten
+    del store, inner
+    gc.collect()
+    [message] = unflushed_warnings(caplog)
+    assert "25" in message
+    assert "'bot00/BTC'" in message
+    assert "'bot19/BTC'" in message
+    assert "'bot20/BTC'" not in message
+    assert "and 5 more" in message
+
+
+def test_an_event_loop_ending_with_unflushed_values_logs_their_keys_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="rustrade_store.buffered")
+
+    async def main() -> None:
+        store = BufferedStore(RecordingStore(), delay=3600)
+        await store.save("bot1/BTCUSDT", {"halted": True})
+
+    asyncio.run(main())
+    gc.collect()  # the store is garbage by now as well
+    [message] = unflushed_warnings(caplog)
+    assert "'bot1/BTCUSDT'" in message
