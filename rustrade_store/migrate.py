@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,8 @@ from .errors import SchemaError, StorageError, describe
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from alembic.config import Config
     from alembic.script import ScriptDirectory
     from sqlalchemy import URL, Connection
@@ -31,6 +37,75 @@ __all__ = [
     "upgrade",
     "upgrade_connection",
 ]
+
+logger = logging.getLogger(__name__)
+
+_ALEMBIC = threading.Lock()
+"""Held while an Alembic command runs: its ``context`` and ``op`` are process-wide globals, so
+two at once (two event loops, or two tasks of one) would run on each other's connection. A
+thread lock, since an asyncio lock belongs to one event loop."""
+
+
+class _Wait:
+    """One wait for :data:`_ALEMBIC` in a thread of its own, off the event loop (a busy default
+    executor would hold up the loop's other work), handed over exactly once: to the waiting
+    task, or back to the lock if that task has given up."""
+
+    __slots__ = ("_guard", "_loop", "_state", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._guard = threading.Lock()
+        self._loop = loop
+        self._state = "waiting"  # then "held" (by the task) or "abandoned"
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def start(self) -> asyncio.Future[None]:
+        """Start the thread; the future is done when the task holds the lock."""
+        thread = threading.Thread(target=self._take, name="rustrade-store migration", daemon=True)
+        thread.start()
+        return self.done
+
+    def _take(self) -> None:
+        """In the thread: take the lock, then hand it to the task if it still wants it."""
+        _ALEMBIC.acquire()
+        with self._guard:
+            if self._state == "abandoned":
+                _ALEMBIC.release()
+                return
+            self._state = "held"
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed meanwhile: no task is left to release it
+            self.abandon()
+
+    def _wake(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def abandon(self) -> None:
+        """The task gave up (cancelled): release the lock if it was already taken for it."""
+        with self._guard:
+            held = self._state == "held"
+            self._state = "abandoned"
+        if held:
+            _ALEMBIC.release()
+
+
+@contextlib.asynccontextmanager
+async def _alembic_turn() -> AsyncIterator[None]:
+    """Hold :data:`_ALEMBIC` for the block, waiting for it without blocking the event loop."""
+    if not _ALEMBIC.acquire(blocking=False):
+        logger.debug("waiting for another rustrade-store migration in this process to finish")
+        wait = _Wait(asyncio.get_running_loop())
+        try:
+            await wait.start()
+        except BaseException:
+            wait.abandon()
+            raise
+    try:
+        yield
+    finally:
+        _ALEMBIC.release()
 
 
 def script_location() -> Path:
@@ -100,7 +175,7 @@ def _run_command(connection: Connection, name: str, revision: str) -> None:
 async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str) -> None:
     engine = target if isinstance(target, AsyncEngine) else create_engine(target)
     try:
-        async with engine.begin() as connection:
+        async with engine.begin() as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise StorageError(
@@ -113,7 +188,8 @@ async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str)
 
 async def upgrade_connection(connection: AsyncConnection, revision: str = "head") -> None:
     """Migrate through a connection the caller holds (an in-memory database has only one)."""
-    await connection.run_sync(_run_command, "upgrade", revision)
+    async with _alembic_turn():
+        await connection.run_sync(_run_command, "upgrade", revision)
 
 
 async def upgrade(target: str | URL | AsyncEngine | None = None, revision: str = "head") -> None:

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import event, inspect, make_url, text
 from sqlalchemy.schema import CreateTable
 
-from rustrade_store import SchemaError, SqlStore, downgrade, head_revision, upgrade
+from rustrade_store import InMemoryStore, SchemaError, SqlStore, downgrade, head_revision, upgrade
 from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
 from rustrade_store.schema import VERSION_TABLE, metadata
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 ROOT = Path(__file__).resolve().parent.parent
+
+HANG_GUARD = 120.0
+"""Seconds after which a wait that would otherwise hang fails the test: a guard, not a measure."""
 
 
 @pytest.fixture(
@@ -156,3 +165,196 @@ def test_package_metadata_declares_the_json_check_where_the_migration_does(
     dialect = make_url(f"{backend}://").get_dialect()()
     ddl = str(CreateTable(metadata.tables["snapshots"]).compile(dialect=dialect))
     assert ("CHECK (json_valid(value))" in ddl) is checked, ddl
+
+
+# -- migrations at once in one process ------------------------------------------------------
+
+
+async def assert_at_head(url: URL) -> None:
+    """The database holds exactly the package's tables, at this release's head revision."""
+    engine = create_engine(url)
+    try:
+        assert await tables(engine) == {"snapshots", VERSION_TABLE}
+        async with engine.connect() as connection:
+            ours = await connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+            assert ours.scalars().all() == [head_revision()]
+    finally:
+        await engine.dispose()
+
+
+def sqlite_files(tmp_path: Path, *names: str) -> list[URL]:
+    return [resolve_url(f"sqlite:///{tmp_path / name}") for name in names]
+
+
+def test_in_memory_stores_first_used_at_once_each_get_their_schema() -> None:
+    async def use_at_once() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            stores = [await stack.enter_async_context(InMemoryStore()) for _ in range(4)]
+            await asyncio.gather(*(store.save("k", n) for n, store in enumerate(stores)))
+            for n, store in enumerate(stores):
+                await store.save("again", n)
+                assert [await store.load("k"), await store.count()] == [n, 2]
+
+    # Twice, each in its own event loop: nothing may stay bound to the first.
+    asyncio.run(use_at_once())
+    asyncio.run(use_at_once())
+
+
+async def test_upgrades_and_downgrades_at_once_each_change_their_own_database(
+    empty_url: URL, tmp_path: Path
+) -> None:
+    urls = [empty_url, *sqlite_files(tmp_path, "a.db", "b.db")]
+    await asyncio.gather(*(upgrade(url) for url in urls))
+    for url in urls:
+        await assert_at_head(url)
+    await asyncio.gather(*(downgrade(url, "base") for url in urls))
+    for url in urls:
+        engine = create_engine(url)
+        try:
+            assert await tables(engine) == {VERSION_TABLE}
+        finally:
+            await engine.dispose()
+
+
+class _Signal(logging.Handler):
+    def __init__(self, signal: threading.Event) -> None:
+        super().__init__(logging.DEBUG)
+        self.signal = signal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "waiting" in record.getMessage():
+            self.signal.set()
+
+
+@pytest.fixture
+def lock_wait(caplog: pytest.LogCaptureFixture) -> Iterator[threading.Event]:
+    """Set when a migration starts waiting for another one in this process to finish."""
+    caplog.set_level(logging.DEBUG, logger="rustrade_store.migrate")
+    signal = threading.Event()
+    handler = _Signal(signal)
+    logger = logging.getLogger("rustrade_store.migrate")
+    logger.addHandler(handler)
+    try:
+        yield signal
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def migration_under_way(url: URL) -> Iterator[None]:
+    """An upgrade of ``url`` in its own thread and event loop, held inside its CREATE TABLE for
+    the duration of the block; it must then finish without error."""
+    inside = threading.Event()
+    resume = threading.Event()
+    failures: list[BaseException] = []
+
+    def hold(_connection: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("CREATE TABLE"):
+            inside.set()
+            assert resume.wait(HANG_GUARD), "the held migration was never resumed"
+
+    async def migrate() -> None:
+        engine = create_engine(url)
+        event.listen(engine.sync_engine, "before_cursor_execute", hold)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    def run() -> None:
+        try:
+            asyncio.run(migrate())
+        except BaseException as exc:
+            failures.append(exc)
+            inside.set()
+
+    thread = threading.Thread(target=run, name="held migration")
+    thread.start()
+    try:
+        assert inside.wait(HANG_GUARD)
+        assert not failures, failures
+        yield
+    finally:
+        resume.set()
+        thread.join()
+    assert not failures, failures
+
+
+def start_upgrade(url: URL, lock_wait: threading.Event) -> asyncio.Task[None]:
+    """An upgrade of ``url`` as a task; ``lock_wait`` is set when it waits, or else ends."""
+    task = asyncio.create_task(upgrade(url))
+    task.add_done_callback(lambda _: lock_wait.set())  # a wait that never comes fails fast
+    return task
+
+
+def test_a_migration_in_another_thread_waits_for_the_one_under_way(
+    tmp_path: Path, lock_wait: threading.Event
+) -> None:
+    first, second = sqlite_files(tmp_path, "first.db", "second.db")
+    failures: list[BaseException] = []
+    finished = threading.Event()
+
+    def run_second() -> None:
+        try:
+            asyncio.run(upgrade(second))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            finished.set()
+            lock_wait.set()  # never wait forever for a wait that will not come
+
+    thread = threading.Thread(target=run_second, name="second migration")
+    with migration_under_way(first):
+        thread.start()
+        assert lock_wait.wait(HANG_GUARD)
+        finished_while_first_held = finished.is_set()
+    thread.join()
+    assert not failures, failures
+    assert not finished_while_first_held
+    for url in (first, second):
+        asyncio.run(assert_at_head(url))
+
+
+def test_waiting_for_a_migration_leaves_the_event_loop_free(
+    tmp_path: Path, sqlite_url: URL, lock_wait: threading.Event
+) -> None:
+    first, second = sqlite_files(tmp_path, "first.db", "second.db")
+
+    async def wait_and_work() -> asyncio.Task[None]:
+        waiting = start_upgrade(second, lock_wait)
+        assert await asyncio.to_thread(lock_wait.wait, HANG_GUARD)
+        # Unrelated work in this loop goes on while the upgrade waits for the other loop's.
+        async with SqlStore.from_url(sqlite_url) as store:
+            await store.save("k", 1)
+            assert await store.load("k") == 1
+        assert not waiting.done()
+        return waiting
+
+    async def main() -> None:
+        with migration_under_way(first):
+            waiting = await wait_and_work()
+        await waiting
+
+    asyncio.run(main())
+    for url in (first, second):
+        asyncio.run(assert_at_head(url))
+
+
+def test_a_cancelled_wait_leaves_the_lock_to_the_next_migration(
+    tmp_path: Path, lock_wait: threading.Event
+) -> None:
+    first, second = sqlite_files(tmp_path, "first.db", "second.db")
+
+    async def give_up_waiting() -> None:
+        waiting = start_upgrade(second, lock_wait)
+        assert await asyncio.to_thread(lock_wait.wait, HANG_GUARD)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    with migration_under_way(first):
+        asyncio.run(give_up_waiting())
+    # The abandoned wait gets the lock when the first migration ends, and must hand it on.
+    asyncio.run(asyncio.wait_for(upgrade(second), HANG_GUARD))
+    for url in (first, second):
+        asyncio.run(assert_at_head(url))
