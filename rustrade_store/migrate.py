@@ -1,4 +1,4 @@
-"""Run the package's Alembic migrations from code, from a source tree or an installed wheel."""
+"""Run the package's Alembic migrations from code."""
 
 from __future__ import annotations
 
@@ -109,13 +109,8 @@ async def _alembic_turn() -> AsyncIterator[None]:
 
 
 def script_location() -> Path:
-    """The migration scripts: inside the package when installed from a wheel, else the
-    repository's top-level ``migrations/``, the one source both come from."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "migrations", here.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise SchemaError(f"rustrade-store migration scripts are missing (looked in {here})")
+    """The migration scripts, which ship inside the package."""
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config() -> Config:
