@@ -30,19 +30,12 @@ from .errors import (
     InvalidKeyError,
     InvalidValueError,
     KeyTypeError,
+    SchemaError,
     StorageError,
     StoreError,
     describe,
 )
-from .migrate import (
-    check_revision,
-    current_revision,
-    downgrade,
-    head_revision,
-    known_revision,
-    refuse_unknown_revision,
-    upgrade,
-)
+from .migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
 from .schema import snapshots
 from .sql import SqlStore
 from .transfer import copy, export, import_lines, parse_json
@@ -52,6 +45,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from .migrate import SchemaStatus
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_STORAGE", "main"]
 
@@ -185,24 +180,17 @@ def _open(url: URL, timeout: float) -> SqlStore:
     return SqlStore.from_url(url, timeout=timeout)
 
 
-def _revision_line(current: str | None, head: str) -> str:
-    if current == head:
-        return f"{current} (head)"
-    if current is None:
-        return f"none: never migrated (head is {head})"
-    if known_revision(current):
-        return f"{current}: older than head {head}"
-    return f"{current}: unknown to rustrade-store {__version__} (its head is {head})"
-
-
-async def _schema_state(connection: AsyncConnection, where: str) -> tuple[str | None, str | None]:
-    """The current revision and, unless it is head, the error a store would raise."""
-    current = await current_revision(connection)
-    try:
-        await check_revision(connection, where)
-    except StorageError as exc:
-        return current, str(exc)
-    return current, None
+def _revision_line(status: SchemaStatus) -> str:
+    current, head = status.current, status.head
+    match status.state:
+        case "current":
+            return f"{current} (head)"
+        case "missing":
+            return f"none: never migrated (head is {head})"
+        case "behind":
+            return f"{current}: older than head {head}"
+        case "ahead-unknown":
+            return f"{current}: unknown to rustrade-store {__version__} (its head is {head})"
 
 
 def _count_rows(connection: Connection) -> int | None:
@@ -259,18 +247,18 @@ async def _migrate(
 
 async def _report_revision(url: URL, wait: float, console: _Console) -> int:
     async with _connection(url, wait) as connection:
-        current = await current_revision(connection)
-    console.say(f"{masked(url)}: schema revision {_revision_line(current, head_revision())}")
+        status = await schema_status(connection, masked(url))
+    console.say(f"{masked(url)}: schema revision {_revision_line(status)}")
     return EXIT_OK
 
 
 async def cmd_current(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url)
     async with _connection(url, args.timeout) as connection:
-        current, problem = await _schema_state(connection, masked(url))
-    console.out.write(_revision_line(current, head_revision()) + "\n")
-    if problem is not None:
-        raise StorageError(problem)
+        status = await schema_status(connection, masked(url))
+    console.out.write(_revision_line(status) + "\n")
+    if status.state != "current":
+        raise SchemaError(status.message)
     return EXIT_OK
 
 
@@ -288,8 +276,10 @@ async def cmd_doctor(args: argparse.Namespace, console: _Console) -> int:
         async with _connection(url, args.timeout) as connection:
             info = connection.dialect.server_version_info or ()
             lines.append(("server version", ".".join(str(part) for part in info) or "unknown"))
-            current, problem = await _schema_state(connection, where)
-            lines.append(("schema revision", _revision_line(current, head_revision())))
+            status = await schema_status(connection, where)
+            lines.append(("schema revision", _revision_line(status)))
+            if status.state != "current":
+                problem = status.message
             lines.extend(await connection.run_sync(read_settings))
             rows = await connection.run_sync(_count_rows)
             lines.append(("snapshots", "no table" if rows is None else f"{rows:,}"))

@@ -7,8 +7,9 @@ import contextlib
 import functools
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,12 +28,15 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
+    "SchemaState",
+    "SchemaStatus",
     "check_revision",
     "current_revision",
     "downgrade",
     "head_revision",
     "known_revision",
     "refuse_unknown_revision",
+    "schema_status",
     "script_location",
     "upgrade",
     "upgrade_connection",
@@ -142,22 +146,6 @@ def known_revision(revision: str) -> bool:
     return any(script.revision == revision for script in _scripts().walk_revisions())
 
 
-def _unknown_revision(where: str, current: str) -> SchemaError:
-    return SchemaError(
-        f"{where} is at schema revision {current}, which this release does not know "
-        f"(its newest is {head_revision()}): a newer rustrade-store migrated it; use that "
-        "release, or upgrade the package"
-    )
-
-
-def refuse_unknown_revision(connection: Connection) -> None:
-    """Raise :class:`SchemaError` if a newer release migrated the database: this release's
-    migrations cannot move it up or down."""
-    current = _read_revision(connection)
-    if current is not None and not known_revision(current):
-        raise _unknown_revision(masked(connection.engine.url), current)
-
-
 def _run_command(connection: Connection, name: str, revision: str) -> None:
     from alembic import command
 
@@ -200,10 +188,67 @@ async def downgrade(target: str | URL | AsyncEngine | None, revision: str) -> No
     await _run(target, "downgrade", revision)
 
 
+# -- the schema's revision ------------------------------------------------------------------
+
+SchemaState = Literal["missing", "behind", "current", "ahead-unknown"]
+
+_HOW_TO_UPGRADE = (
+    "run `rustrade-store upgrade` (or `alembic upgrade head`, "
+    "or `await rustrade_store.upgrade(url)`)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """Where a database's schema stands against this release's migrations."""
+
+    current: str | None
+    """The database's revision, or ``None`` if it was never migrated."""
+    head: str
+    """This release's newest revision."""
+    state: SchemaState
+    """``"current"``: at ``head``. ``"missing"``: never migrated. ``"behind"``: at an older
+    revision of this release. ``"ahead-unknown"``: at a revision this release does not know (a
+    newer release migrated it), which its migrations can move neither up nor down."""
+    message: str
+    """One sentence naming the database and its state, and what to do unless it is current."""
+
+
 def _read_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table(VERSION_TABLE):
         return None
     return connection.execute(select(version_table.c.version_num)).scalar()
+
+
+def _status(connection: Connection, where: str | None = None) -> SchemaStatus:
+    where = masked(connection.engine.url) if where is None else where
+    current = _read_revision(connection)
+    head = head_revision()
+    state: SchemaState
+    if current == head:
+        state, message = "current", f"{where} is at schema revision {head}, this release's head"
+    elif current is None:
+        state, message = "missing", f"{where} has no rustrade-store schema: {_HOW_TO_UPGRADE} first"
+    elif known_revision(current):
+        state = "behind"
+        message = (
+            f"{where} is at schema revision {current}, older than this release's {head}: "
+            f"{_HOW_TO_UPGRADE}"
+        )
+    else:
+        state = "ahead-unknown"
+        message = (
+            f"{where} is at schema revision {current}, which this release does not know "
+            f"(its newest is {head}): a newer rustrade-store migrated it; use that release, "
+            "or upgrade the package"
+        )
+    return SchemaStatus(current, head, state, message)
+
+
+async def schema_status(connection: AsyncConnection, where: str | None = None) -> SchemaStatus:
+    """The database's revision against this release's head; ``where`` names the database in
+    the message (default: its URL, password masked)."""
+    return await connection.run_sync(_status, where)
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:
@@ -213,19 +258,14 @@ async def current_revision(connection: AsyncConnection) -> str | None:
 
 async def check_revision(connection: AsyncConnection, where: str) -> None:
     """Raise :class:`SchemaError` unless the database is at this release's head revision."""
-    current = await current_revision(connection)
-    head = head_revision()
-    if current == head:
-        return
-    if current is None:
-        raise SchemaError(
-            f"{where} has no rustrade-store schema: run `rustrade-store upgrade` "
-            "(or `alembic upgrade head`, or `await rustrade_store.upgrade(url)`) first"
-        )
-    if known_revision(current):
-        raise SchemaError(
-            f"{where} is at schema revision {current}, older than this release's {head}: "
-            "run `rustrade-store upgrade` (or `alembic upgrade head`, "
-            "or `await rustrade_store.upgrade(url)`)"
-        )
-    raise _unknown_revision(where, current)
+    status = await schema_status(connection, where)
+    if status.state != "current":
+        raise SchemaError(status.message)
+
+
+def refuse_unknown_revision(connection: Connection) -> None:
+    """Raise :class:`SchemaError` if a newer release migrated the database: this release's
+    migrations cannot move it up or down."""
+    status = _status(connection)
+    if status.state == "ahead-unknown":
+        raise SchemaError(status.message)

@@ -20,6 +20,7 @@ from sqlalchemy.schema import CreateTable
 
 from rustrade_store import InMemoryStore, SchemaError, SqlStore, downgrade, head_revision, upgrade
 from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
+from rustrade_store.migrate import schema_status
 from rustrade_store.schema import VERSION_TABLE, metadata
 
 if TYPE_CHECKING:
@@ -145,6 +146,44 @@ async def test_unknown_revision_names_both_revisions(empty_url: URL) -> None:
         for step in (upgrade(empty_url), downgrade(empty_url, "base")):
             with pytest.raises(SchemaError, match=f"0999.*{head_revision()}"):
                 await step
+    finally:
+        await engine.dispose()
+
+
+async def test_schema_status_is_what_the_store_checks(empty_url: URL) -> None:
+    engine = create_engine(empty_url)
+    head = head_revision()
+
+    async def check() -> tuple[str | None, str, str, str]:
+        async with engine.connect() as connection:
+            status = await schema_status(connection)
+            named = await schema_status(connection, "the bot's database")
+        assert named.message.startswith("the bot's database ")
+        async with SqlStore(engine) as store:
+            if status.state == "current":
+                await store.load("k")
+            else:  # the store raises the very message, naming the database by its URL
+                with pytest.raises(SchemaError) as raised:
+                    await store.load("k")
+                assert str(raised.value) == status.message
+        assert status.message.startswith(engine.url.render_as_string(hide_password=True))
+        return status.current, status.head, status.state, status.message
+
+    try:
+        current, _, state, message = await check()
+        assert (current, state) == (None, "missing")
+        assert "rustrade-store upgrade" in message
+        await upgrade(engine)
+        assert (await check())[:3] == (head, head, "current")
+        async with engine.begin() as connection:
+            await connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0999'"))
+        current, _, state, message = await check()
+        assert (current, state) == ("0999", "ahead-unknown")
+        assert f"0999, which this release does not know (its newest is {head})" in message
+        async with engine.begin() as connection:
+            await connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '{head}'"))
+        await downgrade(engine, "base")
+        assert (await check())[:3] == (None, head, "missing")
     finally:
         await engine.dispose()
 
