@@ -22,9 +22,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
-# The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves.
+# The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves;
+# the long fault run: 20,000 calls and 200 injected faults per database, then the checker's counts.
 soak: $(STAMP)
 	RUSTRADE_CRASH_KILLS=200 $(BIN)/python -m pytest tests/test_crash.py -s -q
+	RUSTRADE_FAULT_OPS=20000 RUSTRADE_FAULT_FAULTS=200 $(BIN)/python -m pytest tests/test_faults.py -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
