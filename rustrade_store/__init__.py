@@ -8,6 +8,7 @@ from .buffered import BufferedStore
 from .codec import MAX_DEPTH, MAX_INT_DIGITS, MAX_KEY_LENGTH, MAX_VALUE_BYTES, JSONValue
 from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
 from .errors import (
+    ClockSkewError,
     InvalidKeyError,
     InvalidValueError,
     KeyTypeError,
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_VALUE_BYTES",
     "BufferedStore",
+    "ClockSkewError",
     "InMemoryStore",
     "InvalidKeyError",
     "InvalidValueError",

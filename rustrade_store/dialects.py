@@ -5,19 +5,20 @@ The rest of the package is dialect-free: it asks :func:`facts_for` and uses what
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-from sqlalchemy import Text, any_, bindparam, cast, event
+from sqlalchemy import Text, any_, bindparam, cast, event, func, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable
 
     from sqlalchemy import URL, ColumnElement, Connection, Table
     from sqlalchemy.engine import Dialect
@@ -34,7 +35,6 @@ __all__ = [
     "SQLITE_SYNCHRONOUS",
     "SQLITE_SYNCHRONOUS_MODES",
     "DialectFacts",
-    "DriverCalls",
     "JsonDocument",
     "SnapshotKey",
     "UtcTimestamp",
@@ -182,28 +182,37 @@ class UtcTimestamp(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def _sqlite_upsert(table: Table) -> Insert:
-    stmt = sqlite.insert(table)
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.key],
-        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-    )
+def _on_conflict_upsert(
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
+) -> Callable[[Table], Insert]:
+    """PostgreSQL's and SQLite's ``ON CONFLICT``: the update applies only to an older row, and
+    RETURNING names the rows applied."""
 
+    def upsert(table: Table) -> Insert:
+        stmt = insert(table)
+        new = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={"value": new.value, "updated_at": new.updated_at},
+            where=table.c.updated_at < new.updated_at,
+        ).returning(table.c.key, table.c.updated_at)
 
-def _postgres_upsert(table: Table) -> Insert:
-    stmt = postgresql.insert(table)
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.key],
-        set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-    )
+    return upsert
 
 
 def _mysql_upsert(table: Table) -> Insert:
-    # The inserted row's values: VALUES(col) on MariaDB, a row alias on MySQL 8.0.20+.
+    # Assignments run left to right, so updated_at goes last: the value's condition must see
+    # the stored time. VALUES(col) is the inserted row's value; RETURNING gives the final row
+    # of every input, applied when its time is the one sent.
     stmt = mysql.insert(table)
+    new = stmt.inserted
+    newer = table.c.updated_at < new.updated_at
     return stmt.on_duplicate_key_update(
-        value=stmt.inserted.value, updated_at=stmt.inserted.updated_at
-    )
+        [
+            ("value", func.if_(newer, new.value, table.c.value)),
+            ("updated_at", func.greatest(table.c.updated_at, new.updated_at)),
+        ]
+    ).returning(table.c.key, table.c.updated_at)
 
 
 def _no_hint(writing: bool, cause: BaseException) -> str:
@@ -217,7 +226,7 @@ _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
 
 def _mysql_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
-    if not writing or code not in _MYSQL_PACKET_ERRORS:
+    if not writing or code not in _MYSQL_PACKET_ERRORS or _mysql_read_timeout(cause):
         return ""
     return (
         " (the server also closes the connection on a statement larger than its "
@@ -229,6 +238,29 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
 
 def _in_expanded_list(column: ColumnElement[str]) -> ColumnElement[bool]:
     return column.in_(bindparam("keys", expanding=True))
+
+
+def _in_json_array(column: ColumnElement[str]) -> ColumnElement[bool]:
+    # One parameter whatever the number of keys (SQLite allows 32,766 parameters a statement).
+    keys = func.json_each(bindparam("keys", type_=Text)).table_valued("value")
+    return column.in_(select(keys.c.value))
+
+
+def _as_list(keys: list[str]) -> list[str]:
+    return keys
+
+
+def _as_json_array(keys: list[str]) -> str:
+    return json.dumps(keys)
+
+
+def _never(cause: BaseException) -> bool:
+    return False
+
+
+def _mysql_read_timeout(cause: BaseException) -> bool:
+    # asyncmy reports its read timeout as CR_SERVER_LOST with this text.
+    return bool(cause.args) and cause.args[0] == 2013 and "read timeout" in str(cause)
 
 
 def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
@@ -247,45 +279,6 @@ def _as_text(column: ColumnElement[str]) -> ColumnElement[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class DriverCalls:
-    """How to run one statement on the driver's own connection, for single-key loads and saves.
-
-    Through SQLAlchemy's adapter a statement on aiosqlite costs four hand-offs to the driver's
-    thread (cursor, execute, fetch, close) where one does; and SQLAlchemy's execution adds as
-    much again in Python. The store compiles each statement once with SQLAlchemy and runs it
-    here, on a connection the engine's pool handed out, when that connection autocommits.
-    """
-
-    fetch: Callable[[Any, str, Sequence[Any]], Awaitable[Sequence[Sequence[Any]]]]
-    """Run ``sql`` with positional parameters; return every row."""
-    lost: Callable[[Any], bool]
-    """Whether the connection is dead after an error (then it is dropped and the call retried)."""
-
-
-def _aiosqlite_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
-    return driver.execute_fetchall(sql, params)
-
-
-def _asyncpg_fetch(driver: Any, sql: str, params: Sequence[Any]) -> Any:
-    return driver.fetch(sql, *params)
-
-
-def _never_lost(driver: Any) -> bool:
-    return False
-
-
-def _asyncpg_lost(driver: Any) -> bool:
-    return bool(driver.is_closed())
-
-
-_DRIVER_CALLS = {
-    "aiosqlite": DriverCalls(fetch=_aiosqlite_fetch, lost=_never_lost),
-    "asyncpg": DriverCalls(fetch=_asyncpg_fetch, lost=_asyncpg_lost),
-}
-"""Drivers with a direct path. Others (asyncmy) run every statement through SQLAlchemy."""
-
-
-@dataclass(frozen=True, slots=True)
 class DialectFacts:
     """What the store needs to know about one database."""
 
@@ -296,7 +289,9 @@ class DialectFacts:
     in_memory: bool
     """The database lives and dies with its connection, so the store migrates it itself."""
     transaction_isolation: str
-    """The isolation level of a transaction the store opens on an autocommit connection."""
+    """The isolation level of a transaction the store opens for a write of several rows."""
+    snapshot_isolation: str
+    """The isolation level of a read of several statements that must see one snapshot."""
     finish_when_cancelled: bool
     """A cancelled operation runs to its end before the cancellation is raised. SQLite:
     SQLAlchemy discards a connection cancelled mid-transaction, which loses an in-memory database
@@ -307,32 +302,39 @@ class DialectFacts:
     upsert: Callable[[Table], Insert]
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
-    """``column`` is one of the list bound as ``keys``, in one query of at most
-    :attr:`max_keys_per_query` keys."""
-    max_keys_per_query: int
+    """``column`` is one of the list bound as ``keys`` (see :attr:`keys_param`)."""
+    max_statement_bytes: int | None
+    """The most JSON text one write statement may carry (one row at least; the statement must
+    fit the server's packet), or ``None`` for no limit."""
+    max_keys_per_query: int | None
+    """The most keys one query may name (the statement must fit the server's packet), or
+    ``None`` for no limit."""
+    keys_param: Callable[[list[str]], Any]
+    """The value to bind as ``keys`` for :attr:`key_in`."""
     failure_hint: Callable[[bool, BaseException], str] = _no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
-    driver_calls: DriverCalls | None = None
-    """The direct path for the URL's driver, if it has one."""
+    is_timeout: Callable[[BaseException], bool] = _never
+    """Whether the driver's error is a timeout it reports as a lost connection."""
 
 
 def facts_for(url: URL) -> DialectFacts:
     """Return the facts for the database ``url`` names, or raise for an unsupported one."""
     backend = url.get_backend_name()
-    driver_calls = _DRIVER_CALLS.get(url.get_driver_name())
     if backend == "sqlite":
         return DialectFacts(
             name="sqlite",
             one_writer=True,
             in_memory=is_memory_url(url),
             transaction_isolation="SERIALIZABLE",
+            snapshot_isolation="SERIALIZABLE",
             finish_when_cancelled=True,
-            upsert=_sqlite_upsert,
+            upsert=_on_conflict_upsert(sqlite.insert),
             json_text=_as_is,
-            key_in=_in_expanded_list,
-            max_keys_per_query=32_766,
-            driver_calls=driver_calls,
+            key_in=_in_json_array,
+            max_keys_per_query=None,
+            max_statement_bytes=None,
+            keys_param=_as_json_array,
         )
     if backend == "postgresql":
         return DialectFacts(
@@ -340,12 +342,14 @@ def facts_for(url: URL) -> DialectFacts:
             one_writer=False,
             in_memory=False,
             transaction_isolation="READ COMMITTED",
+            snapshot_isolation="REPEATABLE READ",
             finish_when_cancelled=False,
-            upsert=_postgres_upsert,
+            upsert=_on_conflict_upsert(postgresql.insert),
             json_text=_as_text,
             key_in=_in_array,
-            max_keys_per_query=100_000,
-            driver_calls=driver_calls,
+            max_keys_per_query=None,
+            max_statement_bytes=None,
+            keys_param=_as_list,
         )
     if backend in MYSQL_BACKENDS:
         return DialectFacts(
@@ -353,6 +357,7 @@ def facts_for(url: URL) -> DialectFacts:
             one_writer=False,
             in_memory=False,
             transaction_isolation="READ COMMITTED",
+            snapshot_isolation="REPEATABLE READ",
             finish_when_cancelled=True,
             upsert=_mysql_upsert,
             json_text=_as_is,
@@ -361,7 +366,12 @@ def facts_for(url: URL) -> DialectFacts:
             # server's max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020
             # bytes each (255 four-byte characters) stay near 10 MiB.
             max_keys_per_query=10_000,
+            # asyncmy inlines the values, escaped (quotes and backslashes count twice), into
+            # text that must fit max_allowed_packet, 16 MiB by default.
+            max_statement_bytes=4 * 1024 * 1024,
+            keys_param=_as_list,
             failure_hint=_mysql_hint,
+            is_timeout=_mysql_read_timeout,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")
 

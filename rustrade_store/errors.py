@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadFileError",
+    "ClockSkewError",
     "CopyMismatchError",
     "InvalidKeyError",
     "InvalidValueError",
@@ -26,6 +27,14 @@ class StorageError(StoreError):
     """The backend failed: I/O, a lost connection, a corrupt stored blob.
 
     The counterpart of the Rust contract's ``Error::Storage``.
+    """
+
+
+class ClockSkewError(StorageError):
+    """A write refused because the stored snapshot's time is later than the writer's own clock.
+
+    Writes are ordered by their save times, so a writer whose clock is behind another's cannot
+    replace what that writer saved until its clock passes the stored time.
     """
 
 

@@ -23,4 +23,3 @@ class InMemoryStore(SqlStore):
     def __init__(self) -> None:
         url = resolve_url("sqlite+aiosqlite://")
         super().__init__(create_engine(url, **store_engine_options(url)), owns_engine=True)
-        self._made_engine = True

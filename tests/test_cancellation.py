@@ -151,12 +151,13 @@ async def test_a_save_that_ended_in_failure_is_never_written_later(
     postgres_url: URL, ending: str
 ) -> None:
     """A save blocked on another session's row lock, then cancelled or timed out: when the caller
-    gets its CancelledError or StorageError, the statement is dead on the server too, so the
-    lock's release cannot let it write a value the caller was told was not saved."""
-    store = SqlStore.from_url(postgres_url, timeout=0.3 if ending == "timed out" else 30)
+    gets its CancelledError (once its statement has ended, within the store's timeout) or
+    StorageError, the statement is dead on the server too, so the lock's release cannot let it
+    write a value the caller was told was not saved."""
+    store = SqlStore.from_url(postgres_url, timeout=0.3 if ending == "timed out" else 1)
     other = await _asyncpg_admin(postgres_url)
     try:
-        for attempt in range(5):
+        for attempt in range(3):
             await store.save("ghost/k", attempt)
             holder = await _lock_row(other, "ghost/k")
             save = asyncio.create_task(store.save("ghost/k", "must never land"))
@@ -181,7 +182,7 @@ async def _blocked_save(
     url: URL, key: str
 ) -> tuple[SqlStore, asyncpg.Connection, asyncpg.transaction.Transaction]:
     """A store whose one connection will block on ``key``'s row lock, held by another session."""
-    store = SqlStore.from_url(url, pool_size=1, max_overflow=0)
+    store = SqlStore.from_url(url, pool_size=1, max_overflow=0, timeout=2)
     await store.save(key, "before")
     other = await _asyncpg_admin(url)
     return store, other, await _lock_row(other, key)

@@ -274,7 +274,7 @@ def test_a_bad_import_file_changes_nothing(empty_db: URL, tmp_path: Path) -> Non
     ok(cli("upgrade", url=empty_db, cwd=tmp_path))
     ok(cli("put", "kept", '"old"', url=empty_db, cwd=tmp_path))
     good = [format_line(Snapshot(f"new/{i:05d}", i, T0)) for i in range(2500)]
-    good.append(format_line(Snapshot("kept", "new", T0)))
+    good.append(format_line(Snapshot("kept", "new", datetime.now(UTC) + timedelta(seconds=1))))
     bad = [
         "not json\n",
         '{"key": "x", "value": NaN, "updated_at": "2026-01-01T00:00:00+00:00"}\n',

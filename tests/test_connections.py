@@ -7,12 +7,13 @@ The server is never stopped (other runs share it): connections are killed with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from rustrade_store import SqlStore, StorageError
 
@@ -96,6 +97,10 @@ async def test_terminated_connections_are_replaced_without_recreating_the_store(
     invalidations = Invalidations(store)
     keys = [f"term/{index}" for index in range(8)]
     await asyncio.gather(*(store.save(key, index) for index, key in enumerate(keys)))
+    async with contextlib.AsyncExitStack() as held:  # concurrent saves share one connection
+        for _ in range(3):
+            connection = await held.enter_async_context(store.engine.connect())
+            await connection.execute(text("SELECT 1"))
     pooled = store.engine.sync_engine.pool.checkedin()  # type: ignore[attr-defined]
     assert pooled >= 2, "the pool should hold several live connections"
     assert await terminate(postgres_admin_url, name) >= pooled

@@ -1,19 +1,19 @@
-"""The store's fast path: single statements in autocommit, on the driver's own connection where
-it has one; batches still in one transaction, through SQLAlchemy."""
+"""How the store executes: single statements in autocommit on engines it made, batches in one
+transaction, concurrent saves in one statement, every statement through SQLAlchemy."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import event, literal_column, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from rustrade_store import SqlStore, StorageError
+from rustrade_store import ClockSkewError, Snapshot, SqlStore, StorageError
 from rustrade_store.schema import snapshots
 
 if TYPE_CHECKING:
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from rustrade_store import JSONValue
-
-DIRECT = {"memory": True, "sqlite": True, "postgres": True, "mariadb": False}
-"""Which backends run single loads and saves on the driver directly (asyncmy has no direct path)."""
 
 SQLITE_TRIGGER = (
     "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots WHEN NEW.key = 'boom' "
@@ -124,9 +121,7 @@ async def test_a_save_is_committed_when_it_returns(store: SqlStore, store_url: U
         assert await other.load_many(["k", "j"]) == {"k": {"v": 2}, "j": [1]}
 
 
-async def test_load_many_splits_keys_over_queries_and_keeps_odd_keys(store: SqlStore) -> None:
-    """Keys in several queries (a store that takes 7 per query), duplicates and odd keys."""
-    store._facts = dataclasses.replace(store._facts, max_keys_per_query=7)
+async def test_load_many_keeps_odd_and_repeated_keys(store: SqlStore) -> None:
     odd = ["бот/евро", "🤖/😀", "a b", "'; DROP TABLE snapshots; --", "100%_done\\", "A", "a"]
     values: dict[str, JSONValue] = {key: index for index, key in enumerate(odd)}
     values |= {f"bot/{index:02d}": [index] for index in range(20)}
@@ -138,7 +133,7 @@ async def test_load_many_splits_keys_over_queries_and_keeps_odd_keys(store: SqlS
 
 
 def statements_through_sqlalchemy(engine: AsyncEngine) -> list[str]:
-    """The statements SQLAlchemy executes on ``engine`` from now on (a direct call is none)."""
+    """The statements SQLAlchemy executes on ``engine`` from now on."""
     seen: list[str] = []
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
@@ -148,16 +143,41 @@ def statements_through_sqlalchemy(engine: AsyncEngine) -> list[str]:
     return seen
 
 
-async def test_single_saves_and_loads_take_the_direct_path(backend: str, store: SqlStore) -> None:
-    await store.save("warm", 0)  # the first call checks the schema through SQLAlchemy
+async def test_every_statement_goes_through_sqlalchemy(store: SqlStore) -> None:
+    """Engine events (and so echo and instrumentation) see every statement of a save and a load."""
+    await store.save("warm", 0)
     seen = statements_through_sqlalchemy(store.engine)
     await store.save("k", {"v": 1})
     assert await store.load("k") == {"v": 1}
     assert await store.load("missing") is None
-    assert len(seen) == (0 if DIRECT[backend] else 3), seen
-    await store.save_many({"k": 2})
-    assert await store.load_many(["k"]) == {"k": 2}
-    assert len(seen) == (2 if DIRECT[backend] else 5), "batches go through SQLAlchemy"
+    assert [statement.split()[0] for statement in seen] == ["INSERT", "SELECT", "SELECT"]
+
+
+async def test_a_group_commit_refusal_reaches_only_its_own_caller(refusing: SqlStore) -> None:
+    """In one batch of concurrent saves, a row the database refuses and a row refused by a
+    stored time in the writer's future each fail their own caller; the others are written."""
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    await refusing.restore([Snapshot("ahead", "stored", ahead)])
+    keys = ["a", "boom", "ahead", "b"]
+    seen = statements_through_sqlalchemy(refusing.engine)
+    results = await asyncio.gather(
+        *(refusing.save(key, f"new {key}") for key in keys), return_exceptions=True
+    )
+    outcome = dict(zip(keys, results, strict=True))
+    inserts = [statement for statement in seen if statement.startswith("INSERT")]
+    assert len(inserts) == 1 + len(keys), "one batch, refused, then each save on its own"
+    assert outcome["a"] is None
+    assert outcome["b"] is None
+    assert isinstance(outcome["boom"], StorageError)
+    assert "boom refused" in str(outcome["boom"])
+    assert isinstance(outcome["ahead"], ClockSkewError)
+    assert ahead.isoformat() in str(outcome["ahead"])
+    assert await refusing.load_many(keys) == {
+        "a": "new a",
+        "boom": None,
+        "ahead": "stored",
+        "b": "new b",
+    }
 
 
 HANDED_ENGINES = {
@@ -166,47 +186,29 @@ HANDED_ENGINES = {
     "autocommit option, no rollback on return": lambda url: create_async_engine(
         url, skip_autocommit_rollback=True
     ).execution_options(isolation_level="AUTOCOMMIT"),
-    # Handed over for the store to close: still the owner's engine, with the owner's hooks.
-    "owned, autocommit, no rollback on return": lambda url: create_async_engine(
-        url, isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True
-    ),
+    "no autocommit": lambda url: create_async_engine(url),
 }
 
 
 @pytest.mark.parametrize("handed", list(HANDED_ENGINES))
-async def test_a_handed_engine_is_served_through_sqlalchemy(store_url: URL, handed: str) -> None:
-    """The direct path skips what an engine's owner may have set (execution options, events),
-    so an engine handed to the store keeps every call in SQLAlchemy, and every save lands."""
+async def test_a_handed_engine_keeps_every_save(store_url: URL, handed: str) -> None:
+    """Whatever the settings of an engine handed to the store, every save is committed."""
     engine = HANDED_ENGINES[handed](store_url)
     try:
-        async with SqlStore(engine, owns_engine=handed.startswith("owned")) as store:
-            await store.save("warm", 0)
-            seen = statements_through_sqlalchemy(engine)
+        async with SqlStore(engine) as store:
             await store.save("k", 1)
+            await store.save_many({"j": 2})
             assert await store.load("k") == 1
-            assert len(seen) == 2
             if store_url.get_backend_name() != "sqlite" or store_url.database:  # not :memory:
                 async with SqlStore.from_url(store_url) as other:
-                    assert await other.load("k") == 1, "the save was not committed"
+                    assert await other.load_many(["k", "j"]) == {"k": 1, "j": 2}
     finally:
         await engine.dispose()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-async def test_a_store_given_execution_options_is_served_through_sqlalchemy(
-    store_url: URL,
-) -> None:
-    async with SqlStore.from_url(store_url, execution_options={"logging_token": "bot1"}) as store:
-        await store.save("warm", 0)
-        seen = statements_through_sqlalchemy(store.engine)
-        await store.save("k", 1)
-        assert await store.load("k") == 1
-        assert len(seen) == 2
-
-
-async def test_direct_and_batch_writes_are_stored_alike(store: SqlStore) -> None:
-    """A row written directly (save) and one written through SQLAlchemy (save_many) hold the
-    same column types and formats, and each path reads what the other wrote."""
+async def test_single_and_batch_writes_are_stored_alike(store: SqlStore) -> None:
+    """A row written by save and one written by save_many hold the same column types and
+    formats, and each is read back by the other's read."""
     value: JSONValue = {"pnl": [-0.0, 1e300, 5e-324, 2**100], "s": "\u0000🤖"}
     await store.save("direct", value)
     await store.save_many({"batch": value})
@@ -249,26 +251,3 @@ async def test_connections_beyond_the_pool_size_are_closed_cleanly(
         pool = store.engine.sync_engine.pool
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
         assert pool.checkedin() <= 1  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("interruption", [TimeoutError, GeneratorExit])
-async def test_an_interrupted_direct_call_keeps_an_in_memory_database(
-    interruption: type[BaseException],
-) -> None:
-    """A direct call cut short (a timeout, its coroutine closed) discards or replaces its
-    connection, except in memory, where the connection is the database."""
-    from rustrade_store import InMemoryStore
-
-    async def interrupted(driver: object) -> None:
-        raise interruption
-
-    async def unused(connection: object) -> None:
-        raise AssertionError("the direct path was not taken")
-
-    async with InMemoryStore() as store:
-        await store.save("k", 1)
-        with pytest.raises(StorageError if interruption is TimeoutError else interruption):
-            await store._run("load", "k", unused, direct=interrupted)
-        assert await store.load("k") == 1
-        await store.save("k", 2)
-        assert await store.load("k") == 2

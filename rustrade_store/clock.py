@@ -1,0 +1,27 @@
+"""Save times: wall-clock UTC, strictly increasing within the process."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["next_save_time", "now"]
+
+_TICK = timedelta(microseconds=1)
+_lock = threading.Lock()
+_last = datetime.min.replace(tzinfo=UTC)
+
+
+def now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def next_save_time() -> datetime:
+    """The wall clock, or one microsecond past the last time handed out if the clock is not
+    ahead of it (a clock stepped back, or two saves in one microsecond): the databases keep
+    microseconds, so every save of the process gets a time no other save of it has."""
+    global _last
+    with _lock:
+        _last = max(now(), _last + _TICK)
+        return _last

@@ -1,0 +1,550 @@
+"""What every operation goes through: one event loop, one writer where the database needs it,
+a connection and its transaction, one classification of errors and one retry policy, and group
+commit of concurrent single-key saves and loads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import threading
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import QueuePool
+
+from . import clock
+from .errors import ClockSkewError, StorageError, StoreError, describe, root_cause
+from .migrate import check_revision, upgrade_connection
+from .schema import snapshots
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from datetime import datetime
+
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.sql import Executable
+
+    from .dialects import DialectFacts
+
+__all__ = ["Executor", "Row"]
+
+T = TypeVar("T")
+Row = dict[str, Any]
+"""A row to write: ``key``, ``value`` (JSON text) and ``updated_at``."""
+
+BATCH_ROWS = 1000
+"""The most saves or loads one group-commit statement carries."""
+
+_DETACHED: ContextVar[bool] = ContextVar("_DETACHED", default=False)
+"""Set in a group-commit task: no caller can cancel it, so its attempts need no shield, and it
+holds the writer lock already where there is one."""
+
+_WRITES = frozenset({"save", "save_many", "restore", "delete"})
+
+
+class Failure(enum.Enum):
+    """What kind of failure an error is, which decides whether it is retried."""
+
+    LOST = "lost connection"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
+class _Failed(Exception):
+    """An attempt that failed, classified; its cause is the original error."""
+
+    def __init__(self, kind: Failure, cause: BaseException) -> None:
+        super().__init__(kind, cause)
+        self.kind = kind
+        self.cause = cause
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise that
+    cancellation (an error of ``work`` the caller no longer waits for is dropped)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()
+        raise
+
+
+class _Waiter:
+    __slots__ = ("future", "item")
+
+    def __init__(self, item: Any, future: asyncio.Future[Any]) -> None:
+        self.item = item
+        self.future = future
+
+
+class _Batcher:
+    """Concurrent single-key calls gathered into batches, each run as one statement.
+
+    A call waits in a queue; up to ``slots`` batches run at once, each taking every call
+    queued when it holds ``gate`` (the one writer's lock, where there is one). A call cancelled
+    while queued is dropped untouched; one cancelled while its batch runs waits for the batch
+    to end first.
+    """
+
+    __slots__ = ("_gate", "_queue", "_run", "_running", "_slots", "_tasks")
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], Awaitable[Sequence[Any]]],
+        slots: int,
+        gate: asyncio.Lock | None,
+    ) -> None:
+        self._run = run
+        self._slots = slots
+        self._gate = gate
+        self._queue: list[_Waiter] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(item, loop.create_future())
+        self._queue.append(waiter)
+        if self._running < self._slots:
+            self._running += 1
+            task = loop.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(waiter.future)
+        except asyncio.CancelledError:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+                raise
+            # Its batch is running: the cancellation is honoured once the batch has ended, so
+            # that the call's write has landed or never will.
+            while not waiter.future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([waiter.future])
+            waiter.future.exception()
+            raise
+        except GeneratorExit:  # the coroutine closed: it may not wait, but it leaves the queue
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+            raise
+
+    async def _drain(self) -> None:
+        _DETACHED.set(True)
+        try:
+            while self._queue:
+                async with self._gate or contextlib.nullcontext():
+                    batch = self._queue[:BATCH_ROWS]
+                    del self._queue[:BATCH_ROWS]
+                    if not batch:
+                        continue
+                    try:
+                        results = await self._run([waiter.item for waiter in batch])
+                    except Exception as exc:
+                        results = [exc] * len(batch)
+                for waiter, result in zip(batch, results, strict=True):
+                    if waiter.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        waiter.future.set_exception(result)
+                    else:
+                        waiter.future.set_result(result)
+        finally:
+            self._running -= 1
+
+
+class Executor:
+    """Runs the store's statements on its engine.
+
+    Every call has one deadline, the store's ``timeout``: a connection found lost is retried
+    on a new one until then (safe, since every write is conditional on its save time); any
+    other failure raises :class:`~rustrade_store.StorageError` at once. A store serves one
+    event loop at a time.
+    """
+
+    __slots__ = (
+        "_autocommit",
+        "_bind_lock",
+        "_closed",
+        "_engine",
+        "_facts",
+        "_loads",
+        "_loop",
+        "_ready",
+        "_saves",
+        "_schema_lock",
+        "_select_times",
+        "_select_value",
+        "_select_values",
+        "_timeout",
+        "_upsert",
+        "_where",
+        "_writer_lock",
+    )
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        facts: DialectFacts,
+        *,
+        where: str,
+        timeout: float,
+        autocommit: bool,
+    ) -> None:
+        self._engine = engine
+        self._facts = facts
+        self._where = where
+        self._timeout = timeout
+        self._autocommit = autocommit
+        self._closed = False
+        self._ready = False
+        self._bind_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        table = snapshots
+        value = facts.json_text(table.c.value)
+        self._upsert = facts.upsert(table)
+        self._select_value = select(value).where(table.c.key == bindparam("key"))
+        self._select_values = select(table.c.key, value).where(facts.key_in(table.c.key))
+        self._select_times = select(table.c.key, table.c.updated_at).where(
+            facts.key_in(table.c.key)
+        )
+        self._make_loop_state()
+
+    def _make_loop_state(self) -> None:
+        slots = 1
+        pool = self._engine.sync_engine.pool
+        if not self._facts.one_writer and isinstance(pool, QueuePool):
+            slots = max(1, pool.size())
+        self._writer_lock = asyncio.Lock() if self._facts.one_writer else None
+        self._schema_lock = asyncio.Lock()
+        self._saves = _Batcher(self._save_batch, slots, self._writer_lock)
+        self._loads = _Batcher(self._load_batch, slots, self._writer_lock)
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        action: str,
+        key: str | None,
+        statement: Executable,
+        params: dict[str, Any] | None = None,
+        *,
+        retry: bool = True,
+    ) -> list[Any]:
+        """Run one statement on its own and return its rows (none for a statement without)."""
+
+        async def one(connection: AsyncConnection) -> list[Any]:
+            result = await connection.execute(statement, params)
+            return list(result.all()) if result.returns_rows else [result.rowcount]
+
+        return await self.run(action, key, one, retry=retry)
+
+    async def save(self, row: Row) -> None:
+        """Write one row with the conditional upsert, batched with concurrent saves."""
+        await self._saves.submit(row)
+
+    async def load(self, key: str) -> str | None:
+        """The stored JSON text of ``key``, batched with concurrent loads."""
+        text: str | None = await self._loads.submit(key)
+        return text
+
+    async def write(self, action: str, rows: list[Row]) -> None:
+        """Write ``rows`` in one transaction, all or none; each applies only over an older row."""
+
+        async def work(connection: AsyncConnection) -> None:
+            await self.upsert_checked(connection, action, rows)
+
+        await self.run(action, None, work, transaction=True)
+
+    async def upsert_checked(
+        self, connection: AsyncConnection, action: str, rows: list[Row]
+    ) -> None:
+        """Upsert ``rows`` on ``connection``; raise :class:`ClockSkewError` if a stored time in
+        the writer's future refused one (the caller's transaction then writes none)."""
+        self._raise_if_skewed(action, await self._upsert_rows(connection, rows))
+
+    async def load_keys(self, keys: list[str]) -> dict[str, str]:
+        """``{key: JSON text}`` of the stored keys among ``keys``, as one consistent snapshot."""
+        step = self._facts.max_keys_per_query
+        chunks = [keys] if step is None else [keys[i : i + step] for i in range(0, len(keys), step)]
+
+        async def work(connection: AsyncConnection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for chunk in chunks:
+                params = {"keys": self._facts.keys_param(chunk)}
+                found.update((await connection.execute(self._select_values, params)).all())
+            return found
+
+        if len(chunks) == 1:
+            return await self.run("load_many", None, work)
+        return await self.run(
+            "load_many", None, work, transaction=True, isolation=self._facts.snapshot_isolation
+        )
+
+    async def stored_times(
+        self, connection: AsyncConnection, keys: list[str]
+    ) -> dict[str, datetime]:
+        """The stored ``updated_at`` of each of ``keys`` that is stored."""
+        params = {"keys": self._facts.keys_param(keys)}
+        return dict((await connection.execute(self._select_times, params)).all())
+
+    def check_order(self, action: str, key: str, sent: datetime, stored: datetime) -> None:
+        """Raise :class:`ClockSkewError` if a write of ``key`` at ``sent`` was refused by a
+        stored time in the writer's future; a refusal by an earlier time is the normal outcome
+        of a write ordered before a newer one."""
+        self._raise_if_skewed(action, {key: (sent, stored)})
+
+    async def run(
+        self,
+        action: str,
+        key: str | None,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        transaction: bool = False,
+        isolation: str | None = None,
+        retry: bool = True,
+    ) -> T:
+        """Run ``work`` on a connection, as one transaction when ``transaction`` (else its
+        single statement commits on its own), retrying a lost connection until the deadline."""
+        try:
+            return await self._retrying(work, transaction, isolation, retry)
+        except _Failed as failed:
+            raise self.failure(action, key, failed.cause) from failed.cause
+
+    async def aclose(self, *, dispose: bool) -> None:
+        self._closed = True
+        if dispose:
+            await self._engine.dispose()
+
+    # -- group commit ----------------------------------------------------------------------
+
+    async def _save_batch(self, rows: list[Row]) -> list[StoreError | None]:
+        latest: dict[str, Row] = {}
+        for row in rows:
+            held = latest.get(row["key"])
+            if held is None or held["updated_at"] < row["updated_at"]:
+                latest[row["key"]] = row
+        ordered = sorted(latest.values(), key=lambda row: row["key"])
+
+        async def work(connection: AsyncConnection) -> dict[str, tuple[datetime, datetime]]:
+            return await self._upsert_rows(connection, ordered)
+
+        try:
+            refused = await self._retrying(work, False, None, True)
+        except _Failed as failed:
+            if failed.kind is not Failure.OTHER or len(rows) == 1:
+                key = rows[0]["key"] if len(rows) == 1 else None
+                raise self.failure("save", key, failed.cause) from failed.cause
+            # The database refused the statement (a trigger, a constraint): each save alone,
+            # so that the refusal reaches only its own caller.
+            return [await self._save_alone(row) for row in rows]
+        outcome: list[StoreError | None] = []
+        for row in rows:
+            key = row["key"]
+            try:
+                if key in refused and latest[key] is row:
+                    self._raise_if_skewed("save", {key: refused[key]})
+            except ClockSkewError as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+        return outcome
+
+    async def _save_alone(self, row: Row) -> StoreError | None:
+        async def work(connection: AsyncConnection) -> None:
+            await self.upsert_checked(connection, "save", [row])
+
+        try:
+            await self.run("save", row["key"], work)
+        except StoreError as exc:
+            return exc
+        return None
+
+    async def _load_batch(self, keys: list[str]) -> list[str | None]:
+        if len(set(keys)) == 1:
+            rows = await self.fetch("load", keys[0], self._select_value, {"key": keys[0]})
+            text = rows[0][0] if rows else None
+            return [text] * len(keys)
+        found = await self.load_keys(list(dict.fromkeys(keys)))
+        return [found.get(key) for key in keys]
+
+    async def _upsert_rows(
+        self, connection: AsyncConnection, rows: list[Row]
+    ) -> dict[str, tuple[datetime, datetime]]:
+        """Upsert ``rows`` and return the refused ones as ``{key: (sent, stored)}``.
+
+        RETURNING gives each applied row (PostgreSQL, SQLite) or the final row of each input
+        (MariaDB), matched by key: a row applied if its time is the one sent.
+        """
+        final: dict[str, datetime] = {}
+        for part in self._parts(rows):
+            result = await connection.execute(self._upsert, part[0] if len(part) == 1 else part)
+            final.update((key, when) for key, when in result)
+        refused = {
+            row["key"]: (row["updated_at"], final.get(row["key"]))
+            for row in rows
+            if final.get(row["key"]) != row["updated_at"]
+        }
+        unknown = [key for key, (_, stored) in refused.items() if stored is None]
+        if unknown:
+            times = await self.stored_times(connection, unknown)
+            for key in unknown:
+                if key in times:
+                    refused[key] = (refused[key][0], times[key])
+                else:  # deleted since: this write was ordered before that delete
+                    del refused[key]
+        return {key: (sent, stored) for key, (sent, stored) in refused.items() if stored}
+
+    def _parts(self, rows: list[Row]) -> list[list[Row]]:
+        """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least."""
+        limit = self._facts.max_statement_bytes
+        if limit is None:
+            return [rows]
+        parts: list[list[Row]] = [[]]
+        size = 0
+        for row in rows:
+            if parts[-1] and size + len(row["value"]) > limit:
+                parts.append([])
+                size = 0
+            parts[-1].append(row)
+            size += len(row["value"])
+        return parts
+
+    def _raise_if_skewed(self, action: str, refused: dict[str, tuple[datetime, datetime]]) -> None:
+        """Raise for the first refused write whose stored time is in the writer's future."""
+        wall = clock.now()
+        for key, (sent, stored) in refused.items():
+            if stored > wall:
+                raise ClockSkewError(
+                    f"{action} {key!r} refused on {self._where}: its stored snapshot was saved "
+                    f"at {stored.isoformat()}, later than this writer's clock "
+                    f"({wall.isoformat()}; this write's time {sent.isoformat()}). Another "
+                    "writer's clock is ahead of this one's: synchronise the clocks (NTP); the "
+                    "write applies once this clock passes the stored time"
+                )
+
+    # -- attempts --------------------------------------------------------------------------
+
+    async def _retrying(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        transaction: bool,
+        isolation: str | None,
+        retry: bool,
+    ) -> T:
+        loop = self._bind_loop()
+        if self._closed:
+            raise StorageError(f"{self._where}: the store is closed")
+        deadline = loop.time() + self._timeout
+        pause = 0.02
+        while True:
+            try:
+                return await self._attempt(work, transaction, isolation)
+            except StoreError:
+                raise
+            except Exception as exc:
+                kind = self._classify(exc)
+                left = deadline - loop.time()
+                if kind is not Failure.LOST or not retry or left <= 0:
+                    raise _Failed(kind, exc) from exc
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 1.0)
+
+    async def _attempt(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        transaction: bool,
+        isolation: str | None,
+    ) -> T:
+        if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
+            return await self._on_connection(work, transaction, isolation)
+        # Waiting for the writer lock is cancellable: an operation still queued touched nothing.
+        async with self._writer_lock or contextlib.nullcontext():
+            attempt = self._on_connection(work, transaction, isolation)
+            if not self._facts.finish_when_cancelled:
+                return await attempt
+            # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
+            # database goes with it, an SQLite connection busy in aiosqlite's thread keeps the
+            # write lock, and asyncmy's is left unusable. So the attempt runs to its end.
+            return await _to_the_end(attempt)
+
+    async def _on_connection(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        transaction: bool,
+        isolation: str | None,
+    ) -> T:
+        if not self._ready:
+            await self._check_schema()
+        async with self._engine.connect() as connection:
+            if transaction or not self._autocommit:
+                level = isolation or self._facts.transaction_isolation
+                await connection.execution_options(isolation_level=level)
+                async with connection.begin():
+                    return await work(connection)
+            return await work(connection)
+
+    async def _check_schema(self) -> None:
+        async with self._schema_lock, self._engine.connect() as connection:
+            if self._ready:
+                return
+            await connection.execution_options(isolation_level=self._facts.transaction_isolation)
+            async with connection.begin():
+                if self._facts.in_memory:
+                    await upgrade_connection(connection)
+                else:
+                    await check_revision(connection, self._where)
+            self._ready = True
+
+    def _classify(self, exc: BaseException) -> Failure:
+        cause = root_cause(exc)
+        if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
+            return Failure.TIMEOUT
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return Failure.LOST
+        if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
+            return Failure.LOST
+        return Failure.OTHER
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return loop
+        with self._bind_lock:
+            old = self._loop
+            if old is not None and old is not loop and old.is_running():
+                raise StorageError(
+                    f"{self._where}: this store is in use by another running event loop (another "
+                    "thread's asyncio.run?); a store serves one event loop at a time: open one "
+                    "store per event loop"
+                )
+            if old is not None:
+                self._make_loop_state()
+                if not self._facts.one_writer:
+                    # Pooled connections belong to the old loop's transports: let them go
+                    # without I/O on this loop, and open new ones here.
+                    self._engine.sync_engine.dispose(close=False)
+            self._loop = loop
+        return loop
+
+    def failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
+        """The :class:`StorageError` for a failed operation, naming it, its key and the cause."""
+        cause = root_cause(exc)
+        if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
+            detail = f"timed out waiting for the database ({describe(cause)})"
+        else:
+            detail = describe(cause)
+        detail += self._facts.failure_hint(action in _WRITES, cause)
+        subject = action if key is None else f"{action} {key!r}"
+        return StorageError(f"{subject} failed on {self._where}: {detail}")
