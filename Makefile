@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/restart_demo.py
 
 test: $(STAMP)
+	bash scripts/ensure-services.sh
 	$(BIN)/python -m pytest
 
 # Not a test: prints figures and ratios, never fails on them. PostgreSQL is skipped if unreachable.
