@@ -24,8 +24,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
 from .codec import check_key, encode
-from .dialects import is_memory_url, read_settings
-from .engine import DEFAULT_TIMEOUT, ENV_VAR, create_engine, masked, resolve_url
+from .engine import (
+    DEFAULT_TIMEOUT,
+    ENV_VAR,
+    create_engine,
+    is_memory_url,
+    masked,
+    read_settings,
+    resolve_url,
+)
 from .errors import (
     InvalidKeyError,
     InvalidValueError,

@@ -1,185 +1,29 @@
-"""Everything that differs between databases, decided once, in this one place.
+"""What differs between databases in the store's statements and errors, decided once per URL.
 
-The rest of the package is dialect-free: it asks :func:`facts_for` and uses what it gets.
+The upsert, how a list of keys is bound and matched, how the JSON column is read as text, and
+what a driver's error means: :func:`facts_for` returns them as one :class:`DialectFacts`, and the
+rest of the package uses what it gets.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
-from sqlalchemy import Text, any_, bindparam, cast, event, func, select
+from sqlalchemy import Text, any_, bindparam, cast, func, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.types import DateTime, String, TypeDecorator
+from sqlalchemy.types import String
+
+from .engine import MYSQL_BACKENDS, is_memory_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import URL, ColumnElement, Connection, Table
-    from sqlalchemy.engine import Dialect
-    from sqlalchemy.ext.asyncio import AsyncEngine
-    from sqlalchemy.schema import SchemaItem
-    from sqlalchemy.sql.compiler import DDLCompiler
-    from sqlalchemy.sql.ddl import BaseDDLElement
+    from sqlalchemy import URL, ColumnElement, Table
     from sqlalchemy.sql.dml import Insert
-    from sqlalchemy.types import TypeEngine
 
-__all__ = [
-    "JSON_CHECK_DIALECTS",
-    "MYSQL_BACKENDS",
-    "SQLITE_SYNCHRONOUS",
-    "SQLITE_SYNCHRONOUS_MODES",
-    "DialectFacts",
-    "JsonDocument",
-    "SnapshotKey",
-    "UtcTimestamp",
-    "check_synchronous",
-    "engine_options",
-    "facts_for",
-    "install_connection_setup",
-    "is_memory_url",
-    "json_check_applies",
-    "read_settings",
-    "store_engine_options",
-]
-
-SQLITE_SYNCHRONOUS = "FULL"
-"""The default: in WAL mode, a commit that returned survives a power cut or an OS crash."""
-SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
-"""``NORMAL`` skips the fsync at each commit: still safe against a process crash, but the last
-commits before a power cut or an OS crash can be lost (the database stays consistent)."""
-
-MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
-"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
-
-JSON_CHECK_DIALECTS = ("sqlite", "mysql", "mariadb")
-"""Where the value column is text that a ``CHECK (json_valid(value))`` keeps JSON."""
-
-
-def json_check_applies(
-    ddl: BaseDDLElement,
-    target: SchemaItem | str,
-    bind: Connection | None,
-    tables: list[Table] | None = None,
-    state: Any | None = None,
-    *,
-    dialect: Dialect,
-    compiler: DDLCompiler | None = None,
-    checkfirst: bool = False,
-) -> bool:
-    """``ddl_if`` condition: whether the value column's JSON check belongs in the DDL."""
-    return dialect.name in JSON_CHECK_DIALECTS
-
-
-MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
-"""Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
-
-MYSQL_POOL_RECYCLE = 3600
-"""Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
-
-
-def _mysql_key_collation(dialect: Dialect) -> str:
-    # Binary and NO PAD: 'a' and 'a ' are two keys, and order is code point order.
-    # MariaDB 10.10+ has utf8mb4_nopad_bin; in MySQL 8 every utf8mb4_0900 collation is NO PAD.
-    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
-
-
-_SETTINGS = {
-    "sqlite": ("PRAGMA journal_mode", "PRAGMA synchronous"),
-    "postgresql": ("SHOW synchronous_commit", "SHOW fsync"),
-    "mysql": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
-    "mariadb": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
-}
-"""The statements reading each database's durability settings, for ``doctor``."""
-_SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
-
-
-class _PostgresJsonText(postgresql.JSON):
-    """PostgreSQL ``json`` moved as text: rendered and bind-cast as JSON, with no Python codec."""
-
-    render_bind_cast = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
-
-
-class JsonDocument(TypeDecorator[str]):
-    """The exact text of a JSON document; the codec, not the driver, encodes and decodes it.
-
-    PostgreSQL: ``json``, which keeps the text as written (``jsonb`` rejects ``\\u0000`` and
-    prints ``1e300`` back as a 301-digit integer). SQLite: ``TEXT`` with a ``json_valid`` check,
-    since a column declared ``JSON`` gets numeric affinity and turns the text ``1.0`` into 1.
-    MySQL and MariaDB: ``LONGTEXT`` in utf8mb4 with a ``json_valid`` check, which is what
-    MariaDB's ``JSON`` is (MySQL's own ``JSON`` sorts object keys and rewrites numbers).
-    """
-
-    impl = Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return _PostgresJsonText()
-        if dialect.name in MYSQL_BACKENDS:
-            return dialect.type_descriptor(
-                mysql.LONGTEXT(charset="utf8mb4", collation="utf8mb4_bin")
-            )
-        return dialect.type_descriptor(Text())
-
-
-class SnapshotKey(TypeDecorator[str]):
-    """``VARCHAR(255)`` compared code point by code point, so key order is the same everywhere."""
-
-    impl = String(255)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(String(255, collation="C"))
-        if dialect.name in MYSQL_BACKENDS:
-            collation = _mysql_key_collation(dialect)
-            return dialect.type_descriptor(
-                mysql.VARCHAR(255, charset="utf8mb4", collation=collation)
-            )
-        return dialect.type_descriptor(String(255))
-
-
-class UtcTimestamp(TypeDecorator[datetime]):
-    """A UTC timestamp with microseconds; databases that store it without a zone store UTC.
-
-    MySQL and MariaDB: ``DATETIME(6)``, written as naive UTC (``DATETIME`` has no zone and
-    ``TIMESTAMP`` ends in 2038).
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name in MYSQL_BACKENDS:
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"timestamp {value.isoformat()} has no time zone")
-        utc = value.astimezone(UTC)
-        return utc.replace(tzinfo=None) if dialect.name in MYSQL_BACKENDS else utc
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+__all__ = ["DialectFacts", "facts_for"]
 
 
 def _on_conflict_upsert(
@@ -374,116 +218,3 @@ def facts_for(url: URL) -> DialectFacts:
             is_timeout=_mysql_read_timeout,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")
-
-
-def is_memory_url(url: URL) -> bool:
-    """True for an SQLite URL whose database exists only in memory."""
-    database = url.database or ""
-    return database in ("", ":memory:") or url.query.get("mode") == "memory"
-
-
-def engine_options(url: URL, timeout: float) -> dict[str, Any]:
-    """Pool and driver settings for an engine the store creates for ``url``."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        if is_memory_url(url):
-            return {"poolclass": StaticPool}
-        # One writer at a time is all SQLite allows; the store queues operations itself.
-        return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
-    if backend == "postgresql":
-        # timeout bounds the connection attempt, command_timeout every statement after it.
-        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
-        if url.query.get("prepared_statement_cache_size") == "0":
-            # Behind PgBouncer's transaction pooling: statement names unique across clients
-            # (SQLAlchemy's advice), since clients share server connections.
-            connect_args["prepared_statement_name_func"] = _unique_statement_name
-        return {"pool_timeout": timeout, "connect_args": connect_args}
-    if backend in MYSQL_BACKENDS:
-        return {
-            "pool_timeout": timeout,
-            "pool_recycle": MYSQL_POOL_RECYCLE,
-            # Every operation is one statement, so no snapshot is needed; InnoDB takes no gap
-            # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
-            "isolation_level": "READ COMMITTED",
-            "connect_args": {
-                # connect_timeout bounds the connection attempt, read_timeout every answer
-                # after it, innodb_lock_wait_timeout the wait for another session's row lock.
-                "connect_timeout": timeout,
-                "read_timeout": timeout,
-                "charset": "utf8mb4",
-                # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
-                "init_command": (
-                    f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
-                    f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
-                ),
-            },
-        }
-    return {}
-
-
-def store_engine_options(url: URL) -> dict[str, Any]:
-    """Settings for an engine only the store uses (not for migrations, which need transactions).
-
-    Connections autocommit: a single statement is its own transaction, durable when it returns,
-    with no BEGIN and COMMIT round trips (PostgreSQL) or commit hand-off (aiosqlite); and since
-    every operation then ends its transaction, the pool's rollback on return is skipped while a
-    connection is in autocommit. Operations of several statements switch their connection to
-    :attr:`DialectFacts.transaction_isolation` for one transaction.
-
-    Not behind PgBouncer's transaction pooling (``prepared_statement_cache_size=0``): there a
-    statement prepared outside a transaction can land on one server connection and run on
-    another, so every operation keeps its transaction.
-    """
-    if url.query.get("prepared_statement_cache_size") == "0":
-        return {}
-    return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
-
-
-def _unique_statement_name() -> str:
-    return f"__rustrade_{uuid4().hex}__"
-
-
-def check_synchronous(mode: str) -> str:
-    """Return the SQLite ``synchronous`` mode to use, or raise naming the one refused."""
-    upper = mode.upper() if isinstance(mode, str) else mode
-    if upper not in SQLITE_SYNCHRONOUS_MODES:
-        raise ValueError(
-            f"sqlite_synchronous={mode!r} is not supported: use one of {SQLITE_SYNCHRONOUS_MODES}"
-        )
-    return upper
-
-
-def install_connection_setup(
-    engine: AsyncEngine, timeout: float, synchronous: str = SQLITE_SYNCHRONOUS
-) -> None:
-    """Apply the durability settings to every new connection of an engine the store owns."""
-    synchronous = check_synchronous(synchronous)
-    if engine.dialect.name != "sqlite":
-        return
-    busy_ms = int(timeout * 1000)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        cursor.close()
-
-
-def read_settings(connection: Connection) -> list[tuple[str, str]]:
-    """The durability settings a connection runs with, as (name, value), for ``doctor``.
-
-    SQLite: ``journal_mode`` and ``synchronous``; PostgreSQL: ``synchronous_commit`` and
-    ``fsync``; MySQL and MariaDB: ``innodb_flush_log_at_trx_commit`` and ``sync_binlog``. Read
-    on a connection of an engine the store made, they are what the store uses.
-    """
-    name = connection.dialect.name
-    found = []
-    for statement in _SETTINGS.get(name, ()):
-        setting = statement.split()[-1].removeprefix("@@")
-        value = str(connection.exec_driver_sql(statement).scalar())
-        if statement == "PRAGMA synchronous":
-            value = _SQLITE_SYNCHRONOUS_NAMES.get(value, value)
-        found.append((setting, value))
-    return found

@@ -1,27 +1,61 @@
-"""Engines from URLs: plain URLs mapped to the async drivers, pools and durability settings."""
+"""Engines from URLs: plain URLs mapped to the async drivers, pool and driver options, SQLite's
+pragmas, and the durability settings read back for ``doctor``."""
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import StaticPool
 
-from .dialects import (
-    SQLITE_SYNCHRONOUS,
-    check_synchronous,
-    engine_options,
-    install_connection_setup,
-)
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "ENV_VAR", "create_engine", "masked", "resolve_url"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "MYSQL_BACKENDS",
+    "MYSQL_POOL_RECYCLE",
+    "MYSQL_SQL_MODE",
+    "SQLITE_SYNCHRONOUS",
+    "SQLITE_SYNCHRONOUS_MODES",
+    "check_synchronous",
+    "create_engine",
+    "engine_options",
+    "install_connection_setup",
+    "is_memory_url",
+    "masked",
+    "read_settings",
+    "resolve_url",
+    "store_engine_options",
+]
 
 ENV_VAR = "RUSTRADE_STORE_URL"
 DEFAULT_URL = "sqlite+aiosqlite:///rustrade_state.db"
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a connection, a lock or a statement before raising StorageError."""
+
+SQLITE_SYNCHRONOUS = "FULL"
+"""The default: in WAL mode, a commit that returned survives a power cut or an OS crash."""
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+"""``NORMAL`` skips the fsync at each commit: still safe against a process crash, but the last
+commits before a power cut or an OS crash can be lost (the database stays consistent)."""
+
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
+
+MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
+"""Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
+
+MYSQL_POOL_RECYCLE = 3600
+"""Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
 
 _ASYNC_DRIVERS = {
     "sqlite": "aiosqlite",
@@ -32,6 +66,15 @@ _ASYNC_DRIVERS = {
 _ALIASES = {"postgres": "postgresql"}
 _EXTRAS = {"asyncmy": "mysql"}
 """Drivers that come with an optional extra of rustrade-store, by module name."""
+
+_SETTINGS = {
+    "sqlite": ("PRAGMA journal_mode", "PRAGMA synchronous"),
+    "postgresql": ("SHOW synchronous_commit", "SHOW fsync"),
+    "mysql": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
+    "mariadb": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
+}
+"""The statements reading each database's durability settings, for ``doctor``."""
+_SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 
 
 def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> URL:
@@ -75,6 +118,101 @@ def masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def is_memory_url(url: URL) -> bool:
+    """True for an SQLite URL whose database exists only in memory."""
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def engine_options(url: URL, timeout: float) -> dict[str, Any]:
+    """Pool and driver settings for an engine the store creates for ``url``."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if is_memory_url(url):
+            return {"poolclass": StaticPool}
+        # One writer at a time is all SQLite allows; the store queues operations itself.
+        return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
+    if backend == "postgresql":
+        # timeout bounds the connection attempt, command_timeout every statement after it.
+        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+        if url.query.get("prepared_statement_cache_size") == "0":
+            # Behind PgBouncer's transaction pooling: statement names unique across clients
+            # (SQLAlchemy's advice), since clients share server connections.
+            connect_args["prepared_statement_name_func"] = _unique_statement_name
+        return {"pool_timeout": timeout, "connect_args": connect_args}
+    if backend in MYSQL_BACKENDS:
+        return {
+            "pool_timeout": timeout,
+            "pool_recycle": MYSQL_POOL_RECYCLE,
+            # Every operation is one statement, so no snapshot is needed; InnoDB takes no gap
+            # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
+            "isolation_level": "READ COMMITTED",
+            "connect_args": {
+                # connect_timeout bounds the connection attempt, read_timeout every answer
+                # after it, innodb_lock_wait_timeout the wait for another session's row lock.
+                "connect_timeout": timeout,
+                "read_timeout": timeout,
+                "charset": "utf8mb4",
+                # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
+                "init_command": (
+                    f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
+                    f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
+                ),
+            },
+        }
+    return {}
+
+
+def store_engine_options(url: URL) -> dict[str, Any]:
+    """Settings for an engine only the store uses (not for migrations, which need transactions).
+
+    Connections autocommit: a single statement is its own transaction, durable when it returns,
+    with no BEGIN and COMMIT round trips (PostgreSQL) or commit hand-off (aiosqlite); and since
+    every operation then ends its transaction, the pool's rollback on return is skipped while a
+    connection is in autocommit. Operations of several statements switch their connection to
+    :attr:`DialectFacts.transaction_isolation` for one transaction.
+
+    Not behind PgBouncer's transaction pooling (``prepared_statement_cache_size=0``): there a
+    statement prepared outside a transaction can land on one server connection and run on
+    another, so every operation keeps its transaction.
+    """
+    if url.query.get("prepared_statement_cache_size") == "0":
+        return {}
+    return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
+
+
+def _unique_statement_name() -> str:
+    return f"__rustrade_{uuid4().hex}__"
+
+
+def check_synchronous(mode: str) -> str:
+    """Return the SQLite ``synchronous`` mode to use, or raise naming the one refused."""
+    upper = mode.upper() if isinstance(mode, str) else mode
+    if upper not in SQLITE_SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"sqlite_synchronous={mode!r} is not supported: use one of {SQLITE_SYNCHRONOUS_MODES}"
+        )
+    return upper
+
+
+def install_connection_setup(
+    engine: AsyncEngine, timeout: float, synchronous: str = SQLITE_SYNCHRONOUS
+) -> None:
+    """Apply the durability settings to every new connection of an engine the store owns."""
+    synchronous = check_synchronous(synchronous)
+    if engine.dialect.name != "sqlite":
+        return
+    busy_ms = int(timeout * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.close()
+
+
 def create_engine(
     url: str | URL | None = None,
     *,
@@ -110,3 +248,21 @@ def create_engine(
         ) from exc
     install_connection_setup(engine, timeout, sqlite_synchronous)
     return engine
+
+
+def read_settings(connection: Connection) -> list[tuple[str, str]]:
+    """The durability settings a connection runs with, as (name, value), for ``doctor``.
+
+    SQLite: ``journal_mode`` and ``synchronous``; PostgreSQL: ``synchronous_commit`` and
+    ``fsync``; MySQL and MariaDB: ``innodb_flush_log_at_trx_commit`` and ``sync_binlog``. Read
+    on a connection of an engine the store made, they are what the store uses.
+    """
+    name = connection.dialect.name
+    found = []
+    for statement in _SETTINGS.get(name, ()):
+        setting = statement.split()[-1].removeprefix("@@")
+        value = str(connection.exec_driver_sql(statement).scalar())
+        if statement == "PRAGMA synchronous":
+            value = _SQLITE_SYNCHRONOUS_NAMES.get(value, value)
+        found.append((setting, value))
+    return found

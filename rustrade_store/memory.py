@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .dialects import store_engine_options
-from .engine import create_engine, resolve_url
+from .engine import create_engine, resolve_url, store_engine_options
 from .sql import SqlStore
 
 __all__ = ["InMemoryStore"]

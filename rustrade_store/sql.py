@@ -10,8 +10,15 @@ from sqlalchemy import bindparam, delete, func, select
 
 from . import clock
 from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
-from .dialects import SQLITE_SYNCHRONOUS, facts_for, store_engine_options
-from .engine import DEFAULT_TIMEOUT, create_engine, masked, resolve_url
+from .dialects import facts_for
+from .engine import (
+    DEFAULT_TIMEOUT,
+    SQLITE_SYNCHRONOUS,
+    create_engine,
+    masked,
+    resolve_url,
+    store_engine_options,
+)
 from .errors import InvalidValueError, ValueTypeError
 from .executor import Executor, Row
 from .schema import snapshots

@@ -24,8 +24,7 @@ import pytest
 from sqlalchemy import delete
 
 from rustrade_store import SqlStore
-from rustrade_store.dialects import engine_options
-from rustrade_store.engine import resolve_url
+from rustrade_store.engine import engine_options, resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
