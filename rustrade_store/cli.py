@@ -40,7 +40,7 @@ from .errors import (
     SchemaError,
     StorageError,
     StoreError,
-    describe,
+    storage_error,
 )
 from .migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
 from .schema import snapshots
@@ -167,20 +167,17 @@ def _url(console: _Console, raw: str | None, *, must_exist: bool = True) -> URL:
 
 
 @contextlib.asynccontextmanager
-async def _connection(url: URL, wait: float) -> AsyncIterator[AsyncConnection]:
-    """A plain connection for the schema commands; driver failures become StorageError."""
+async def _connection(url: URL, wait: float, action: str) -> AsyncIterator[AsyncConnection]:
+    """A plain connection for the schema command ``action``; driver failures become
+    StorageError."""
     engine = create_engine(url, timeout=wait)
     try:
         async with engine.connect() as connection:
             yield connection
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise _storage_error(f"cannot use {masked(url)}", exc) from exc
+        raise storage_error(action, None, masked(url), exc) from exc
     finally:
         await engine.dispose()
-
-
-def _storage_error(what: str, exc: BaseException) -> StorageError:
-    return StorageError(f"{what}: {describe(exc).splitlines()[0]}")
 
 
 def _open(url: URL, timeout: float) -> SqlStore:
@@ -212,13 +209,13 @@ def _count_rows(connection: Connection) -> int | None:
 async def cmd_upgrade(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url, must_exist=False)
     await _migrate(upgrade, url, args.revision, args.timeout)
-    return await _report_revision(url, args.timeout, console)
+    return await _report_revision(url, args.timeout, console, "upgrade")
 
 
 async def cmd_downgrade(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url)
     where = masked(url)
-    async with _connection(url, args.timeout) as connection:
+    async with _connection(url, args.timeout, "downgrade") as connection:
         await connection.run_sync(refuse_unknown_revision)
         rows = await connection.run_sync(_count_rows)
     # Any step down may drop the table (`-1` from the first revision is `base`), so every
@@ -230,7 +227,7 @@ async def cmd_downgrade(args: argparse.Namespace, console: _Console) -> int:
             f"{rows} snapshot(s): `{PROG} export` them first, then add --yes",
         )
     await _migrate(downgrade, url, args.revision, args.timeout)
-    return await _report_revision(url, args.timeout, console)
+    return await _report_revision(url, args.timeout, console, "downgrade")
 
 
 async def _migrate(
@@ -243,17 +240,15 @@ async def _migrate(
 
     engine = create_engine(url, timeout=wait)
     try:
-        await step(engine, revision)
+        await step(engine, revision)  # its driver errors come translated, as StorageError
     except CommandError as exc:
         raise Failure(EXIT_BAD_INPUT, f"revision {revision!r}: {exc}") from None
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise _storage_error(f"migrating {masked(url)} failed", exc) from exc
     finally:
         await engine.dispose()
 
 
-async def _report_revision(url: URL, wait: float, console: _Console) -> int:
-    async with _connection(url, wait) as connection:
+async def _report_revision(url: URL, wait: float, console: _Console, action: str) -> int:
+    async with _connection(url, wait, action) as connection:
         status = await schema_status(connection, masked(url))
     console.say(f"{masked(url)}: schema revision {_revision_line(status)}")
     return EXIT_OK
@@ -261,7 +256,7 @@ async def _report_revision(url: URL, wait: float, console: _Console) -> int:
 
 async def cmd_current(args: argparse.Namespace, console: _Console) -> int:
     url = _url(console, args.url)
-    async with _connection(url, args.timeout) as connection:
+    async with _connection(url, args.timeout, "current") as connection:
         status = await schema_status(connection, masked(url))
     console.out.write(_revision_line(status) + "\n")
     if status.state != "current":
@@ -280,7 +275,7 @@ async def cmd_doctor(args: argparse.Namespace, console: _Console) -> int:
     ]
     problem: str | None = None
     try:
-        async with _connection(url, args.timeout) as connection:
+        async with _connection(url, args.timeout, "doctor") as connection:
             info = connection.dialect.server_version_info or ()
             lines.append(("server version", ".".join(str(part) for part in info) or "unknown"))
             status = await schema_status(connection, where)

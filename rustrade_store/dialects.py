@@ -73,7 +73,7 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     if not writing or code not in _MYSQL_PACKET_ERRORS or _mysql_read_timeout(cause):
         return ""
     return (
-        " (the server also closes the connection on a statement larger than its "
+        "(the server also closes the connection on a statement larger than its "
         "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
         "quotes and backslashes count twice: if this write is that large, raise "
         "max_allowed_packet on the server or save smaller values)"

@@ -1,4 +1,5 @@
-"""Every error the package raises, under one base class."""
+"""Every error the package raises, under one base class, and the one translation of a driver's
+error into :class:`StorageError`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ __all__ = [
     "ValueTypeError",
     "describe",
     "root_cause",
+    "storage_error",
 ]
 
 
@@ -83,3 +85,29 @@ def describe(exc: BaseException) -> str:
     """The message of ``exc``'s root cause, or its type name when it has none."""
     cause = root_cause(exc)
     return str(cause).strip() or type(cause).__name__
+
+
+def storage_error(
+    action: str,
+    key: str | None,
+    where: str,
+    exc: BaseException,
+    hint: str = "",
+    *,
+    timed_out: bool = False,
+) -> StorageError:
+    """The :class:`StorageError` for a driver's error, to raise ``from exc``.
+
+    One message for the store, the migrations and the CLI: ``<action> [<key>] failed on
+    <where>: <cause>[ <hint>]``, ``where`` being the URL with its password masked. A timeout (a
+    ``TimeoutError``, or ``timed_out`` for one the driver reports otherwise) reads ``timed out
+    waiting for the database (<cause>)``. ``hint`` says what the database's message leaves out.
+    """
+    cause = root_cause(exc)
+    detail = describe(cause)
+    if timed_out or isinstance(cause, TimeoutError):
+        detail = f"timed out waiting for the database ({detail})"
+    if hint:
+        detail = f"{detail} {hint}"
+    subject = action if key is None else f"{action} {key!r}"
+    return StorageError(f"{subject} failed on {where}: {detail}")

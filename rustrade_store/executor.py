@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from . import clock
-from .errors import ClockSkewError, StorageError, StoreError, describe, root_cause
+from .errors import ClockSkewError, StorageError, StoreError, root_cause, storage_error
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 
@@ -539,12 +539,13 @@ class Executor:
         return loop
 
     def failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
-        """The :class:`StorageError` for a failed operation, naming it, its key and the cause."""
+        """The :class:`StorageError` for a failed operation, with this database's hint."""
         cause = root_cause(exc)
-        if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
-            detail = f"timed out waiting for the database ({describe(cause)})"
-        else:
-            detail = describe(cause)
-        detail += self._facts.failure_hint(action in _WRITES, cause)
-        subject = action if key is None else f"{action} {key!r}"
-        return StorageError(f"{subject} failed on {self._where}: {detail}")
+        return storage_error(
+            action,
+            key,
+            self._where,
+            exc,
+            self._facts.failure_hint(action in _WRITES, cause),
+            timed_out=self._facts.is_timeout(cause),
+        )

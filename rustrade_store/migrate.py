@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .engine import create_engine, masked
-from .errors import SchemaError, StorageError, describe
+from .errors import SchemaError, storage_error
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -161,9 +161,7 @@ async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str)
         async with engine.begin() as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise StorageError(
-            f"{name} to {revision} failed on {masked(engine.url)}: {describe(exc)}"
-        ) from exc
+        raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc) from exc
     finally:
         if engine is not target:
             await engine.dispose()
