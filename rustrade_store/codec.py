@@ -2,14 +2,15 @@
 
 Accepted: ``dict`` with ``str`` keys, ``list``, ``str``, ``int``, finite ``float``, ``bool`` and
 ``None``, exact types only, so that every accepted value comes back from the database with the
-same types and the same values.
+same types and the same values. One decoder reads JSON text back, stored or typed, and refuses
+what the encoder could never have written.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, NoReturn, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
 
@@ -27,6 +28,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_entry",
+    "parse",
 ]
 
 JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
@@ -202,12 +204,12 @@ def encode_entry(key: object, value: object) -> str:
         raise type(exc)(f"key {key!r}: {exc}") from None
 
 
-def reject_constant(name: str) -> NoReturn:
+def _reject_constant(name: str) -> NoReturn:
     """``parse_constant`` hook: ``NaN`` and ``Infinity``, read by Python's json, are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
-def finite_float(literal: str) -> float:
+def _finite_float(literal: str) -> float:
     """``parse_float`` hook: ``1e999`` is valid JSON text that Python would read as inf."""
     number = float(literal)
     if not math.isfinite(number):
@@ -215,19 +217,48 @@ def finite_float(literal: str) -> float:
     return number
 
 
-_decoder = json.JSONDecoder(parse_constant=reject_constant, parse_float=finite_float)
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a member given twice is refused, where Python keeps the last."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"object member {json.dumps(name)} appears twice")
+            seen.add(name)
+    return found
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_members, parse_constant=_reject_constant, parse_float=_finite_float
+)
 """Built once: ``json.loads`` with these hooks would build a new decoder on every call."""
 
 
+def parse(text: str) -> JSONValue:
+    """Parse JSON text strictly; raise ``ValueError`` naming the fault.
+
+    Refused: anything not JSON, ``NaN`` and ``Infinity`` (which Python's ``json`` accepts),
+    numbers no float can hold, integers longer than Python reads (:data:`MAX_INT_DIGITS`
+    digits by default), an object member given twice (which the encoder never writes), and
+    nesting too deep to parse.
+    """
+    try:
+        value: JSONValue = _decoder.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return value
+
+
 def decode(text: object, key: str) -> JSONValue:
-    """Parse a stored document; a corrupt one is a :class:`StorageError` naming its key."""
+    """Parse a stored document with :func:`parse`; one it refuses (corrupt, or written outside
+    the store with a member given twice) is a :class:`StorageError` naming its key."""
     if type(text) is not str:
         raise StorageError(
             f"stored value for key {key!r} is a {type(text).__name__}, not JSON text: "
             "the row was written outside rustrade-store"
         )
     try:
-        value: JSONValue = _decoder.decode(text)
-    except (ValueError, RecursionError) as exc:
+        return parse(text)
+    except ValueError as exc:
         raise StorageError(f"stored value for key {key!r} is not valid JSON: {exc}") from None
-    return value

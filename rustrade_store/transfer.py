@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from .codec import check_key, encode, finite_float, reject_constant
+from .codec import check_key, encode, parse
 from .errors import (
     BadFileError,
     CopyMismatchError,
@@ -59,29 +59,6 @@ _BOM = b"\xef\xbb\xbf"
 # -- strict JSON from outside --------------------------------------------------------------
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise ValueError(f"object member {json.dumps(name)} appears twice")
-            seen.add(name)
-    return found
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(
-            text,
-            object_pairs_hook=_unique_members,
-            parse_constant=reject_constant,
-            parse_float=finite_float,
-        )
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
 def parse_json(text: str) -> JSONValue:
     """Parse JSON typed by a person as strictly as the store writes it; raise naming the fault.
 
@@ -90,7 +67,7 @@ def parse_json(text: str) -> JSONValue:
     refuses (too deep, too large, lone surrogates).
     """
     try:
-        value: JSONValue = _loads(text)
+        value = parse(text)
     except ValueError as exc:
         hint = ""
         stripped = text.strip()
@@ -118,7 +95,7 @@ def parse_line(raw: bytes) -> Snapshot:
     except UnicodeDecodeError as exc:
         raise InvalidValueError(f"not UTF-8 (byte {exc.start + 1})") from None
     try:
-        record = _loads(text)
+        record = parse(text)
     except ValueError as exc:
         raise InvalidValueError(f"not valid JSON: {exc}") from None
     if type(record) is not dict:
@@ -132,9 +109,8 @@ def parse_line(raw: bytes) -> Snapshot:
         if extra:
             parts.append("unexpected " + ", ".join(json.dumps(name) for name in extra))
         raise InvalidValueError(f"{'; '.join(parts)} (a line has key, value, updated_at)")
-    key = record["key"]
     try:
-        check_key(key)
+        key = check_key(record["key"])
     except (ValueError, TypeError) as exc:
         raise InvalidValueError(str(exc)) from None
     try:
