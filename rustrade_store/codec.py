@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
@@ -25,9 +26,11 @@ __all__ = [
     "JSONValue",
     "check_key",
     "check_keys",
+    "check_time",
     "decode",
     "encode",
     "encode_entry",
+    "encode_rows",
     "parse",
 ]
 
@@ -262,3 +265,29 @@ def decode(text: object, key: str) -> JSONValue:
         return parse(text)
     except ValueError as exc:
         raise StorageError(f"stored value for key {key!r} is not valid JSON: {exc}") from None
+
+
+def check_time(key: str, when: object) -> datetime:
+    """``when`` if it is a time-zone-aware datetime, else the error naming the key."""
+    if type(when) is not datetime:
+        raise ValueTypeError(f"key {key!r}: updated_at is a {type(when).__name__}, not a datetime")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidValueError(f"key {key!r}: updated_at {when.isoformat()} has no time zone")
+    return when
+
+
+def encode_rows(items: Iterable[tuple[str, object, object]]) -> list[dict[str, Any]]:
+    """Check and encode every ``(key, value, updated_at)``, raising before any is written, and
+    return the rows to write in key order (concurrent batches then take their row locks in one
+    order and never deadlock). A key given twice keeps its latest time, the last one on a tie."""
+    latest: dict[str, tuple[str, datetime]] = {}
+    for key, value, when in items:
+        text = encode_entry(key, value)
+        time = check_time(key, when)
+        held = latest.get(key)
+        if held is None or held[1] <= time:
+            latest[key] = (text, time)
+    return [
+        {"key": key, "value": text, "updated_at": when}
+        for key, (text, when) in sorted(latest.items())
+    ]

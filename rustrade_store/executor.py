@@ -11,11 +11,10 @@ import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import clock
+from . import clock, queries
 from .errors import ClockSkewError, StorageError, StoreError, root_cause, storage_error
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
@@ -207,14 +206,10 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        table = snapshots
-        value = facts.json_text(table.c.value)
-        self._upsert = facts.upsert(table)
-        self._select_value = select(value).where(table.c.key == bindparam("key"))
-        self._select_values = select(table.c.key, value).where(facts.key_in(table.c.key))
-        self._select_times = select(table.c.key, table.c.updated_at).where(
-            facts.key_in(table.c.key)
-        )
+        self._upsert = facts.upsert(snapshots)
+        self._select_value = queries.value(facts)
+        self._select_values = queries.values(facts)
+        self._select_times = queries.times(facts)
         self._make_loop_state()
 
     def _make_loop_state(self) -> None:

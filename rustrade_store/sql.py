@@ -3,13 +3,10 @@ async engine (Core only)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import bindparam, delete, func, select
-
-from . import clock
-from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
+from . import clock, queries
+from .codec import JSONValue, check_key, check_keys, decode, encode, encode_rows
 from .dialects import facts_for
 from .engine import (
     DEFAULT_TIMEOUT,
@@ -19,53 +16,16 @@ from .engine import (
     resolve_url,
     store_engine_options,
 )
-from .errors import InvalidValueError, ValueTypeError
-from .executor import Executor, Row
-from .schema import snapshots
+from .executor import Executor
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 
-    from sqlalchemy import URL, ColumnElement
+    from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["SqlStore"]
-
-PAGE_SIZE = 1000
-"""Rows fetched per query when listing: listing streams, whatever the table's size."""
-
-
-def _utc(key: str, when: object) -> datetime:
-    """``when`` if it is a time-zone-aware datetime, else the error naming the key."""
-    if type(when) is not datetime:
-        raise ValueTypeError(f"key {key!r}: updated_at is a {type(when).__name__}, not a datetime")
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise InvalidValueError(f"key {key!r}: updated_at {when.isoformat()} has no time zone")
-    return when
-
-
-def _rows(items: Iterable[tuple[str, JSONValue, datetime]]) -> list[Row]:
-    """Validate every item and return the rows to upsert, in key order, the last of a repeated
-    key kept; raise before any is written. In key order, concurrent batches over the same keys
-    take their row locks in one order and never deadlock."""
-    latest = {key: (encode_entry(key, value), _utc(key, when)) for key, value, when in items}
-    return [
-        {"key": key, "value": text, "updated_at": when}
-        for key, (text, when) in sorted(latest.items())
-    ]
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every string that starts with ``prefix`` (code point order)."""
-    chars = list(prefix)
-    while chars:
-        point = ord(chars.pop()) + 1
-        if point == 0xD800:
-            point = 0xE000
-        if point <= 0x10FFFF:
-            return "".join(chars) + chr(point)
-    return None
 
 
 class SqlStore(StateStore):
@@ -84,7 +44,7 @@ class SqlStore(StateStore):
     Guarantees). ``timeout`` is each call's deadline, in seconds.
     """
 
-    __slots__ = ("_count", "_delete", "_engine", "_executor", "_facts", "_owns_engine", "_where")
+    __slots__ = ("_delete", "_engine", "_executor", "_facts", "_owns_engine", "_snapshot", "_where")
 
     def __init__(
         self, engine: AsyncEngine, *, owns_engine: bool = False, timeout: float = DEFAULT_TIMEOUT
@@ -101,11 +61,8 @@ class SqlStore(StateStore):
             timeout=timeout,
             autocommit=built.get("isolation_level") == "AUTOCOMMIT",
         )
-        table = snapshots
-        self._delete = delete(table).where(
-            table.c.key == bindparam("key"), table.c.updated_at < bindparam("before")
-        )
-        self._count = select(func.count()).select_from(table)
+        self._snapshot = queries.snapshot(self._facts)
+        self._delete = queries.delete_older()
 
     @classmethod
     def from_url(
@@ -169,14 +126,14 @@ class SqlStore(StateStore):
     async def save_many(self, values: Mapping[str, JSONValue]) -> None:
         """Save every item in one transaction: all of them, or none if any is refused."""
         when = clock.next_save_time()
-        rows = _rows((key, value, when) for key, value in values.items())
+        rows = encode_rows((key, value, when) for key, value in values.items())
         if rows:
             await self._executor.write("save_many", rows)
 
     async def restore(self, items: Iterable[Snapshot]) -> None:
         """Write snapshots with their own times in one transaction (import, copy); each
         replaces only an older stored snapshot of its key."""
-        rows = _rows((item.key, item.value, item.updated_at) for item in items)
+        rows = encode_rows((item.key, item.value, item.updated_at) for item in items)
         if rows:
             await self._executor.write("restore", rows)
 
@@ -195,7 +152,7 @@ class SqlStore(StateStore):
         async def work(connection: AsyncConnection) -> int:
             written = 0
             async for batch in batches:
-                rows = _rows((item.key, item.value, item.updated_at) for item in batch)
+                rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
                 if rows:
                     await executor.upsert_checked(connection, "restore", rows)
                     written += len(rows)
@@ -212,11 +169,7 @@ class SqlStore(StateStore):
         from a missing key (``None``).
         """
         check_key(key)
-        table = snapshots
-        statement = select(self._facts.json_text(table.c.value), table.c.updated_at).where(
-            table.c.key == key
-        )
-        rows = await self._executor.fetch("load", key, statement)
+        rows = await self._executor.fetch("load", key, self._snapshot, {"key": key})
         return Snapshot(key, decode(rows[0][0], key), rows[0][1]) if rows else None
 
     async def delete(self, key: str) -> bool:
@@ -250,8 +203,7 @@ class SqlStore(StateStore):
 
     async def count(self, prefix: str = "") -> int:
         """How many keys start with ``prefix`` (all keys by default)."""
-        statement = self._count.where(*self._prefix_filter(prefix))
-        rows = await self._executor.fetch("count", prefix or None, statement)
+        rows = await self._executor.fetch("count", prefix or None, queries.count(prefix))
         count: int = rows[0][0]
         return count
 
@@ -263,33 +215,14 @@ class SqlStore(StateStore):
         """Close the store; an engine it was handed stays open for its owner."""
         await self._executor.aclose(dispose=self._owns_engine)
 
-    # -- internals -------------------------------------------------------------------------
-
-    def _prefix_filter(self, prefix: str) -> list[ColumnElement[bool]]:
-        if prefix == "":
-            return []
-        check_key(prefix)
-        key = snapshots.c.key
-        end = _prefix_end(prefix)
-        return [key >= prefix] if end is None else [key >= prefix, key < end]
-
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
-        table = snapshots
-        columns: list[ColumnElement[Any]] = [table.c.key]
-        if values:
-            columns += [self._facts.json_text(table.c.value), table.c.updated_at]
-        page = (
-            select(*columns)
-            .where(*self._prefix_filter(prefix), table.c.key > bindparam("after"))
-            .order_by(table.c.key)
-            .limit(PAGE_SIZE)
-        )
+        page = queries.page(self._facts, prefix, values=values)
         after = ""
         while True:
             rows = await self._executor.fetch("list", prefix or None, page, {"after": after})
             for row in rows:
                 if row[0].startswith(prefix):  # guards against a collation that is not code point
                     yield row
-            if len(rows) < PAGE_SIZE:
+            if len(rows) < queries.PAGE_SIZE:
                 return
             after = rows[-1][0]

@@ -3,7 +3,8 @@
 The test starts its own PgBouncer on a free loopback port in front of the local server, with a
 generated configuration, and reaches it with the URL option the README documents. PgBouncer
 refuses to run as root: as root the test runs it with ``-u postgres``. A machine without
-pgbouncer skips these tests locally and fails them under ``CI=true`` (``make test`` installs it where it can).
+pgbouncer skips these tests locally and fails them under ``CI=true`` (``make test`` installs it
+where it can).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from rustrade_store import (
     ValueTypeError,
 )
 from rustrade_store.engine import create_engine
-from rustrade_store.sql import _prefix_end
+from rustrade_store.queries import prefix_end
 from rustrade_store.testing import assert_same_json
 
 if TYPE_CHECKING:
@@ -83,10 +83,10 @@ async def test_prefix_is_matched_literally(store: SqlStore) -> None:
 
 
 def test_prefix_end_is_the_next_string_in_code_point_order() -> None:
-    assert _prefix_end("ab") == "ac"
-    assert _prefix_end("a\U0010ffff") == "b"
-    assert _prefix_end("\U0010ffff") is None
-    assert _prefix_end("\ud7ff") == "\ue000"
+    assert prefix_end("ab") == "ac"
+    assert prefix_end("a\U0010ffff") == "b"
+    assert prefix_end("\U0010ffff") is None
+    assert prefix_end("\ud7ff") == "\ue000"
 
 
 async def test_snapshots_yield_values_and_timestamps(store: SqlStore) -> None:
