@@ -9,6 +9,7 @@ from .codec import MAX_DEPTH, MAX_INT_DIGITS, MAX_KEY_LENGTH, MAX_VALUE_BYTES, J
 from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
 from .errors import (
     ClockSkewError,
+    ConflictError,
     InvalidKeyError,
     InvalidValueError,
     KeyTypeError,
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "BufferedStore",
     "ClockSkewError",
+    "ConflictError",
     "InMemoryStore",
     "InvalidKeyError",
     "InvalidValueError",

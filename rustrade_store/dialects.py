@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, any_, bindparam, cast, func, select
+from sqlalchemy import Text, and_, any_, bindparam, cast, func, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
@@ -28,33 +28,36 @@ __all__ = ["DialectFacts", "facts_for"]
 
 def _on_conflict_upsert(
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
-) -> Callable[[Table], Insert]:
-    """PostgreSQL's and SQLite's ``ON CONFLICT``: the update applies only to an older row, and
-    RETURNING names the rows applied."""
+) -> Callable[[Table, ColumnElement[bool] | None], Insert]:
+    """PostgreSQL's and SQLite's ``ON CONFLICT``: the update applies only to an older row (and
+    one that meets ``guard``), and RETURNING names the rows applied."""
 
-    def upsert(table: Table) -> Insert:
+    def upsert(table: Table, guard: ColumnElement[bool] | None = None) -> Insert:
         stmt = insert(table)
         new = stmt.excluded
+        applies = table.c.updated_at < new.updated_at
         return stmt.on_conflict_do_update(
             index_elements=[table.c.key],
             set_={"value": new.value, "updated_at": new.updated_at},
-            where=table.c.updated_at < new.updated_at,
+            where=applies if guard is None else and_(applies, guard),
         ).returning(table.c.key, table.c.updated_at)
 
     return upsert
 
 
-def _mysql_upsert(table: Table) -> Insert:
-    # Assignments run left to right, so updated_at goes last: the value's condition must see
-    # the stored time. VALUES(col) is the inserted row's value; RETURNING gives the final row
-    # of every input, applied when its time is the one sent.
+def _mysql_upsert(table: Table, guard: ColumnElement[bool] | None = None) -> Insert:
+    # Assignments run left to right, so updated_at goes last: both conditions must see the
+    # stored time. VALUES(col) is the inserted row's value; RETURNING gives the final row of
+    # every input, applied when its time is the one sent.
     stmt = mysql.insert(table)
     new = stmt.inserted
-    newer = table.c.updated_at < new.updated_at
+    applies = table.c.updated_at < new.updated_at
+    if guard is not None:
+        applies = and_(applies, guard)
     return stmt.on_duplicate_key_update(
         [
-            ("value", func.if_(newer, new.value, table.c.value)),
-            ("updated_at", func.greatest(table.c.updated_at, new.updated_at)),
+            ("value", func.if_(applies, new.value, table.c.value)),
+            ("updated_at", func.if_(applies, new.updated_at, table.c.updated_at)),
         ]
     ).returning(table.c.key, table.c.updated_at)
 
@@ -143,7 +146,9 @@ class DialectFacts:
     cancelled mid-statement unusable ("Cancelled during execution") without flagging it dead.
     PostgreSQL's server aborts the transaction of a dropped connection itself, so there
     cancellation is immediate."""
-    upsert: Callable[[Table], Insert]
+    upsert: Callable[[Table, ColumnElement[bool] | None], Insert]
+    """The conditional upsert: a row applies over a stored one only if older (and ``guard``,
+    a condition on the stored row, holds); RETURNING gives key and final time."""
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
     """``column`` is one of the list bound as ``keys`` (see :attr:`keys_param`)."""

@@ -3,9 +3,15 @@ error into :class:`StorageError`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
 __all__ = [
     "BadFileError",
     "ClockSkewError",
+    "ConflictError",
     "CopyMismatchError",
     "InvalidKeyError",
     "InvalidValueError",
@@ -38,6 +44,18 @@ class ClockSkewError(StorageError):
     Writes are ordered by their save times, so a writer whose clock is behind another's cannot
     replace what that writer saved until its clock passes the stored time.
     """
+
+
+class ConflictError(StoreError):
+    """A conditional write refused because the stored snapshot is not the one it was based on
+    (or, for an only-if-absent write, because the key exists). Nothing was written.
+
+    ``stored_at`` is the stored snapshot's ``updated_at``, or ``None`` if the key is missing.
+    """
+
+    def __init__(self, message: str, stored_at: datetime | None) -> None:
+        super().__init__(message)
+        self.stored_at = stored_at
 
 
 class SchemaError(StorageError):

@@ -11,11 +11,19 @@ import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import false
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from . import clock, queries
-from .errors import ClockSkewError, StorageError, StoreError, root_cause, storage_error
+from .errors import (
+    ClockSkewError,
+    ConflictError,
+    StorageError,
+    StoreError,
+    root_cause,
+    storage_error,
+)
 from .migrate import check_revision, upgrade_connection
 from .schema import snapshots
 
@@ -183,7 +191,9 @@ class Executor:
         "_select_value",
         "_select_values",
         "_timeout",
+        "_update_if_at",
         "_upsert",
+        "_upsert_if_absent",
         "_where",
         "_writer_lock",
     )
@@ -206,7 +216,9 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._upsert = facts.upsert(snapshots)
+        self._upsert = facts.upsert(snapshots, None)
+        self._upsert_if_absent = facts.upsert(snapshots, false())
+        self._update_if_at = queries.update_if_at()
         self._select_value = queries.value(facts)
         self._select_values = queries.values(facts)
         self._select_times = queries.times(facts)
@@ -248,6 +260,55 @@ class Executor:
     async def save(self, row: Row) -> None:
         """Write one row with the conditional upsert, batched with concurrent saves."""
         await self._saves.submit(row)
+
+    async def save_if(self, row: Row, expected: datetime | None) -> None:
+        """Write one row only if its key is stored at ``expected`` (or, with ``None``, absent);
+        else raise :class:`ConflictError` naming what is stored, and write nothing."""
+        key: str = row["key"]
+        sent: datetime = row["updated_at"]
+
+        async def work(connection: AsyncConnection) -> datetime | None:
+            if expected is None:
+                result = await connection.execute(self._upsert_if_absent, row)
+                applied = any(when == sent for _, when in result)
+            else:
+                params = {"at_key": key, "new_value": row["value"], "new_time": sent}
+                result = await connection.execute(
+                    self._update_if_at, params | {"expected": expected}
+                )
+                applied = result.rowcount == 1
+            if applied:
+                return sent
+            return (await self.stored_times(connection, [key])).get(key)
+
+        stored = await self.run("save", key, work)
+        if stored == sent:  # applied, perhaps by an attempt whose answer was lost
+            return
+        if expected is None:
+            raise ConflictError(
+                f"save {key!r} refused on {self._where}: the key exists (saved at "
+                f"{stored and stored.isoformat()}); nothing was written",
+                stored,
+            )
+        if stored is None:
+            raise ConflictError(
+                f"save {key!r} refused on {self._where}: the key was deleted since "
+                f"{expected.isoformat()}; nothing was written",
+                None,
+            )
+        if stored != expected:
+            raise ConflictError(
+                f"save {key!r} refused on {self._where}: it was saved again at "
+                f"{stored.isoformat()}, after the {expected.isoformat()} this write was based "
+                "on; load it again and redo the change. Nothing was written",
+                stored,
+            )
+        self.check_order("save", key, sent, stored)
+        raise ConflictError(
+            f"save {key!r} refused on {self._where}: its time {sent.isoformat()} is not after "
+            f"the stored {stored.isoformat()}; nothing was written",
+            stored,
+        )
 
     async def load(self, key: str) -> str | None:
         """The stored JSON text of ``key``, batched with concurrent loads."""

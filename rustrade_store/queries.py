@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 
 from .codec import check_key
 from .schema import snapshots
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Delete, Select
+    from sqlalchemy import ColumnElement, Delete, Select, Update
 
     from .dialects import DialectFacts
 
@@ -23,6 +23,7 @@ __all__ = [
     "prefix_end",
     "snapshot",
     "times",
+    "update_if_at",
     "value",
     "values",
 ]
@@ -79,6 +80,20 @@ def delete_older() -> Delete:
     """Delete the key bound as ``key`` if its stored time is before the one bound as ``before``."""
     return delete(_table).where(
         _table.c.key == bindparam("key"), _table.c.updated_at < bindparam("before")
+    )
+
+
+def update_if_at() -> Update:
+    """Compare-and-set: write ``new_value`` at ``new_time`` over the key bound as ``at_key``
+    only if it is stored at ``expected`` (and that is older); a missing key stays missing."""
+    return (
+        update(_table)
+        .where(
+            _table.c.key == bindparam("at_key"),
+            _table.c.updated_at == bindparam("expected"),
+            _table.c.updated_at < bindparam("new_time"),
+        )
+        .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Self
 
 from . import clock, queries
-from .codec import JSONValue, check_key, check_keys, decode, encode, encode_rows
+from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
 from .dialects import facts_for
 from .engine import (
     DEFAULT_TIMEOUT,
@@ -21,6 +21,7 @@ from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+    from datetime import datetime
 
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -110,10 +111,30 @@ class SqlStore(StateStore):
         text = await self._executor.load(key)
         return None if text is None else decode(text, key)
 
-    async def save(self, key: str, value: JSONValue) -> None:
+    async def save(
+        self,
+        key: str,
+        value: JSONValue,
+        *,
+        if_updated_at: datetime | None = None,
+        if_absent: bool = False,
+    ) -> None:
+        """Store ``value`` under ``key``.
+
+        Compare-and-set: with ``if_updated_at``, only if the stored snapshot is still the one
+        saved at that time (the ``updated_at`` of :meth:`load_snapshot`); with ``if_absent``,
+        only if the key does not exist. Otherwise :class:`~rustrade_store.ConflictError`,
+        naming the stored time, and nothing is written.
+        """
         check_key(key)
-        text = encode(value)
-        await self._executor.save({"key": key, "value": text, "updated_at": clock.next_save_time()})
+        row = {"key": key, "value": encode(value), "updated_at": clock.next_save_time()}
+        if if_updated_at is None and not if_absent:
+            await self._executor.save(row)
+        elif if_updated_at is not None and if_absent:
+            raise ValueError("give if_updated_at or if_absent, not both")
+        else:
+            expected = None if if_absent else check_time(key, if_updated_at)
+            await self._executor.save_if(row, expected)
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, as one

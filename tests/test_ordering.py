@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import ClockSkewError, Snapshot, SqlStore, clock
+from rustrade_store import ClockSkewError, ConflictError, Snapshot, SqlStore, clock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -86,3 +86,37 @@ async def test_a_stored_time_in_the_writers_future_is_a_clock_skew(
     assert ahead.isoformat() in message
     assert "clock" in message
     assert await store.load_many(["k", "other"]) == {"k": "from the future", "other": None}
+
+
+async def test_compare_and_set_writes_only_over_the_snapshot_it_read(store: SqlStore) -> None:
+    """A save based on a snapshot applies only while that snapshot is still stored: the bot's
+    save in between makes the operator's write a ConflictError naming the stored time."""
+    await store.save("bot1/breaker", {"halted": True})
+    read = await store.load_snapshot("bot1/breaker")
+    assert read is not None
+    await store.save("bot1/breaker", {"halted": True, "losses": 4})
+    newer = await stored_time(store, "bot1/breaker")
+    with pytest.raises(ConflictError) as refused:
+        await store.save("bot1/breaker", {"halted": False}, if_updated_at=read.updated_at)
+    assert refused.value.stored_at == newer
+    assert newer.isoformat() in str(refused.value)
+    assert await store.load("bot1/breaker") == {"halted": True, "losses": 4}
+
+    await store.save("bot1/breaker", {"halted": False}, if_updated_at=newer)
+    assert await store.load("bot1/breaker") == {"halted": False}
+    assert await stored_time(store, "bot1/breaker") > newer
+
+
+async def test_compare_and_set_on_a_missing_key_and_only_if_absent(store: SqlStore) -> None:
+    gone = datetime.now(UTC) - timedelta(seconds=1)
+    with pytest.raises(ConflictError, match="deleted") as refused:
+        await store.save("k", 1, if_updated_at=gone)
+    assert refused.value.stored_at is None
+    assert await store.load_snapshot("k") is None
+
+    await store.save("k", 1, if_absent=True)
+    with pytest.raises(ConflictError, match="exists"):
+        await store.save("k", 2, if_absent=True)
+    assert await store.load("k") == 1
+    with pytest.raises(ValueError, match="not both"):
+        await store.save("k", 3, if_absent=True, if_updated_at=gone)
