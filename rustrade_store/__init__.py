@@ -20,6 +20,7 @@ from .errors import (
 )
 from .memory import InMemoryStore
 from .migrate import downgrade, head_revision, upgrade
+from .restore import RestoreReport
 from .sql import SqlStore
 from .store import Snapshot, StateStore
 
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidValueError",
     "JSONValue",
     "KeyTypeError",
+    "RestoreReport",
     "SchemaError",
     "Snapshot",
     "SqlStore",

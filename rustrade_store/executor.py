@@ -49,6 +49,9 @@ _DETACHED: ContextVar[bool] = ContextVar("_DETACHED", default=False)
 """Set in a group-commit task: no caller can cancel it, so its attempts need no shield, and it
 holds the writer lock already where there is one."""
 
+_PER_STATEMENT: ContextVar[bool] = ContextVar("_PER_STATEMENT", default=False)
+"""Set while work runs ``per_statement``: a cancellation waits for the statement in flight."""
+
 _WRITES = frozenset({"save", "save_many", "restore", "delete"})
 
 
@@ -187,6 +190,7 @@ class Executor:
         "_ready",
         "_saves",
         "_schema_lock",
+        "_select_stored",
         "_select_times",
         "_select_value",
         "_select_values",
@@ -222,6 +226,7 @@ class Executor:
         self._select_value = queries.value(facts)
         self._select_values = queries.values(facts)
         self._select_times = queries.times(facts)
+        self._select_stored = queries.stored(facts)
         self._make_loop_state()
 
     def _make_loop_state(self) -> None:
@@ -353,7 +358,17 @@ class Executor:
     ) -> dict[str, datetime]:
         """The stored ``updated_at`` of each of ``keys`` that is stored."""
         params = {"keys": self._facts.keys_param(keys)}
-        return dict((await connection.execute(self._select_times, params)).all())
+        return {
+            row[0]: row[1] for row in await self._execute(connection, self._select_times, params)
+        }
+
+    async def stored_rows(
+        self, connection: AsyncConnection, keys: list[str]
+    ) -> dict[str, tuple[datetime, str]]:
+        """The stored ``(updated_at, JSON text)`` of each of ``keys`` that is stored."""
+        params = {"keys": self._facts.keys_param(keys)}
+        rows = await self._execute(connection, self._select_stored, params)
+        return {row[0]: (row[1], row[2]) for row in rows}
 
     def check_order(self, action: str, key: str, sent: datetime, stored: datetime) -> None:
         """Raise :class:`ClockSkewError` if a write of ``key`` at ``sent`` was refused by a
@@ -370,11 +385,17 @@ class Executor:
         transaction: bool = False,
         isolation: str | None = None,
         retry: bool = True,
+        per_statement: bool = False,
     ) -> T:
         """Run ``work`` on a connection, as one transaction when ``transaction`` (else its
-        single statement commits on its own), retrying a lost connection until the deadline."""
+        single statement commits on its own), retrying a lost connection until the deadline.
+
+        Where a cancelled statement must run to its end, the whole of ``work`` does, unless
+        ``per_statement`` (long work that awaits more than the database): then only the
+        statement in flight does, and the transaction is rolled back.
+        """
         try:
-            return await self._retrying(work, transaction, isolation, retry)
+            return await self._retrying(work, transaction, isolation, retry, per_statement)
         except _Failed as failed:
             raise self.failure(action, key, failed.cause) from failed.cause
 
@@ -445,8 +466,10 @@ class Executor:
         """
         final: dict[str, datetime] = {}
         for part in self._parts(rows):
-            result = await connection.execute(self._upsert, part[0] if len(part) == 1 else part)
-            final.update((key, when) for key, when in result)
+            params = part[0] if len(part) == 1 else part
+            final.update(
+                (row[0], row[1]) for row in await self._execute(connection, self._upsert, params)
+            )
         refused = {
             row["key"]: (row["updated_at"], final.get(row["key"]))
             for row in rows
@@ -498,6 +521,7 @@ class Executor:
         transaction: bool,
         isolation: str | None,
         retry: bool,
+        per_statement: bool = False,
     ) -> T:
         loop = self._bind_loop()
         if self._closed:
@@ -506,7 +530,7 @@ class Executor:
         pause = 0.02
         while True:
             try:
-                return await self._attempt(work, transaction, isolation)
+                return await self._attempt(work, transaction, isolation, per_statement)
             except StoreError:
                 raise
             except Exception as exc:
@@ -522,11 +546,18 @@ class Executor:
         work: Callable[[AsyncConnection], Awaitable[T]],
         transaction: bool,
         isolation: str | None,
+        per_statement: bool,
     ) -> T:
         if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
             return await self._on_connection(work, transaction, isolation)
         # Waiting for the writer lock is cancellable: an operation still queued touched nothing.
         async with self._writer_lock or contextlib.nullcontext():
+            if per_statement:
+                token = _PER_STATEMENT.set(True)
+                try:
+                    return await self._on_connection(work, transaction, isolation)
+                finally:
+                    _PER_STATEMENT.reset(token)
             attempt = self._on_connection(work, transaction, isolation)
             if not self._facts.finish_when_cancelled:
                 return await attempt
@@ -534,6 +565,17 @@ class Executor:
             # database goes with it, an SQLite connection busy in aiosqlite's thread keeps the
             # write lock, and asyncmy's is left unusable. So the attempt runs to its end.
             return await _to_the_end(attempt)
+
+    async def _execute(
+        self, connection: AsyncConnection, statement: Executable, params: Any = None
+    ) -> list[Sequence[Any]]:
+        """The rows of ``statement``; run to its end if cancelled, in work run
+        ``per_statement`` on a database that needs it."""
+        if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
+            result = await _to_the_end(connection.execute(statement, params))
+        else:
+            result = await connection.execute(statement, params)
+        return list(result.all())
 
     async def _on_connection(
         self,
@@ -547,8 +589,11 @@ class Executor:
             if transaction or not self._autocommit:
                 level = isolation or self._facts.transaction_isolation
                 await connection.execution_options(isolation_level=level)
-                async with connection.begin():
-                    return await work(connection)
+                async with connection.begin() as begun:
+                    result = await work(connection)
+                    if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
+                        await _to_the_end(begun.commit())
+                    return result
             return await work(connection)
 
     async def _check_schema(self) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "page",
     "prefix_end",
     "snapshot",
+    "stored",
     "times",
     "update_if_at",
     "value",
@@ -68,6 +69,12 @@ def values(facts: DialectFacts) -> Select[Any]:
 def times(facts: DialectFacts) -> Select[Any]:
     """Each stored key of those bound as ``keys``, with its time."""
     return select(_table.c.key, _table.c.updated_at).where(facts.key_in(_table.c.key))
+
+
+def stored(facts: DialectFacts) -> Select[Any]:
+    """Each stored key of those bound as ``keys``, with its time and value."""
+    value = facts.json_text(_table.c.value)
+    return select(_table.c.key, _table.c.updated_at, value).where(facts.key_in(_table.c.key))
 
 
 def snapshot(facts: DialectFacts) -> Select[Any]:

@@ -17,6 +17,7 @@ from .engine import (
     store_engine_options,
 )
 from .executor import Executor
+from .restore import RestoreReport, restore
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy import URL
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["SqlStore"]
 
@@ -151,35 +152,38 @@ class SqlStore(StateStore):
         if rows:
             await self._executor.write("save_many", rows)
 
-    async def restore(self, items: Iterable[Snapshot]) -> None:
-        """Write snapshots with their own times in one transaction (import, copy); each
-        replaces only an older stored snapshot of its key."""
-        rows = encode_rows((item.key, item.value, item.updated_at) for item in items)
-        if rows:
-            await self._executor.write("restore", rows)
+    async def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
+        """Write snapshots with their own times in one transaction; see :meth:`restore_stream`."""
 
-    async def restore_stream(self, batches: AsyncIterable[Iterable[Snapshot]]) -> int:
-        """Write every batch of snapshots, times kept, in ONE transaction; return the count.
+        async def one_batch() -> AsyncIterator[Iterable[Snapshot]]:
+            yield items
 
-        For more snapshots than memory holds (import, copy): batches are written as they come
-        and nothing is committed until the last one is in, so an error anywhere, a bad
-        snapshot or one raised by ``batches`` itself, leaves the database as it was. Each
-        snapshot replaces only an older stored one of its key. Not retried on a lost
-        connection, since the batches cannot be replayed. A key repeated within a batch ends
-        with its last snapshot. ``batches`` must not use this same store while it runs.
+        return await restore(
+            self._executor, one_batch(), overwrite=overwrite, report=RestoreReport(), retry=True
+        )
+
+    async def restore_stream(
+        self,
+        batches: AsyncIterable[Iterable[Snapshot]],
+        *,
+        overwrite: bool = False,
+        report: RestoreReport | None = None,
+    ) -> RestoreReport:
+        """Write every batch of snapshots, times kept, in ONE transaction (import, copy).
+
+        Each snapshot replaces only an older stored one of its key; a newer one, or one of the
+        same time with another value, is kept and counted, unless ``overwrite``: then it is
+        replaced, at a time just past the stored one (never back in time). Batches are
+        written as they come and nothing is committed until the last one is in, so an error
+        anywhere (a bad snapshot, one raised by ``batches``, a cancellation) leaves the
+        database as it was. Not retried on a lost connection: the batches cannot be replayed.
+        ``report`` (returned) counts what was found and tells how far the transaction got.
+        ``batches`` must not use this same store while it runs.
         """
-        executor = self._executor
-
-        async def work(connection: AsyncConnection) -> int:
-            written = 0
-            async for batch in batches:
-                rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
-                if rows:
-                    await executor.upsert_checked(connection, "restore", rows)
-                    written += len(rows)
-            return written
-
-        return await executor.run("restore", None, work, transaction=True, retry=False)
+        report = report if report is not None else RestoreReport()
+        return await restore(
+            self._executor, batches, overwrite=overwrite, report=report, retry=False
+        )
 
     # -- beyond the contract ---------------------------------------------------------------
 

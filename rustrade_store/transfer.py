@@ -272,7 +272,7 @@ async def copy(
         if on_batch is not None:
             on_batch(done + len(batch))
 
-    written = await target.restore_stream(batches())
+    written = (await target.restore_stream(batches())).total
     await verify(source, target, merge=merge)
     return written
 

@@ -210,7 +210,8 @@ async def test_restore_stream_writes_every_batch_in_one_transaction(store: SqlSt
             yield [Snapshot(f"k/{i:04d}", {"i": i}, when) for i in range(start, start + 1000)]
         yield [Snapshot("dup", 1, when), Snapshot("dup", 2, when)]  # the last one wins
 
-    assert await store.restore_stream(batches()) == 3001
+    report = await store.restore_stream(batches())
+    assert (report.added, report.total, report.state) == (3001, 3001, "committed")
     assert await store.count() == 3001
     assert await store.load_snapshot("dup") == Snapshot("dup", 2, when)
     assert await store.load_snapshot("k/2999") == Snapshot("k/2999", {"i": 2999}, when)
@@ -319,5 +320,5 @@ async def test_an_operation_queued_behind_another_can_be_cancelled(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(store.save("queued", 1), 0.2)
     release.set()
-    assert await holder == 1
+    assert (await holder).added == 1
     assert await store.load_many(["first", "queued"]) == {"first": 1, "queued": None}

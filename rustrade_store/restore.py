@@ -1,0 +1,119 @@
+"""Writing snapshots with their own times (import, copy): counted against what is stored, all
+in one transaction, never replacing newer state unless told to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+from . import clock
+from .codec import encode_rows
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Iterable
+    from datetime import datetime
+
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from .executor import Executor, Row
+    from .store import Snapshot
+
+__all__ = ["RestoreReport", "restore"]
+
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass(slots=True)
+class RestoreReport:
+    """What a restore found for each snapshot it was given, and how far it got.
+
+    ``added``: the key was missing. ``replaced``: the stored snapshot was older. ``newer``: the
+    stored snapshot was newer. ``conflicting``: same time, different value. ``unchanged``: same
+    time, same value. With ``overwrite``, the ``newer`` and ``conflicting`` ones were written
+    too (``overwritten``), at a time just past the stored one; without it they were kept.
+
+    ``state`` is ``"writing"`` until the transaction is committed (``"committed"``) or rolled
+    back (``"rolled back"``); ``"committing"`` while the COMMIT is in flight, and after it if
+    the COMMIT failed or was interrupted: then whether it took effect is unknown.
+    """
+
+    added: int = 0
+    replaced: int = 0
+    newer: int = 0
+    conflicting: int = 0
+    unchanged: int = 0
+    overwritten: int = 0
+    state: Literal["writing", "committing", "committed", "rolled back"] = "writing"
+
+    def _start(self) -> None:
+        self.added = self.replaced = self.newer = self.conflicting = 0
+        self.unchanged = self.overwritten = 0
+        self.state = "writing"
+
+    @property
+    def total(self) -> int:
+        """How many snapshots were given (a key given twice counts once)."""
+        return self.added + self.replaced + self.newer + self.conflicting + self.unchanged
+
+    @property
+    def written(self) -> int:
+        """How many snapshots were written."""
+        return self.added + self.replaced + self.overwritten
+
+
+async def restore(
+    executor: Executor,
+    batches: AsyncIterable[Iterable[Snapshot]],
+    *,
+    overwrite: bool,
+    report: RestoreReport,
+    retry: bool,
+) -> RestoreReport:
+    """Write ``batches`` in one transaction, counting into ``report``; a cancellation waits at
+    most for the statement in flight, then rolls back."""
+
+    async def work(connection: AsyncConnection) -> None:
+        report._start()  # an attempt retried after a lost connection counts afresh
+        async for batch in batches:
+            rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
+            if rows:
+                stored = await executor.stored_rows(connection, [row["key"] for row in rows])
+                _count(rows, stored, overwrite, report)
+                await executor.upsert_checked(connection, "restore", rows)
+        report.state = "committing"
+
+    try:
+        await executor.run("restore", None, work, transaction=True, retry=retry, per_statement=True)
+    except BaseException:
+        if report.state == "writing":
+            report.state = "rolled back"
+        raise
+    report.state = "committed"
+    return report
+
+
+def _count(
+    rows: list[Row], stored: dict[str, tuple[datetime, str]], overwrite: bool, report: RestoreReport
+) -> None:
+    """Count each row against what is stored; with ``overwrite``, move the time of a row that
+    would be refused just past the stored one, so that it applies and times never go back."""
+    for row in rows:
+        found = stored.get(row["key"])
+        if found is None:
+            report.added += 1
+            continue
+        when, text = found
+        if when < row["updated_at"]:
+            report.replaced += 1
+            continue
+        if when == row["updated_at"] and text == row["value"]:
+            report.unchanged += 1
+            continue
+        if when == row["updated_at"]:
+            report.conflicting += 1
+        else:
+            report.newer += 1
+        if overwrite:
+            row["updated_at"] = max(clock.next_save_time(), when + _TICK)
+            report.overwritten += 1

@@ -1,0 +1,92 @@
+"""restore and restore_stream (import, copy): counted against what is stored, never replacing
+newer state unless told to, and stopped by a cancellation at once, rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rustrade_store import RestoreReport, Snapshot, SqlStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+async def test_a_restore_counts_what_it_found_and_keeps_newer_state(store: SqlStore) -> None:
+    now = datetime.now(UTC)
+    old, older = now - timedelta(hours=1), now - timedelta(hours=2)
+    await store.restore(
+        [
+            Snapshot("replaced", "stored", older),
+            Snapshot("newer", "stored", now),
+            Snapshot("conflicting", "stored", old),
+            Snapshot("unchanged", "same", old),
+        ]
+    )
+    report = await store.restore(
+        [
+            Snapshot("added", "file", old),
+            Snapshot("replaced", "file", old),
+            Snapshot("newer", "file", old),
+            Snapshot("conflicting", "file", old),
+            Snapshot("unchanged", "same", old),
+        ]
+    )
+    found = (report.added, report.replaced, report.newer, report.conflicting, report.unchanged)
+    assert found == (1, 1, 1, 1, 1)
+    assert (report.overwritten, report.written, report.total, report.state) == (
+        0,
+        2,
+        5,
+        "committed",
+    )
+    assert await store.load_many(["added", "replaced", "newer", "conflicting"]) == {
+        "added": "file",
+        "replaced": "file",
+        "newer": "stored",
+        "conflicting": "stored",
+    }
+
+
+async def test_overwrite_replaces_newer_state_at_a_time_past_it(store: SqlStore) -> None:
+    """Forced rows never take a time back: each gets one past the stored time (or now)."""
+    now = datetime.now(UTC)
+    await store.restore([Snapshot("newer", "stored", now), Snapshot("same", "stored", now)])
+    report = await store.restore(
+        [Snapshot("newer", "file", now - timedelta(days=1)), Snapshot("same", "file", now)],
+        overwrite=True,
+    )
+    assert (report.newer, report.conflicting, report.overwritten) == (1, 1, 2)
+    for key in ("newer", "same"):
+        snapshot = await store.load_snapshot(key)
+        assert snapshot is not None
+        assert snapshot.value == "file"
+        assert snapshot.updated_at > now
+
+
+async def test_a_cancelled_restore_stream_stops_at_once_and_rolls_back(store: SqlStore) -> None:
+    """Cancelled while its source is slow (an import reading a file, a copy reading another
+    database), a restore does not wait for the stream: it rolls back and the store works."""
+    when = datetime.now(UTC) - timedelta(minutes=1)
+    written = asyncio.Event()
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot(f"k/{index}", index, when) for index in range(500)]
+        written.set()
+        await asyncio.Event().wait()  # a source that never ends
+        yield []
+
+    report = RestoreReport()
+    restoring = asyncio.create_task(store.restore_stream(batches(), report=report))
+    await written.wait()
+    restoring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await restoring
+    assert report.state == "rolled back"
+    assert report.added == 500
+    assert await store.count() == 0
+    await store.save("after", 1)
+    assert await store.load("after") == 1
