@@ -105,6 +105,16 @@ def _never(cause: BaseException) -> bool:
     return False
 
 
+def _postgres_read_only(cause: BaseException) -> bool:
+    # read_only_sql_transaction: a standby, or a primary demoted by a failover.
+    return getattr(cause, "sqlstate", None) == "25006"
+
+
+def _mysql_read_only(cause: BaseException) -> bool:
+    # ER_OPTION_PREVENTS_STATEMENT for --read-only; ER_READ_ONLY_MODE for a read-only engine.
+    return bool(cause.args) and cause.args[0] in (1290, 1836)
+
+
 def _mysql_read_timeout(cause: BaseException) -> bool:
     # asyncmy reports its read timeout as CR_SERVER_LOST with this text.
     return bool(cause.args) and cause.args[0] == 2013 and "read timeout" in str(cause)
@@ -164,6 +174,9 @@ class DialectFacts:
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
     is_timeout: Callable[[BaseException], bool] = _never
+    is_read_only: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says the server takes no writes (a standby): the store then
+    treats the connection as lost, so that it and the rest of the pool are replaced."""
     """Whether the driver's error is a timeout it reports as a lost connection."""
 
 
@@ -199,6 +212,7 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
+            is_read_only=_postgres_read_only,
         )
     if backend in MYSQL_BACKENDS:
         return DialectFacts(
@@ -221,5 +235,6 @@ def facts_for(url: URL) -> DialectFacts:
             keys_param=_as_list,
             failure_hint=_mysql_hint,
             is_timeout=_mysql_read_timeout,
+            is_read_only=_mysql_read_only,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

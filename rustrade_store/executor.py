@@ -11,7 +11,7 @@ import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import false
+from sqlalchemy import event, false
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
     from datetime import datetime
 
+    from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.sql import Executable
 
@@ -228,6 +229,14 @@ class Executor:
         self._select_times = queries.times(facts)
         self._select_stored = queries.stored(facts)
         self._make_loop_state()
+        if autocommit:  # an engine the store made: no one else's error handling to change
+            event.listen(engine.sync_engine, "handle_error", self._on_error)
+
+    def _on_error(self, context: ExceptionContext) -> None:
+        """A server that takes no writes (a standby after a failover) counts as a disconnect:
+        SQLAlchemy then replaces the connection and every pooled one opened before it."""
+        if self._facts.is_read_only(context.original_exception):
+            context.is_disconnect = True
 
     def _make_loop_state(self) -> None:
         slots = 1

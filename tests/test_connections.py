@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import event, text
 
-from rustrade_store import SqlStore, StorageError
+from rustrade_store import SqlStore, StorageError, upgrade
 
 from .conftest import _asyncpg_admin
 from .proxy import TcpProxy
@@ -37,10 +37,12 @@ class Invalidations:
 
     def __init__(self, store: SqlStore) -> None:
         self.count = 0
+        self.seen = asyncio.Event()
         event.listen(store.engine.sync_engine.pool, "invalidate", self._seen)
 
     def _seen(self, *_: Any) -> None:
         self.count += 1
+        self.seen.set()
 
 
 async def terminate(admin_url: URL, application_name: str) -> int:
@@ -219,3 +221,28 @@ async def test_delete_on_a_dead_connection_is_not_retried(
         await store.delete("gone/k")
     assert await store.delete("gone/k") is True
     assert await store.load("gone/k") is None
+
+
+async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection(
+    fresh_postgres: URL, postgres_admin_url: URL
+) -> None:
+    """A failover can leave the pool on a standby ("read-only transaction"): the store drops
+    those connections and retries until its deadline, so a save waiting for the new primary
+    (here: the database made writable again) lands."""
+    await upgrade(fresh_postgres)
+    database = fresh_postgres.database
+    admin = await _asyncpg_admin(postgres_admin_url)
+    store = SqlStore.from_url(fresh_postgres, timeout=HANG_GUARD)
+    invalidations = Invalidations(store)
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        saving = asyncio.create_task(store.save("k", "after the failover"))
+        seen = asyncio.create_task(invalidations.seen.wait())
+        await asyncio.wait([saving, seen], return_when=asyncio.FIRST_COMPLETED)
+        assert not saving.done(), saving
+        await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off')
+        await saving
+        assert await store.load("k") == "after the failover"
+    finally:
+        await admin.close()
+        await store.aclose()
