@@ -5,19 +5,31 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .buffered import BufferedStore
-from .codec import MAX_DEPTH, MAX_INT_DIGITS, MAX_KEY_LENGTH, MAX_VALUE_BYTES, JSONValue
+from .codec import (
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    MAX_KEY_LENGTH,
+    MAX_VALUE_BYTES,
+    JSONInput,
+    JSONValue,
+)
 from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
 from .errors import (
     ClockSkewError,
+    ConfigurationError,
     ConflictError,
     InvalidKeyError,
     InvalidValueError,
     KeyTypeError,
+    LeaseError,
+    LeaseHeldError,
+    LeaseLostError,
     SchemaError,
     StorageError,
     StoreError,
     ValueTypeError,
 )
+from .lease import Lease
 from .memory import InMemoryStore
 from .migrate import downgrade, head_revision, upgrade
 from .restore import RestoreReport
@@ -38,12 +50,18 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "BufferedStore",
     "ClockSkewError",
+    "ConfigurationError",
     "ConflictError",
     "InMemoryStore",
     "InvalidKeyError",
     "InvalidValueError",
+    "JSONInput",
     "JSONValue",
     "KeyTypeError",
+    "Lease",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "RestoreReport",
     "SchemaError",
     "Snapshot",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
@@ -19,10 +20,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 __all__ = [
+    "LEASE_PREFIX",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
     "MAX_KEY_LENGTH",
     "MAX_VALUE_BYTES",
+    "JSONInput",
     "JSONValue",
     "check_key",
     "check_keys",
@@ -31,10 +34,23 @@ __all__ = [
     "encode",
     "encode_entry",
     "encode_rows",
+    "lease_key",
     "parse",
 ]
 
 JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
+"""A JSON value as the store returns it."""
+
+JSONInput: TypeAlias = Mapping[str, object] | Sequence[object] | str | int | float | bool | None
+"""A value as the store takes it, typed loosely enough for ordinary typed code.
+
+``dict[str, float]``, ``list[float]``, a ``TypedDict`` and an inferred ``dict[str, object]`` all
+fit, where ``JSONValue`` (whose ``dict`` and ``list`` are invariant) would take only literals.
+The type cannot say everything: what the containers hold, and tuples, ``bytes`` and mappings
+that are not ``dict`` (which fit ``Sequence`` and ``Mapping``), are checked when the value is
+saved, and a refused one raises :class:`~rustrade_store.ValueTypeError` or
+:class:`~rustrade_store.InvalidValueError` before anything is written.
+"""
 
 MAX_KEY_LENGTH = 255
 """Longest key, in characters; the primary key column is ``VARCHAR(255)``."""
@@ -56,6 +72,17 @@ _encoder = json.JSONEncoder(
 )
 
 
+LEASE_PREFIX = "@lease/"
+"""Keys that start with it are lease rows (see :class:`~rustrade_store.Lease`), reserved."""
+
+
+def lease_key(key: str) -> str | None:
+    """The lease row covering ``key``: that of its first path segment (``bot1/`` for
+    ``bot1/BTCUSDT``), or ``None`` for a key with no ``/``, which no lease covers."""
+    segment, slash, _ = key.partition("/")
+    return f"{LEASE_PREFIX}{segment}/" if slash else None
+
+
 def check_key(key: object) -> str:
     """Return ``key`` if it is a usable key, else raise naming what is wrong with it."""
     if type(key) is not str:
@@ -68,6 +95,8 @@ def check_key(key: object) -> str:
         )
     if "\x00" in key:
         raise InvalidKeyError(f"key {key!r} contains a NUL character, which databases cannot store")
+    if key.startswith(LEASE_PREFIX):
+        raise InvalidKeyError(f"key {key!r}: keys that start with {LEASE_PREFIX!r} are leases")
     if not key.isascii():
         try:
             key.encode("utf-8")

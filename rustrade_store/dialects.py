@@ -9,31 +9,101 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, and_, any_, bindparam, cast, func, select
+from sqlalchemy import (
+    DateTime,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
 from .engine import MYSQL_BACKENDS, is_memory_url
+from .schema import UtcTimestamp
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sqlalchemy import URL, ColumnElement, Table
+    from sqlalchemy import URL, ColumnElement, FromClause, Select, Table
     from sqlalchemy.sql.dml import Insert
 
-__all__ = ["DialectFacts", "facts_for"]
+__all__ = ["DialectFacts", "RowSource", "facts_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowSource:
+    """Rows to write, bound as one JSON array ``rows`` of objects with ``key``, ``value`` (the
+    JSON text), ``updated_at`` (see :attr:`DialectFacts.time_text`), ``lease_key`` and ``mine``
+    (the text of this store's lease on the key's prefix, or null), read as a table."""
+
+    table: FromClause
+    key: ColumnElement[Any]
+    value: ColumnElement[Any]
+    updated_at: ColumnElement[Any]
+    lease_key: ColumnElement[Any]
+    mine: ColumnElement[Any]
+
+
+def _postgres_rows() -> RowSource:
+    rows = (
+        func.json_to_recordset(cast(bindparam("rows", type_=Text), postgresql.JSON))
+        .table_valued(
+            column("key", Text),
+            column("value", Text),
+            column("updated_at", DateTime(timezone=True)),
+            column("lease_key", Text),
+            column("mine", Text),
+        )
+        .render_derived(name="v", with_types=True)
+    )
+    c = rows.c
+    return RowSource(rows, c.key, cast(c.value, postgresql.JSON), c.updated_at, c.lease_key, c.mine)
+
+
+def _sqlite_rows() -> RowSource:
+    rows = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
+
+    def field(name: str) -> ColumnElement[Any]:
+        return func.json_extract(rows.c.value, f"$.{name}")
+
+    return RowSource(
+        rows, field("key"), field("value"), field("updated_at"), field("lease_key"), field("mine")
+    )
+
+
+_MYSQL_KEY = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+_MYSQL_TEXT = "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+
+
+def _mysql_rows() -> RowSource:
+    # MariaDB's JSON_TABLE has no SQLAlchemy construct; its columns take the table's collations.
+    rows = text(
+        f"JSON_TABLE(:rows, '$[*]' COLUMNS (k {_MYSQL_KEY} PATH '$.key', "
+        f"val {_MYSQL_TEXT} PATH '$.value', t DATETIME(6) PATH '$.updated_at', "
+        f"lk {_MYSQL_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
+    )
+    c = literal_column
+    return RowSource(rows, c("v.k"), c("v.val"), c("v.t"), c("v.lk"), c("v.mine"))  # type: ignore[arg-type]
 
 
 def _on_conflict_upsert(
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
-) -> Callable[[Table, ColumnElement[bool] | None], Insert]:
+) -> Callable[[Table, Select[Any], ColumnElement[bool] | None], Insert]:
     """PostgreSQL's and SQLite's ``ON CONFLICT``: the update applies only to an older row (and
     one that meets ``guard``), and RETURNING names the rows applied."""
 
-    def upsert(table: Table, guard: ColumnElement[bool] | None = None) -> Insert:
-        stmt = insert(table)
+    def upsert(table: Table, rows: Select[Any], guard: ColumnElement[bool] | None) -> Insert:
+        stmt = insert(table).from_select(["key", "value", "updated_at"], rows)
         new = stmt.excluded
         applies = table.c.updated_at < new.updated_at
         return stmt.on_conflict_do_update(
@@ -45,11 +115,10 @@ def _on_conflict_upsert(
     return upsert
 
 
-def _mysql_upsert(table: Table, guard: ColumnElement[bool] | None = None) -> Insert:
+def _mysql_upsert(table: Table, rows: Select[Any], guard: ColumnElement[bool] | None) -> Insert:
     # Assignments run left to right, so updated_at goes last: both conditions must see the
-    # stored time. VALUES(col) is the inserted row's value; RETURNING gives the final row of
-    # every input, applied when its time is the one sent.
-    stmt = mysql.insert(table)
+    # stored time. VALUES(col) is the inserted row's value.
+    stmt = mysql.insert(table).from_select(["key", "value", "updated_at"], rows)
     new = stmt.inserted
     applies = table.c.updated_at < new.updated_at
     if guard is not None:
@@ -60,6 +129,28 @@ def _mysql_upsert(table: Table, guard: ColumnElement[bool] | None = None) -> Ins
             ("updated_at", func.if_(applies, new.updated_at, table.c.updated_at)),
         ]
     ).returning(table.c.key, table.c.updated_at)
+
+
+def _on_conflict_insert(
+    insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
+) -> Callable[[Table], Insert]:
+    def insert_new(table: Table) -> Insert:
+        return insert(table).on_conflict_do_nothing().returning(table.c.key)
+
+    return insert_new
+
+
+def _mysql_insert(table: Table) -> Insert:
+    return mysql.insert(table).prefix_with("IGNORE").returning(table.c.key)
+
+
+def _iso_time(when: datetime) -> str:
+    return when.isoformat()
+
+
+def _utc_text_time(when: datetime) -> str:
+    # The text SQLAlchemy stores on SQLite, and MariaDB's DATETIME(6) literal.
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _no_hint(writing: bool, cause: BaseException) -> str:
@@ -103,6 +194,20 @@ def _as_json_array(keys: list[str]) -> str:
 
 def _never(cause: BaseException) -> bool:
     return False
+
+
+def _host_now() -> ColumnElement[datetime]:
+    return bindparam("now", type_=UtcTimestamp())
+
+
+def _postgres_now() -> ColumnElement[datetime]:
+    # clock_timestamp(), not now(): now() is the start of the transaction.
+    return func.clock_timestamp()
+
+
+def _mysql_now() -> ColumnElement[datetime]:
+    # UTC_TIMESTAMP(6), not NOW(): NOW() has no fraction and follows the session's time zone.
+    return literal_column("UTC_TIMESTAMP(6)", type_=UtcTimestamp())
 
 
 def _postgres_read_only(cause: BaseException) -> bool:
@@ -156,9 +261,20 @@ class DialectFacts:
     cancelled mid-statement unusable ("Cancelled during execution") without flagging it dead.
     PostgreSQL's server aborts the transaction of a dropped connection itself, so there
     cancellation is immediate."""
-    upsert: Callable[[Table, ColumnElement[bool] | None], Insert]
-    """The conditional upsert: a row applies over a stored one only if older (and ``guard``,
-    a condition on the stored row, holds); RETURNING gives key and final time."""
+    rows: Callable[[], RowSource]
+    """The rows of a write, from one bound JSON array."""
+    upsert: Callable[[Table, Select[Any], ColumnElement[bool] | None], Insert]
+    """The conditional upsert of ``rows`` (a SELECT over :attr:`rows`): a row applies over a
+    stored one only if older (and ``guard``, a condition on the stored row, holds); RETURNING
+    gives key and final time of each row applied."""
+    insert_new: Callable[[Table], Insert]
+    """Insert a row unless its key exists; RETURNING names it if it was inserted."""
+    time_text: Callable[[datetime], str]
+    """A time as :attr:`rows` takes it."""
+    server_now: Callable[[], ColumnElement[datetime]]
+    """The database server's clock (SQLite has none: the host's, bound as ``now``)."""
+    host_clock: bool
+    """Whether :attr:`server_now` is the host's clock, bound as ``now``."""
     json_text: Callable[[ColumnElement[str]], ColumnElement[str]]
     key_in: Callable[[ColumnElement[str]], ColumnElement[bool]]
     """``column`` is one of the list bound as ``keys`` (see :attr:`keys_param`)."""
@@ -174,10 +290,10 @@ class DialectFacts:
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
     is_timeout: Callable[[BaseException], bool] = _never
+    """Whether the driver's error is a timeout it reports as a lost connection."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
-    """Whether the driver's error is a timeout it reports as a lost connection."""
 
 
 def facts_for(url: URL) -> DialectFacts:
@@ -191,7 +307,12 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="SERIALIZABLE",
             snapshot_isolation="SERIALIZABLE",
             finish_when_cancelled=True,
+            rows=_sqlite_rows,
             upsert=_on_conflict_upsert(sqlite.insert),
+            insert_new=_on_conflict_insert(sqlite.insert),
+            time_text=_utc_text_time,
+            server_now=_host_now,
+            host_clock=True,
             json_text=_as_is,
             key_in=_in_json_array,
             max_keys_per_query=None,
@@ -206,7 +327,12 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="READ COMMITTED",
             snapshot_isolation="REPEATABLE READ",
             finish_when_cancelled=False,
+            rows=_postgres_rows,
             upsert=_on_conflict_upsert(postgresql.insert),
+            insert_new=_on_conflict_insert(postgresql.insert),
+            time_text=_iso_time,
+            server_now=_postgres_now,
+            host_clock=False,
             json_text=_as_text,
             key_in=_in_array,
             max_keys_per_query=None,
@@ -222,7 +348,12 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="READ COMMITTED",
             snapshot_isolation="REPEATABLE READ",
             finish_when_cancelled=True,
+            rows=_mysql_rows,
             upsert=_mysql_upsert,
+            insert_new=_mysql_insert,
+            time_text=_utc_text_time,
+            server_now=_mysql_now,
+            host_clock=False,
             json_text=_as_is,
             key_in=_in_expanded_list,
             # The driver inlines parameters into the statement text, which must fit the

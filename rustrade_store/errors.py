@@ -11,11 +11,15 @@ if TYPE_CHECKING:
 __all__ = [
     "BadFileError",
     "ClockSkewError",
+    "ConfigurationError",
     "ConflictError",
     "CopyMismatchError",
     "InvalidKeyError",
     "InvalidValueError",
     "KeyTypeError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "SchemaError",
     "StorageError",
     "StoreError",
@@ -60,6 +64,11 @@ class ConflictError(StoreError):
 
 class SchemaError(StorageError):
     """The database has no rustrade-store schema, or one at a revision this release cannot use."""
+
+
+class ConfigurationError(StoreError, ValueError):
+    """A database URL or a setting the store cannot use, refused before connecting; the message
+    says what to give instead."""
 
 
 class InvalidKeyError(StoreError, ValueError):
@@ -129,3 +138,22 @@ def storage_error(
         detail = f"{detail} {hint}"
     subject = action if key is None else f"{action} {key!r}"
     return StorageError(f"{subject} failed on {where}: {detail}")
+
+
+class LeaseError(StoreError):
+    """A write or a lease refused because of a lease on the key's prefix. Nothing was written."""
+
+
+class LeaseHeldError(LeaseError):
+    """Another store holds a live lease on the prefix: its holder is named in the message and
+    in ``holder`` (host, pid, id, since) and ``until``."""
+
+    def __init__(self, message: str, holder: dict[str, object], until: datetime) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.until = until
+
+
+class LeaseLostError(LeaseError):
+    """This store's lease on the prefix is gone (it expired and another store took it, or it
+    was broken): no write under the prefix applies any more."""

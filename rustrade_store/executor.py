@@ -7,25 +7,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import event, false
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import clock, queries
+from . import queries
 from .errors import (
-    ClockSkewError,
     ConflictError,
     StorageError,
     StoreError,
     root_cause,
     storage_error,
 )
+from .fencing import Fencing
 from .migrate import check_revision, upgrade_connection
-from .schema import snapshots
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +184,7 @@ class Executor:
         "_autocommit",
         "_bind_lock",
         "_closed",
+        "_delete",
         "_engine",
         "_facts",
         "_loads",
@@ -201,6 +202,7 @@ class Executor:
         "_upsert_if_absent",
         "_where",
         "_writer_lock",
+        "fencing",
     )
 
     def __init__(
@@ -221,9 +223,11 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._upsert = facts.upsert(snapshots, None)
-        self._upsert_if_absent = facts.upsert(snapshots, false())
-        self._update_if_at = queries.update_if_at()
+        self.fencing = Fencing(facts, where)
+        self._upsert = queries.upsert(facts)
+        self._upsert_if_absent = queries.upsert_if_absent(facts)
+        self._update_if_at = queries.update_if_at(facts)
+        self._delete = queries.delete_older(facts)
         self._select_value = queries.value(facts)
         self._select_values = queries.values(facts)
         self._select_times = queries.times(facts)
@@ -252,6 +256,15 @@ class Executor:
     def timeout(self) -> float:
         return self._timeout
 
+    @property
+    def facts(self) -> DialectFacts:
+        return self._facts
+
+    @property
+    def where(self) -> str:
+        """The database URL, its password masked."""
+        return self._where
+
     # -- operations ------------------------------------------------------------------------
 
     async def fetch(
@@ -273,29 +286,53 @@ class Executor:
 
     async def save(self, row: Row) -> None:
         """Write one row with the conditional upsert, batched with concurrent saves."""
-        await self._saves.submit(row)
+        self.fencing.check(row["key"])
+        error = await self._saves.submit(row)
+        if error is not None:
+            raise error
+
+    async def delete(self, key: str, before: datetime) -> bool:
+        """Delete ``key`` if it was saved before ``before`` and its lease allows; return whether
+        it did. Not retried: a retry after a lost answer would find nothing."""
+        self.fencing.check(key)
+        params = {"key": key, "before": before} | self.fencing.for_key(key)
+
+        async def work(connection: AsyncConnection) -> StoreError | bool:
+            if (await connection.execute(self._delete, params)).rowcount > 0:
+                return True
+            execute = functools.partial(self._execute, connection)
+            return (await self.fencing.explain(execute, "delete", {key: before}))[key] or False
+
+        outcome = await self.run("delete", key, work, retry=False)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
 
     async def save_if(self, row: Row, expected: datetime | None) -> None:
         """Write one row only if its key is stored at ``expected`` (or, with ``None``, absent);
         else raise :class:`ConflictError` naming what is stored, and write nothing."""
         key: str = row["key"]
         sent: datetime = row["updated_at"]
+        self.fencing.check(key)
 
-        async def work(connection: AsyncConnection) -> datetime | None:
+        async def work(connection: AsyncConnection) -> StoreError | datetime | None:
             if expected is None:
-                result = await connection.execute(self._upsert_if_absent, row)
+                params = self.fencing.for_rows([row])
+                result = await connection.execute(self._upsert_if_absent, params)
                 applied = any(when == sent for _, when in result)
             else:
                 params = {"at_key": key, "new_value": row["value"], "new_time": sent}
-                result = await connection.execute(
-                    self._update_if_at, params | {"expected": expected}
-                )
-                applied = result.rowcount == 1
+                params |= {"expected": expected} | self.fencing.for_key(key)
+                applied = (await connection.execute(self._update_if_at, params)).rowcount == 1
             if applied:
                 return sent
-            return (await self.stored_times(connection, [key])).get(key)
+            execute = functools.partial(self._execute, connection)
+            why = (await self.fencing.explain(execute, "save", {key: sent}))[key]
+            return why or (await self.stored_times(connection, [key])).get(key)
 
         stored = await self.run("save", key, work)
+        if isinstance(stored, StoreError):
+            raise stored
         if stored == sent:  # applied, perhaps by an attempt whose answer was lost
             return
         if expected is None:
@@ -317,7 +354,6 @@ class Executor:
                 "on; load it again and redo the change. Nothing was written",
                 stored,
             )
-        self.check_order("save", key, sent, stored)
         raise ConflictError(
             f"save {key!r} refused on {self._where}: its time {sent.isoformat()} is not after "
             f"the stored {stored.isoformat()}; nothing was written",
@@ -340,9 +376,14 @@ class Executor:
     async def upsert_checked(
         self, connection: AsyncConnection, action: str, rows: list[Row]
     ) -> None:
-        """Upsert ``rows`` on ``connection``; raise :class:`ClockSkewError` if a stored time in
-        the writer's future refused one (the caller's transaction then writes none)."""
-        self._raise_if_skewed(action, await self._upsert_rows(connection, rows))
+        """Upsert ``rows`` on ``connection``; raise the first refusal that is an error (a lease,
+        a clock skew), so that the caller's transaction writes none."""
+        for row in rows:
+            self.fencing.check(row["key"])
+        refused = await self._upsert_rows(connection, action, rows)
+        for error in refused.values():
+            if error is not None:
+                raise error
 
     async def load_keys(self, keys: list[str]) -> dict[str, str]:
         """``{key: JSON text}`` of the stored keys among ``keys``, as one consistent snapshot."""
@@ -378,12 +419,6 @@ class Executor:
         params = {"keys": self._facts.keys_param(keys)}
         rows = await self._execute(connection, self._select_stored, params)
         return {row[0]: (row[1], row[2]) for row in rows}
-
-    def check_order(self, action: str, key: str, sent: datetime, stored: datetime) -> None:
-        """Raise :class:`ClockSkewError` if a write of ``key`` at ``sent`` was refused by a
-        stored time in the writer's future; a refusal by an earlier time is the normal outcome
-        of a write ordered before a newer one."""
-        self._raise_if_skewed(action, {key: (sent, stored)})
 
     async def run(
         self,
@@ -423,8 +458,8 @@ class Executor:
                 latest[row["key"]] = row
         ordered = sorted(latest.values(), key=lambda row: row["key"])
 
-        async def work(connection: AsyncConnection) -> dict[str, tuple[datetime, datetime]]:
-            return await self._upsert_rows(connection, ordered)
+        async def work(connection: AsyncConnection) -> dict[str, StoreError | None]:
+            return await self._upsert_rows(connection, "save", ordered)
 
         try:
             refused = await self._retrying(work, False, None, True)
@@ -435,17 +470,7 @@ class Executor:
             # The database refused the statement (a trigger, a constraint): each save alone,
             # so that the refusal reaches only its own caller.
             return [await self._save_alone(row) for row in rows]
-        outcome: list[StoreError | None] = []
-        for row in rows:
-            key = row["key"]
-            try:
-                if key in refused and latest[key] is row:
-                    self._raise_if_skewed("save", {key: refused[key]})
-            except ClockSkewError as exc:
-                outcome.append(exc)
-            else:
-                outcome.append(None)
-        return outcome
+        return [refused.get(row["key"]) if latest[row["key"]] is row else None for row in rows]
 
     async def _save_alone(self, row: Row) -> StoreError | None:
         async def work(connection: AsyncConnection) -> None:
@@ -466,33 +491,28 @@ class Executor:
         return [found.get(key) for key in keys]
 
     async def _upsert_rows(
-        self, connection: AsyncConnection, rows: list[Row]
-    ) -> dict[str, tuple[datetime, datetime]]:
-        """Upsert ``rows`` and return the refused ones as ``{key: (sent, stored)}``.
+        self, connection: AsyncConnection, action: str, rows: list[Row]
+    ) -> dict[str, StoreError | None]:
+        """Upsert ``rows``; return each refused one's key with what its refusal means (see
+        :meth:`Fencing.explain`).
 
-        RETURNING gives each applied row (PostgreSQL, SQLite) or the final row of each input
-        (MariaDB), matched by key: a row applied if its time is the one sent.
+        RETURNING gives each applied row, matched by key: applied if its time is the one sent.
         """
         final: dict[str, datetime] = {}
         for part in self._parts(rows):
-            params = part[0] if len(part) == 1 else part
+            params = self.fencing.for_rows(part)
             final.update(
                 (row[0], row[1]) for row in await self._execute(connection, self._upsert, params)
             )
         refused = {
-            row["key"]: (row["updated_at"], final.get(row["key"]))
+            row["key"]: row["updated_at"]
             for row in rows
             if final.get(row["key"]) != row["updated_at"]
         }
-        unknown = [key for key, (_, stored) in refused.items() if stored is None]
-        if unknown:
-            times = await self.stored_times(connection, unknown)
-            for key in unknown:
-                if key in times:
-                    refused[key] = (refused[key][0], times[key])
-                else:  # deleted since: this write was ordered before that delete
-                    del refused[key]
-        return {key: (sent, stored) for key, (sent, stored) in refused.items() if stored}
+        if not refused:
+            return {}
+        execute = functools.partial(self._execute, connection)
+        return await self.fencing.explain(execute, action, refused)
 
     def _parts(self, rows: list[Row]) -> list[list[Row]]:
         """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least."""
@@ -508,19 +528,6 @@ class Executor:
             parts[-1].append(row)
             size += len(row["value"])
         return parts
-
-    def _raise_if_skewed(self, action: str, refused: dict[str, tuple[datetime, datetime]]) -> None:
-        """Raise for the first refused write whose stored time is in the writer's future."""
-        wall = clock.now()
-        for key, (sent, stored) in refused.items():
-            if stored > wall:
-                raise ClockSkewError(
-                    f"{action} {key!r} refused on {self._where}: its stored snapshot was saved "
-                    f"at {stored.isoformat()}, later than this writer's clock "
-                    f"({wall.isoformat()}; this write's time {sent.isoformat()}). Another "
-                    "writer's clock is ahead of this one's: synchronise the clocks (NTP); the "
-                    "write applies once this clock passes the stored time"
-                )
 
     # -- attempts --------------------------------------------------------------------------
 

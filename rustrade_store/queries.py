@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    select,
+    update,
+)
 
-from .codec import check_key
+from .codec import LEASE_PREFIX, check_key
 from .schema import snapshots
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Delete, Select, Update
+    from sqlalchemy import ColumnElement, Delete, Insert, Select, Update
 
     from .dialects import DialectFacts
 
@@ -19,12 +32,16 @@ __all__ = [
     "PAGE_SIZE",
     "count",
     "delete_older",
+    "fence",
+    "lease_rows",
     "page",
     "prefix_end",
     "snapshot",
     "stored",
     "times",
     "update_if_at",
+    "upsert",
+    "upsert_if_absent",
     "value",
     "values",
 ]
@@ -48,12 +65,57 @@ def prefix_end(prefix: str) -> str | None:
 
 
 def _under(prefix: str) -> list[ColumnElement[bool]]:
+    """Keys that start with ``prefix``, lease rows never among them."""
+    key = _table.c.key
+    not_a_lease = not_(and_(key >= LEASE_PREFIX, key < prefix_end(LEASE_PREFIX)))
     if prefix == "":
-        return []
+        return [not_a_lease]
     check_key(prefix)
     end = prefix_end(prefix)
-    key = _table.c.key
-    return [key >= prefix] if end is None else [key >= prefix, key < end]
+    return [key >= prefix, not_a_lease] if end is None else [key >= prefix, key < end]
+
+
+def fence(
+    facts: DialectFacts, lease_key: ColumnElement[Any], mine: ColumnElement[Any]
+) -> ColumnElement[bool]:
+    """Whether a write under the lease row ``lease_key`` may apply: the row still holds
+    ``mine`` (this store's lease), or, for a store holding none (``mine`` null), no live lease
+    is there. The lease row is share-locked, so a takeover cannot commit between this check
+    and the write."""
+    lease = _table.alias("lease")
+    live = select(literal(1)).where(
+        lease.c.key == lease_key, lease.c.updated_at > facts.server_now()
+    )
+    held = select(literal(1)).where(
+        lease.c.key == lease_key, facts.json_text(lease.c.value) == mine
+    )
+    return case(
+        (mine.is_(None), ~exists(live.with_for_update(read=True))),
+        else_=exists(held.with_for_update(read=True)),
+    )
+
+
+def _key_fence(facts: DialectFacts) -> ColumnElement[bool]:
+    """:func:`fence` of a single-key statement, its lease bound as ``lease_key`` and ``mine``."""
+    return fence(facts, bindparam("lease_key", type_=Text), bindparam("mine", type_=Text))
+
+
+def upsert(facts: DialectFacts, guard: ColumnElement[bool] | None = None) -> Insert:
+    """The one write of snapshots: the rows bound as ``rows`` (see
+    :class:`~rustrade_store.dialects.RowSource`), each applied only where its lease allows
+    and over an older snapshot of its key (and where ``guard`` holds on the stored row)."""
+    rows = facts.rows()
+    chosen = (
+        select(rows.key, rows.value, rows.updated_at)
+        .select_from(rows.table)
+        .where(fence(facts, rows.lease_key, rows.mine))
+    )
+    return facts.upsert(_table, chosen, guard)
+
+
+def upsert_if_absent(facts: DialectFacts) -> Insert:
+    """:func:`upsert` of a key only if it is missing."""
+    return upsert(facts, false())
 
 
 def value(facts: DialectFacts) -> Select[Any]:
@@ -83,24 +145,37 @@ def snapshot(facts: DialectFacts) -> Select[Any]:
     return select(value, _table.c.updated_at).where(_table.c.key == bindparam("key"))
 
 
-def delete_older() -> Delete:
-    """Delete the key bound as ``key`` if its stored time is before the one bound as ``before``."""
+def delete_older(facts: DialectFacts) -> Delete:
+    """Delete the key bound as ``key`` if its stored time is before the one bound as ``before``
+    and its lease allows (bound as ``lease_key`` and ``mine``)."""
     return delete(_table).where(
-        _table.c.key == bindparam("key"), _table.c.updated_at < bindparam("before")
+        _table.c.key == bindparam("key"),
+        _table.c.updated_at < bindparam("before"),
+        _key_fence(facts),
     )
 
 
-def update_if_at() -> Update:
+def update_if_at(facts: DialectFacts) -> Update:
     """Compare-and-set: write ``new_value`` at ``new_time`` over the key bound as ``at_key``
-    only if it is stored at ``expected`` (and that is older); a missing key stays missing."""
+    only if it is stored at ``expected`` (and that is older) and its lease allows (bound as
+    ``lease_key`` and ``mine``); a missing key stays missing."""
     return (
         update(_table)
         .where(
             _table.c.key == bindparam("at_key"),
             _table.c.updated_at == bindparam("expected"),
             _table.c.updated_at < bindparam("new_time"),
+            _key_fence(facts),
         )
         .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
+    )
+
+
+def lease_rows(facts: DialectFacts) -> Select[Any]:
+    """Each lease row of those bound as ``keys``: its value, expiry, whether it is live."""
+    live = _table.c.updated_at > facts.server_now()
+    return select(_table.c.key, facts.json_text(_table.c.value), _table.c.updated_at, live).where(
+        facts.key_in(_table.c.key)
     )
 
 

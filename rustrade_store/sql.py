@@ -3,6 +3,8 @@ async engine (Core only)."""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any, Self
 
 from . import clock, queries
@@ -16,16 +18,21 @@ from .engine import (
     resolve_url,
     store_engine_options,
 )
+from .errors import StoreError
 from .executor import Executor
+from .lease import DEFAULT_TTL, Lease
 from .restore import RestoreReport, restore
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from datetime import datetime
 
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .codec import JSONInput
+    from .errors import LeaseLostError
 
 __all__ = ["SqlStore"]
 
@@ -46,7 +53,15 @@ class SqlStore(StateStore):
     Guarantees). ``timeout`` is each call's deadline, in seconds.
     """
 
-    __slots__ = ("_delete", "_engine", "_executor", "_facts", "_owns_engine", "_snapshot", "_where")
+    __slots__ = (
+        "_engine",
+        "_executor",
+        "_facts",
+        "_leases",
+        "_owns_engine",
+        "_snapshot",
+        "_where",
+    )
 
     def __init__(
         self, engine: AsyncEngine, *, owns_engine: bool = False, timeout: float = DEFAULT_TIMEOUT
@@ -64,7 +79,7 @@ class SqlStore(StateStore):
             autocommit=built.get("isolation_level") == "AUTOCOMMIT",
         )
         self._snapshot = queries.snapshot(self._facts)
-        self._delete = queries.delete_older()
+        self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
     @classmethod
     def from_url(
@@ -115,7 +130,7 @@ class SqlStore(StateStore):
     async def save(
         self,
         key: str,
-        value: JSONValue,
+        value: JSONInput,
         *,
         if_updated_at: datetime | None = None,
         if_absent: bool = False,
@@ -145,7 +160,7 @@ class SqlStore(StateStore):
         found = await self._executor.load_keys(wanted) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
-    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Save every item in one transaction: all of them, or none if any is refused."""
         when = clock.next_save_time()
         rows = encode_rows((key, value, when) for key, value in values.items())
@@ -205,16 +220,21 @@ class SqlStore(StateStore):
         whose answer was lost would find nothing: the caller gets a :class:`StorageError`.
         """
         check_key(key)
-        when = clock.next_save_time()
-        rows = await self._executor.fetch(
-            "delete", key, self._delete, {"key": key, "before": when}, retry=False
-        )
-        if rows[0] > 0:
-            return True
-        stored = await self.load_snapshot(key)
-        if stored is not None:
-            self._executor.check_order("delete", key, when, stored.updated_at)
-        return False
+        return await self._executor.delete(key, clock.next_save_time())
+
+    def lease(
+        self,
+        prefix: str,
+        *,
+        ttl: float = DEFAULT_TTL,
+        on_lost: Callable[[LeaseLostError], object] | None = None,
+    ) -> Lease:
+        """A lease on the keys under ``prefix`` (one first path segment, such as ``"bot1/"``),
+        not yet taken: ``async with store.lease("bot1/") as lease:`` takes it, renews it in the
+        background and releases it. See :class:`~rustrade_store.Lease`."""
+        lease = Lease(self._executor, prefix, ttl=ttl, on_lost=on_lost)
+        self._leases.add(lease)
+        return lease
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key that starts with ``prefix``, in code point order, a page at a time."""
@@ -237,7 +257,11 @@ class SqlStore(StateStore):
         return await self.count() == 0
 
     async def aclose(self) -> None:
-        """Close the store; an engine it was handed stays open for its owner."""
+        """Release the store's leases and close it; an engine it was handed stays open for its
+        owner."""
+        for lease in list(self._leases):
+            with contextlib.suppress(StoreError):
+                await lease.release()
         await self._executor.aclose(dispose=self._owns_engine)
 
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:

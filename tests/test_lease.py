@@ -1,0 +1,116 @@
+"""Leases: one writer per prefix, fenced in every write, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rustrade_store import (
+    InMemoryStore,
+    InvalidKeyError,
+    LeaseHeldError,
+    LeaseLostError,
+    SqlStore,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy import URL
+
+
+@pytest.fixture
+async def rival(backend: str, store: SqlStore, store_url: URL) -> AsyncIterator[SqlStore]:
+    """A second store on the same database: a second copy of the bot (in memory, the same
+    store, since nothing else can reach that database)."""
+    if backend == "memory":
+        yield store
+        return
+    other = SqlStore.from_url(store_url)
+    try:
+        yield other
+    finally:
+        await other.aclose()
+
+
+async def test_a_second_copy_is_refused_and_told_who_holds_the_lease(
+    store: SqlStore, rival: SqlStore
+) -> None:
+    if rival is store:
+        pytest.skip("an in-memory database has one store")
+    async with store.lease("bot1/", ttl=30) as lease:
+        assert lease.token >= 1
+        with pytest.raises(LeaseHeldError) as refused:
+            await rival.lease("bot1/").acquire()
+        assert f"pid {lease.holder['pid']}" in str(refused.value)
+        assert refused.value.until == lease.expires_at
+        await store.save("bot1/breaker", {"halted": True})
+        with pytest.raises(LeaseHeldError):
+            await rival.save("bot1/breaker", {"halted": False})  # never called lease()
+        with pytest.raises(LeaseHeldError):
+            await rival.save_many({"bot1/breaker": {"halted": False}, "bot2/x": 1})
+        with pytest.raises(LeaseHeldError):
+            await rival.delete("bot1/breaker")
+        await rival.save("bot2/x", 1)  # another prefix is free
+    assert await rival.load("bot1/breaker") == {"halted": True}
+    async with rival.lease("bot1/") as taken:
+        assert taken.token == lease.token + 1
+        await rival.save("bot1/breaker", {"halted": False})
+
+
+async def test_a_holder_that_paused_past_its_ttl_writes_nothing(
+    backend: str, store: SqlStore, store_url: URL
+) -> None:
+    """A holder frozen past its ttl (a GC pause: here its event loop blocked while another
+    copy, in another thread, waits for the lease to expire, takes it and saves): the first
+    one's next write raises LeaseLostError and never lands, and so does every one after."""
+    if backend == "memory":
+        pytest.skip("an in-memory database has one store")
+    first = await store.lease("bot1/", ttl=0.3).acquire()
+    await store.save("bot1/breaker", {"halted": True})
+
+    async def second_copy() -> int:
+        async with SqlStore.from_url(store_url) as rival:
+            lease = await rival.lease("bot1/", ttl=30).acquire(wait=30)
+            await rival.save("bot1/breaker", {"halted": True, "by": "second"})
+            await lease.release()
+            return lease.token
+
+    taken: list[int] = []
+    rival = threading.Thread(target=lambda: taken.append(asyncio.run(second_copy())))
+    rival.start()
+    rival.join()  # blocks this event loop, as a pause would
+    assert taken, "the second copy failed"
+    with pytest.raises(LeaseLostError):
+        await store.save("bot1/breaker", {"halted": False})
+    with pytest.raises(LeaseLostError):  # and from then on at once
+        await store.save("bot1/other", 1)
+    assert await store.load_many(["bot1/breaker", "bot1/other"]) == {
+        "bot1/breaker": {"halted": True, "by": "second"},
+        "bot1/other": None,
+    }
+    assert not first.held
+    assert taken[0] > first.token
+    await first.release()
+
+
+async def test_lease_rows_stay_out_of_the_data(store: SqlStore) -> None:
+    await store.save("bot1/x", 1)
+    async with store.lease("bot1/"):
+        assert [key async for key in store.keys()] == ["bot1/x"]
+        assert [snapshot.key async for snapshot in store.snapshots()] == ["bot1/x"]
+        assert await store.count() == 1
+        with pytest.raises(InvalidKeyError, match="lease"):
+            await store.save("@lease/bot1/", "forged")
+        with pytest.raises(InvalidKeyError, match="lease"):
+            await store.load("@lease/bot1/")
+
+
+@pytest.mark.parametrize("prefix", ["bot1", "bot1/sub/", "/", "", "@lease/"])
+async def test_a_lease_covers_one_first_path_segment(prefix: str) -> None:
+    async with InMemoryStore() as store:
+        with pytest.raises(InvalidKeyError):
+            store.lease(prefix)
