@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from .codec import JSONValue, check_key, check_keys, decode, encode, encode_entry
+from .codec import JSONInput, JSONValue, check_key, check_keys, decode, encode, encode_entry
 from .errors import StorageError, StoreError
 from .store import StateStore
 
@@ -118,10 +118,11 @@ class BufferedStore(StateStore):
             return decode(text, key)
         return await self._inner.load(key)
 
-    async def save(self, key: str, value: JSONValue) -> None:
+    async def save(self, key: str, value: JSONInput) -> None:
         """Queue ``value`` under ``key``; it is durable after the next successful flush."""
         self._check_open("save")
         check_key(key)
+        self._inner.check_writable(key)
         self._queue({key: encode(value)})
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
@@ -133,10 +134,16 @@ class BufferedStore(StateStore):
             key: decode(queued[key], key) if key in queued else stored.get(key) for key in wanted
         }
 
-    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Queue every item, or none if any key or value is refused."""
         self._check_open("save_many")
-        self._queue({key: encode_entry(key, value) for key, value in values.items()})
+        texts = {key: encode_entry(key, value) for key, value in values.items()}
+        for key in texts:
+            self._inner.check_writable(key)
+        self._queue(texts)
+
+    def check_writable(self, key: str) -> None:
+        self._inner.check_writable(key)
 
     async def flush(self) -> None:
         """Return once everything queued before this call is durable; raise if it is not."""

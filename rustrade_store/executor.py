@@ -213,6 +213,7 @@ class Executor:
         where: str,
         timeout: float,
         autocommit: bool,
+        ignore_leases: bool = False,
     ) -> None:
         self._engine = engine
         self._facts = facts
@@ -223,7 +224,7 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.fencing = Fencing(facts, where)
+        self.fencing = Fencing(facts, where, ignore_leases=ignore_leases)
         self._upsert = queries.upsert(facts)
         self._upsert_if_absent = queries.upsert_if_absent(facts)
         self._update_if_at = queries.update_if_at(facts)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from . import clock
 from .codec import lease_key
 from .errors import ClockSkewError, LeaseHeldError, LeaseLostError
-from .queries import lease_rows, times
+from .queries import IGNORE_LEASES, lease_rows, times
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -30,11 +30,21 @@ class Fencing:
     once lost) and the leases it lost; the parameters that fence each write; why a write was
     refused."""
 
-    __slots__ = ("_facts", "_held", "_lease_rows", "_lost", "_on_lost", "_times", "_where")
+    __slots__ = (
+        "_facts",
+        "_held",
+        "_ignore",
+        "_lease_rows",
+        "_lost",
+        "_on_lost",
+        "_times",
+        "_where",
+    )
 
-    def __init__(self, facts: DialectFacts, where: str) -> None:
+    def __init__(self, facts: DialectFacts, where: str, *, ignore_leases: bool) -> None:
         self._facts = facts
         self._where = where
+        self._ignore = IGNORE_LEASES if ignore_leases else None
         self._held: dict[str, str] = {}
         self._lost: dict[str, LeaseLostError] = {}
         self._on_lost: dict[str, Callable[[LeaseLostError], None]] = {}
@@ -74,7 +84,7 @@ class Fencing:
     def for_key(self, key: str) -> dict[str, Any]:
         """The fence parameters of a single-key statement."""
         row_key = lease_key(key)
-        return {"lease_key": row_key, "mine": self._held.get(row_key or "")} | self.now()
+        return {"lease_key": row_key, "mine": self._mine(row_key)} | self.now()
 
     def for_rows(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The parameters of :func:`~rustrade_store.queries.upsert` for ``rows``."""
@@ -88,7 +98,7 @@ class Fencing:
                     "value": row["value"],
                     "updated_at": time_text(row["updated_at"]),
                     "lease_key": row_key,
-                    "mine": self._held.get(row_key or ""),
+                    "mine": self._mine(row_key),
                 }
             )
         return {"rows": json.dumps(source, ensure_ascii=False)} | self.now()
@@ -111,7 +121,7 @@ class Fencing:
         for key, sent in refused.items():
             row_key = lease_key(key) or ""
             mine = self._held.get(row_key)
-            lease = leases.get(row_key)
+            lease = leases.get(row_key) if self._ignore is None or mine else None
             when = stored.get(key)
             if mine is not None and (lease is None or lease[0] != mine):
                 error = LeaseLostError(
@@ -134,6 +144,9 @@ class Fencing:
             else:
                 found[key] = None
         return found
+
+    def _mine(self, row_key: str | None) -> str | None:
+        return self._held.get(row_key or "", self._ignore)
 
     def _keys(self, keys: list[str]) -> dict[str, Any]:
         return {"keys": self._facts.keys_param(keys)}

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
     from .executor import Executor
 
-__all__ = ["DEFAULT_TTL", "Lease", "check_prefix"]
+__all__ = ["DEFAULT_TTL", "Lease", "LeaseInfo", "break_lease", "check_prefix", "list_leases"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Lease:
         "prefix",
         "token",
         "ttl",
+        "wait",
     )
 
     def __init__(
@@ -92,6 +94,7 @@ class Lease:
         prefix: str,
         *,
         ttl: float = DEFAULT_TTL,
+        wait: float = 0.0,
         on_lost: Callable[[LeaseLostError], object] | None = None,
     ) -> None:
         if not ttl > 0:
@@ -99,6 +102,7 @@ class Lease:
         self._executor = executor
         self.prefix = check_prefix(prefix)
         self.ttl = ttl
+        self.wait = wait
         self._on_lost = on_lost
         self._row_key = LEASE_PREFIX + prefix
         self._text: str | None = None
@@ -119,11 +123,12 @@ class Lease:
         state = "held" if self.held else "lost" if self._lost else "not held"
         return f"Lease({self.prefix!r}, token={self.token}, {state})"
 
-    async def acquire(self, *, wait: float = 0.0) -> Self:
-        """Take the lease; if another store holds it, wait up to ``wait`` seconds for it to be
-        released or to expire, then raise :class:`LeaseHeldError` naming the holder."""
+    async def acquire(self, *, wait: float | None = None) -> Self:
+        """Take the lease; if another store holds it, wait up to ``wait`` seconds (by default
+        the lease's own ``wait``) for it to be released or to expire, then raise
+        :class:`LeaseHeldError` naming the holder."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        deadline = loop.time() + (self.wait if wait is None else wait)
         while True:
             try:
                 await self._take()
@@ -211,7 +216,7 @@ class Lease:
                 token = int(json.loads(text).get("token", 0)) + 1
             holder = me | {"since": now.isoformat()}
             value = {"prefix": self.prefix, "token": token, "holder": holder}
-            text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+            text = _text(value)
             until = now + timedelta(seconds=self.ttl)
             params = {"row": self._row_key, "text": text, "until": until}
             if found is None:
@@ -313,3 +318,68 @@ async def _server_now(executor: Executor, connection: AsyncConnection) -> dateti
         return clock.now()
     now: datetime = (await connection.execute(select(executor.facts.server_now()))).scalar_one()
     return now
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A lease row as an operator sees it."""
+
+    prefix: str
+    token: int
+    holder: dict[str, Any]
+    expires_at: datetime
+    live: bool
+
+
+async def list_leases(executor: Executor) -> list[LeaseInfo]:
+    """Every lease row, live or not, in prefix order."""
+    table = _table
+    value = executor.facts.json_text(table.c.value)
+    live = table.c.updated_at > executor.facts.server_now()
+    end = chr(ord(LEASE_PREFIX[-1]) + 1)
+    statement = (
+        select(table.c.key, value, table.c.updated_at, live)
+        .where(table.c.key >= LEASE_PREFIX, table.c.key < LEASE_PREFIX[:-1] + end)
+        .order_by(table.c.key)
+    )
+    rows = await executor.fetch("leases", None, statement, executor.fencing.now())
+    found = []
+    for key, text, until, is_live in rows:
+        value = json.loads(text)
+        found.append(
+            LeaseInfo(
+                key.removeprefix(LEASE_PREFIX),
+                int(value.get("token", 0)),
+                value.get("holder", {}),
+                until,
+                bool(is_live),
+            )
+        )
+    return found
+
+
+async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
+    """End the lease on ``prefix`` whoever holds it, for an operator who knows the holder is
+    dead: the row gets a new token and expires now, so the old holder's writes are refused
+    even if it comes back. Return the lease as it was, or ``None`` if there was none."""
+    row_key = LEASE_PREFIX + check_prefix(prefix)
+
+    async def work(connection: AsyncConnection) -> LeaseInfo | None:
+        await connection.execute(_touch(), {"row": row_key})
+        now = await _server_now(executor, connection)
+        found = (await connection.execute(_read(executor), {"row": row_key})).first()
+        if found is None:
+            return None
+        text, until = found
+        value = json.loads(text)
+        token = int(value.get("token", 0))
+        broken = {"prefix": prefix, "token": token + 1, "holder": {"broken at": now.isoformat()}}
+        params = {"row": row_key, "text": _text(broken), "until": now}
+        await connection.execute(_take_over(), params)
+        return LeaseInfo(prefix, token, value.get("holder", {}), until, until > now)
+
+    return await executor.run("break lease", prefix, work, transaction=True)
+
+
+def _text(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     literal,
     not_,
     select,
+    true,
     update,
 )
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .dialects import DialectFacts
 
 __all__ = [
+    "IGNORE_LEASES",
     "PAGE_SIZE",
     "count",
     "delete_older",
@@ -45,6 +47,10 @@ __all__ = [
     "value",
     "values",
 ]
+
+IGNORE_LEASES = "*"
+"""The ``mine`` of a write that ignores leases (an operator's forced repair); no lease row's
+value is this text."""
 
 PAGE_SIZE = 1000
 """Rows fetched per query when listing: listing streams, whatever the table's size."""
@@ -80,8 +86,8 @@ def fence(
 ) -> ColumnElement[bool]:
     """Whether a write under the lease row ``lease_key`` may apply: the row still holds
     ``mine`` (this store's lease), or, for a store holding none (``mine`` null), no live lease
-    is there. The lease row is share-locked, so a takeover cannot commit between this check
-    and the write."""
+    is there; ``mine`` of :data:`IGNORE_LEASES` writes regardless. The lease row is
+    share-locked, so a takeover cannot commit between this check and the write."""
     lease = _table.alias("lease")
     live = select(literal(1)).where(
         lease.c.key == lease_key, lease.c.updated_at > facts.server_now()
@@ -90,6 +96,7 @@ def fence(
         lease.c.key == lease_key, facts.json_text(lease.c.value) == mine
     )
     return case(
+        (mine == IGNORE_LEASES, true()),
         (mine.is_(None), ~exists(live.with_for_update(read=True))),
         else_=exists(held.with_for_update(read=True)),
     )

@@ -20,7 +20,7 @@ from .engine import (
 )
 from .errors import StoreError
 from .executor import Executor
-from .lease import DEFAULT_TTL, Lease
+from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from .restore import RestoreReport, restore
 from .store import Snapshot, StateStore
 
@@ -49,8 +49,9 @@ class SqlStore(StateStore):
     :class:`~rustrade_store.SchemaError` when it does not match. An in-memory SQLite database,
     which nothing else could migrate, is migrated by the store itself.
 
-    Every write carries its save time and applies only over an older one (see the README's
-    Guarantees). ``timeout`` is each call's deadline, in seconds.
+    Every write carries its save time and applies only over an older one, and only where no
+    other store's lease covers its key (see the README's Guarantees); ``ignore_leases=True``
+    drops that second condition. ``timeout`` is each call's deadline, in seconds.
     """
 
     __slots__ = (
@@ -64,7 +65,12 @@ class SqlStore(StateStore):
     )
 
     def __init__(
-        self, engine: AsyncEngine, *, owns_engine: bool = False, timeout: float = DEFAULT_TIMEOUT
+        self,
+        engine: AsyncEngine,
+        *,
+        owns_engine: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        ignore_leases: bool = False,
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
@@ -77,6 +83,7 @@ class SqlStore(StateStore):
             where=self._where,
             timeout=timeout,
             autocommit=built.get("isolation_level") == "AUTOCOMMIT",
+            ignore_leases=ignore_leases,
         )
         self._snapshot = queries.snapshot(self._facts)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
@@ -88,6 +95,7 @@ class SqlStore(StateStore):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         sqlite_synchronous: str = SQLITE_SYNCHRONOUS,
+        ignore_leases: bool = False,
         **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``; without one, ``RUSTRADE_STORE_URL``, else ``rustrade_state.db``.
@@ -95,8 +103,9 @@ class SqlStore(StateStore):
         ``timeout`` bounds, in seconds, each call: the wait for a connection, a lock or a
         statement, and the retries of a lost connection. ``sqlite_synchronous="NORMAL"`` trades
         durability across power loss for speed (see the README's Guarantees).
-        ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and override the store's
-        own settings.
+        ``ignore_leases=True`` writes under other stores' leases (an operator's forced
+        repair). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and override the
+        store's own settings.
         """
         resolved = resolve_url(url)
         engine = create_engine(
@@ -105,7 +114,7 @@ class SqlStore(StateStore):
             sqlite_synchronous=sqlite_synchronous,
             **(store_engine_options(resolved) | engine_options),
         )
-        return cls(engine, owns_engine=True, timeout=timeout)
+        return cls(engine, owns_engine=True, timeout=timeout, ignore_leases=ignore_leases)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -222,19 +231,33 @@ class SqlStore(StateStore):
         check_key(key)
         return await self._executor.delete(key, clock.next_save_time())
 
+    def check_writable(self, key: str) -> None:
+        self._executor.fencing.check(key)
+
     def lease(
         self,
         prefix: str,
         *,
         ttl: float = DEFAULT_TTL,
+        wait: float = 0.0,
         on_lost: Callable[[LeaseLostError], object] | None = None,
     ) -> Lease:
         """A lease on the keys under ``prefix`` (one first path segment, such as ``"bot1/"``),
-        not yet taken: ``async with store.lease("bot1/") as lease:`` takes it, renews it in the
-        background and releases it. See :class:`~rustrade_store.Lease`."""
-        lease = Lease(self._executor, prefix, ttl=ttl, on_lost=on_lost)
+        not yet taken: ``async with store.lease("bot1/") as lease:`` takes it (waiting up to
+        ``wait`` seconds for another holder to let go), renews it in the background and
+        releases it. See :class:`~rustrade_store.Lease`."""
+        lease = Lease(self._executor, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
         self._leases.add(lease)
         return lease
+
+    async def leases(self) -> list[LeaseInfo]:
+        """Every lease in the database, live or expired, with its holder and expiry."""
+        return await list_leases(self._executor)
+
+    async def break_lease(self, prefix: str) -> LeaseInfo | None:
+        """End another store's lease on ``prefix`` (its holder is known to be dead): its writes
+        are refused from now on, even if it comes back. Return the lease as it was."""
+        return await break_lease(self._executor, prefix)
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key that starts with ``prefix``, in code point order, a page at a time."""

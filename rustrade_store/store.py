@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
-    from .codec import JSONValue
+    from .codec import JSONInput, JSONValue
 
 __all__ = ["Snapshot", "StateStore"]
 
@@ -47,8 +47,14 @@ class StateStore(ABC):
         """
 
     @abstractmethod
-    async def save(self, key: str, value: JSONValue) -> None:
+    async def save(self, key: str, value: JSONInput) -> None:
         """Store ``value`` under ``key``, replacing any previous value."""
+
+    def check_writable(self, key: str) -> None:
+        """Raise if a save of ``key`` is refused before it reaches the database: a
+        :class:`~rustrade_store.LeaseLostError` once this store lost the lease on the key's
+        prefix. Wrappers that accept saves to write them later (``BufferedStore``) call it."""
+        return None
 
     async def flush(self) -> None:
         """Make every buffered write durable. A no-op for stores that write through."""
@@ -61,7 +67,7 @@ class StateStore(ABC):
         """
         return {key: await self.load(key) for key in check_keys(keys)}
 
-    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Save every item of ``values``; a bad key or value is refused before any is saved.
 
         Backends override this to save all or nothing in one transaction; the default checks

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import (
+    BufferedStore,
     InMemoryStore,
     InvalidKeyError,
     LeaseHeldError,
@@ -114,3 +115,36 @@ async def test_a_lease_covers_one_first_path_segment(prefix: str) -> None:
     async with InMemoryStore() as store:
         with pytest.raises(InvalidKeyError):
             store.lease(prefix)
+
+
+async def test_an_operator_lists_breaks_and_overrides_leases(
+    backend: str, store: SqlStore, store_url: URL
+) -> None:
+    """``leases()`` names the holder; a store made with ``ignore_leases`` writes under a live
+    lease (a forced repair); a broken lease fences its old holder out for good."""
+    lost: list[LeaseLostError] = []
+    held = await store.lease("bot1/", ttl=30, on_lost=lost.append).acquire()
+    operator = store if backend == "memory" else SqlStore.from_url(store_url, ignore_leases=True)
+    try:
+        (listed,) = await operator.leases()
+        assert (listed.prefix, listed.token, listed.live) == ("bot1/", held.token, True)
+        assert listed.holder == held.holder
+        if operator is not store:
+            await operator.save("bot1/breaker", {"halted": False, "by": "operator"})
+        broken = await operator.break_lease("bot1/")
+        assert broken is not None
+        assert broken.live
+        with pytest.raises(LeaseLostError):
+            await store.save("bot1/breaker", {"halted": True, "by": "old holder"})
+        assert lost
+        assert not held.held
+        buffered = BufferedStore(store)
+        with pytest.raises(LeaseLostError):
+            await buffered.save("bot1/breaker", 1)  # refused at once, not at flush
+        (after,) = await operator.leases()
+        assert after.token > held.token
+        assert not after.live
+    finally:
+        await held.release()
+        if operator is not store:
+            await operator.aclose()
