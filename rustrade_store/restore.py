@@ -1,5 +1,12 @@
-"""Writing snapshots with their own times (import, copy): counted against what is stored, all
-in one transaction, never replacing newer state unless told to."""
+"""Writing snapshots with their own times (import, copy), all in one transaction.
+
+Each snapshot replaces only an older stored one of its key; a newer one, or one of the same
+time with another value, is kept and counted, unless ``overwrite``: then it is replaced at a
+time just past the stored one (never back in time). Batches are written as they come and
+nothing is committed until the last one is in, so an error anywhere (a bad snapshot, one raised
+by the batches, a cancellation) leaves the database as it was. A stream is not retried on a
+lost connection: its batches cannot be replayed. The batches must not use the same store.
+"""
 
 from __future__ import annotations
 

@@ -54,15 +54,7 @@ class SqlStore(StateStore):
     drops that second condition. ``timeout`` is each call's deadline, in seconds.
     """
 
-    __slots__ = (
-        "_engine",
-        "_executor",
-        "_facts",
-        "_leases",
-        "_owns_engine",
-        "_snapshot",
-        "_where",
-    )
+    __slots__ = ("_engine", "_executor", "_leases", "_owns_engine", "_snapshot")
 
     def __init__(
         self,
@@ -74,18 +66,16 @@ class SqlStore(StateStore):
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        self._facts = facts_for(engine.url)
-        self._where = masked(engine.url)
         built = store_engine_options(engine.url) if owns_engine else {}
         self._executor = Executor(
             engine,
-            self._facts,
-            where=self._where,
+            facts_for(engine.url),
+            where=masked(engine.url),
             timeout=timeout,
             autocommit=built.get("isolation_level") == "AUTOCOMMIT",
             ignore_leases=ignore_leases,
         )
-        self._snapshot = queries.snapshot(self._facts)
+        self._snapshot = queries.snapshot(self._executor.facts)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
     @classmethod
@@ -124,10 +114,10 @@ class SqlStore(StateStore):
     @property
     def url(self) -> str:
         """The database URL with its password masked."""
-        return self._where
+        return self._executor.where
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._where!r})"
+        return f"{type(self).__name__}({self.url!r})"
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -193,17 +183,9 @@ class SqlStore(StateStore):
         overwrite: bool = False,
         report: RestoreReport | None = None,
     ) -> RestoreReport:
-        """Write every batch of snapshots, times kept, in ONE transaction (import, copy).
-
-        Each snapshot replaces only an older stored one of its key; a newer one, or one of the
-        same time with another value, is kept and counted, unless ``overwrite``: then it is
-        replaced, at a time just past the stored one (never back in time). Batches are
-        written as they come and nothing is committed until the last one is in, so an error
-        anywhere (a bad snapshot, one raised by ``batches``, a cancellation) leaves the
-        database as it was. Not retried on a lost connection: the batches cannot be replayed.
-        ``report`` (returned) counts what was found and tells how far the transaction got.
-        ``batches`` must not use this same store while it runs.
-        """
+        """Write every batch of snapshots, times kept, in ONE transaction (import, copy): all
+        or nothing, newer stored state kept unless ``overwrite``; ``report`` (returned) counts
+        what was found and says how far it got. See :mod:`rustrade_store.restore`."""
         report = report if report is not None else RestoreReport()
         return await restore(
             self._executor, batches, overwrite=overwrite, report=report, retry=False
@@ -288,7 +270,7 @@ class SqlStore(StateStore):
         await self._executor.aclose(dispose=self._owns_engine)
 
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
-        page = queries.page(self._facts, prefix, values=values)
+        page = queries.page(self._executor.facts, prefix, values=values)
         after = ""
         while True:
             rows = await self._executor.fetch("list", prefix or None, page, {"after": after})
