@@ -27,9 +27,11 @@ from .codec import check_key, encode
 from .engine import (
     DEFAULT_TIMEOUT,
     ENV_VAR,
+    check_timeout,
     create_engine,
     is_memory_url,
     masked,
+    passwords,
     read_settings,
     resolve_url,
 )
@@ -104,8 +106,7 @@ class _Console:
         self._drawn = False  # a progress line is on screen, not yet ended
 
     def hide(self, url: URL) -> None:
-        if url.password:
-            self._secrets.add(str(url.password))
+        self._secrets.update(passwords(url))
 
     def scrub(self, text: str) -> str:
         # Whole words only: a password such as "postgres" must not garble "postgresql".
@@ -480,6 +481,14 @@ def _same_database(first: URL, second: URL) -> bool:
 # -- the parser ----------------------------------------------------------------------------
 
 
+def _timeout(text: str) -> float:
+    """``--timeout``: seconds in the range the store accepts, else a usage error naming it."""
+    try:
+        return check_timeout(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's parser; global options are accepted before or after the command."""
     common = _Parser(add_help=False)
@@ -488,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=argparse.SUPPRESS,
         metavar="SECONDS",
         help=f"wait at most this long for a connection or a lock (default {DEFAULT_TIMEOUT:g})",

@@ -6,12 +6,15 @@ from __future__ import annotations
 import math
 import os
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 from uuid import uuid4
 
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
+
+from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -21,17 +24,20 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VAR",
+    "MAX_TIMEOUT",
     "MYSQL_BACKENDS",
     "MYSQL_POOL_RECYCLE",
     "MYSQL_SQL_MODE",
     "SQLITE_SYNCHRONOUS",
     "SQLITE_SYNCHRONOUS_MODES",
     "check_synchronous",
+    "check_timeout",
     "create_engine",
     "engine_options",
     "install_connection_setup",
     "is_memory_url",
     "masked",
+    "passwords",
     "read_settings",
     "resolve_url",
     "store_engine_options",
@@ -41,6 +47,9 @@ ENV_VAR = "RUSTRADE_STORE_URL"
 DEFAULT_URL = "sqlite+aiosqlite:///rustrade_state.db"
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for a connection, a lock or a statement before raising StorageError."""
+MAX_TIMEOUT = 86_400.0
+"""The longest timeout accepted, a day: within what every driver and SQLite's busy timeout
+(milliseconds in a C int) can hold."""
 
 SQLITE_SYNCHRONOUS = "FULL"
 """The default: in WAL mode, a commit that returned survives a power cut or an OS crash."""
@@ -75,6 +84,10 @@ _SETTINGS = {
 }
 """The statements reading each database's durability settings, for ``doctor``."""
 _SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+"""libpq's ``sslmode`` values, which asyncpg takes as its ``ssl`` argument."""
+_SECRET_PARAMETERS = ("password", "sslpassword")
+"""Query parameters holding a secret, masked like the password."""
 
 
 def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> URL:
@@ -83,7 +96,10 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
     ``url`` wins, then the ``RUSTRADE_STORE_URL`` environment variable, then ``default``, then an
     SQLite file ``rustrade_state.db`` in the working directory. Plain URLs typed by habit
     (``sqlite:///bot.db``, ``postgresql://user@host/db``, ``mysql://user@host/db``) get the
-    async driver.
+    async driver. A ``?password=`` parameter becomes the URL's password, and so does a password
+    with an unencoded ``@`` (read up to the last ``@``, as asyncpg and urllib read it);
+    PostgreSQL's ``?sslmode=`` becomes asyncpg's ``ssl``. A URL the store cannot use raises
+    :class:`~rustrade_store.ConfigurationError` saying what to give instead.
     """
     raw = url if url is not None else os.environ.get(ENV_VAR) or default or DEFAULT_URL
     if isinstance(raw, URL):
@@ -93,29 +109,104 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
             parsed = make_url(raw)
         except (ArgumentError, ValueError):
             scheme = raw.partition("://")[0] if "://" in raw else ""
-            raise ValueError(
+            hint = " (percent-encode @, : and / in a password: %40, %3A, %2F)" if "@" in raw else ""
+            raise ConfigurationError(
                 f"cannot parse database URL with scheme {scheme!r}: "
-                "expected a form like sqlite:///path.db or postgresql://user@host/db"
+                f"expected a form like sqlite:///path.db or postgresql://user@host/db{hint}"
             ) from None
     backend, _, driver = parsed.drivername.partition("+")
     backend = _ALIASES.get(backend, backend)
     expected = _ASYNC_DRIVERS.get(backend)
     if expected is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"unsupported database URL scheme {parsed.drivername!r}: "
             "use sqlite:// (aiosqlite), postgresql:// (asyncpg) or mysql:// (asyncmy)"
         )
     if driver and driver != expected:
-        raise ValueError(
+        raise ConfigurationError(
             f"driver {driver!r} in {parsed.drivername!r} is not supported: "
             f"use {backend}+{expected}:// or plain {backend}://"
         )
+    parsed = _with_password(parsed)
+    if backend == "sqlite":
+        _refuse_sqlite_host(parsed)
+    elif backend == "postgresql":
+        parsed = _with_ssl_mode(parsed)
     return parsed.set(drivername=f"{backend}+{expected}")
 
 
+def _with_password(url: URL) -> URL:
+    """``url`` with its whole password where SQLAlchemy, the drivers and :func:`masked` look."""
+    if url.host and "@" in url.host and url.password is not None:
+        # A host name holds no "@": the password ran on to the last one.
+        rest, _, host = url.host.rpartition("@")
+        url = url.set(password=f"{url.password}@{rest}", host=host)
+    given = url.query.get("password")
+    if given is None:
+        return url
+    if not isinstance(given, str) or url.password not in (None, given):
+        raise ConfigurationError(
+            f"{masked(url)} gives more than one password (before the host, or as ?password=): "
+            "keep one"
+        )
+    return url.difference_update_query(["password"]).set(password=given)
+
+
+def _refuse_sqlite_host(url: URL) -> None:
+    """SQLite URLs name a file, never a host: ``sqlite://data/x.db`` reads ``data`` as one."""
+    if not (url.host or url.port or url.username or url.password):
+        return
+    path = "/".join(part for part in (url.host, url.database) if part)
+    fixed = URL.create(url.drivername, database=path, query=url.query)
+    what = f"reads {url.host!r} as a host" if url.host else "gives a user, password or port"
+    raise ConfigurationError(
+        f"{masked(url)} {what}, and an SQLite URL has none: for the file {path} use "
+        f"{fixed.render_as_string()} (three slashes before a relative path, four before an "
+        "absolute one)"
+    )
+
+
+def _with_ssl_mode(url: URL) -> URL:
+    """libpq's ``sslmode``, as managed PostgreSQL providers hand it out, as asyncpg's ``ssl``
+    (asyncpg's ``connect()`` takes no ``sslmode``)."""
+    mode = url.query.get("sslmode")
+    if mode is None:
+        return url
+    if mode not in _SSL_MODES:
+        raise ConfigurationError(f"sslmode={mode!r} is not one of {', '.join(_SSL_MODES)}")
+    ssl = url.query.get("ssl")
+    if ssl not in (None, mode):
+        raise ConfigurationError(f"sslmode={mode} and ssl={ssl} disagree: give one of them")
+    return url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+
+
 def masked(url: URL) -> str:
-    """The URL as text with its password replaced by ``***``."""
-    return url.render_as_string(hide_password=True)
+    """The URL as text with every password in it replaced by ``***``.
+
+    The one before the host, all of it even when an unencoded ``@`` in it made SQLAlchemy read
+    the rest as the host, and any ``?password=`` (or ``?sslpassword=``). Every URL the package
+    shows goes through here.
+    """
+    if url.host and "@" in url.host:
+        url = url.set(password="***", host=url.host.rpartition("@")[2])
+    hidden = {name: "***" for name in _SECRET_PARAMETERS if name in url.query}
+    if hidden:
+        url = url.update_query_dict(hidden)
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def passwords(url: URL) -> set[str]:
+    """Every secret written in ``url``, as given and percent-encoded: what to scrub from text
+    that did not come through :func:`masked`, such as a driver's message."""
+    found: set[str] = set()
+    if url.password:
+        found.add(str(url.password))
+        if url.host and "@" in url.host:
+            found.add(f"{url.password}@{url.host.rpartition('@')[0]}")
+    for name in _SECRET_PARAMETERS:
+        value = url.query.get(name, ())
+        found.update((value,) if isinstance(value, str) else value)
+    return {text for secret in found if secret for text in (secret, quote(secret, safe=""))}
 
 
 def is_memory_url(url: URL) -> bool:
@@ -185,11 +276,25 @@ def _unique_statement_name() -> str:
     return f"__rustrade_{uuid4().hex}__"
 
 
+def check_timeout(timeout: float) -> float:
+    """Return ``timeout`` if it is a usable number of seconds, else raise naming it."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
+        raise ConfigurationError(
+            f"timeout {timeout!r} is out of range: give seconds greater than 0 and at most "
+            f"{MAX_TIMEOUT:,.0f} (a day)"
+        )
+    return float(timeout)
+
+
 def check_synchronous(mode: str) -> str:
     """Return the SQLite ``synchronous`` mode to use, or raise naming the one refused."""
     upper = mode.upper() if isinstance(mode, str) else mode
     if upper not in SQLITE_SYNCHRONOUS_MODES:
-        raise ValueError(
+        raise ConfigurationError(
             f"sqlite_synchronous={mode!r} is not supported: use one of {SQLITE_SYNCHRONOUS_MODES}"
         )
     return upper
@@ -222,10 +327,12 @@ def create_engine(
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with the store's pool and durability settings.
 
+    ``timeout`` is in seconds, greater than 0 and at most :data:`MAX_TIMEOUT`.
     ``sqlite_synchronous`` is SQLite's ``synchronous`` pragma: ``"FULL"`` (the default) or
     ``"NORMAL"``. ``options`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine` and
     override ours.
     """
+    timeout = check_timeout(timeout)
     sqlite_synchronous = check_synchronous(sqlite_synchronous)
     resolved = resolve_url(url)
     defaults = engine_options(resolved, timeout)

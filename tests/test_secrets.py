@@ -14,16 +14,24 @@ from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from rustrade_store import SchemaError, SqlStore, StorageError, upgrade
-from rustrade_store.engine import create_engine
+from rustrade_store import ConfigurationError, SchemaError, SqlStore, StorageError, upgrade
+from rustrade_store.engine import create_engine, resolve_url
 
 from .proxy import TcpProxy
+from .test_cli import cli, ok, one_line_error
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy import URL
 
 PASSWORD = "Hunter2-s3cret"
+AT_PASSWORD = "Hunter2@s3cretpart"
+"""Unencoded "@": SQLAlchemy alone reads the password as ``Hunter2`` and ``s3cretpart@...`` as
+the host."""
+SECRET_PARTS = ("Hunter2", "s3cret")
 
 
 def everything_said(exc: BaseException) -> str:
@@ -135,3 +143,85 @@ async def test_failure_messages_never_hold_the_password(
     ]
     for exc in failures:
         assert PASSWORD not in everything_said(exc), everything_said(exc)
+
+
+def password_forms(host: str, port: int, database: str, user: str = "trader") -> list[str]:
+    """The ways a provider or an operator writes the password into a URL."""
+    return [
+        f"postgresql://{user}:{PASSWORD}@{host}:{port}/{database}",
+        f"postgresql://{user}@{host}:{port}/{database}?password={PASSWORD}",
+        f"postgresql://{user}@{host}:{port}/{database}?sslmode=disable&password={PASSWORD}",
+        f"postgresql://{user}:{AT_PASSWORD}@{host}:{port}/{database}",
+        f"mysql://{user}@{host}:{port}/{database}?password={PASSWORD}",
+    ]
+
+
+def assert_hidden(text: str) -> None:
+    for part in SECRET_PARTS:
+        assert part not in text, text
+
+
+@pytest.mark.parametrize("url", password_forms("127.0.0.1", 5999, "db"))
+async def test_a_password_in_the_query_or_with_an_at_sign_is_hidden(url: str) -> None:
+    owned = SqlStore.from_url(url)
+    # A handed engine's URL never went through resolve_url: masking alone must hide it.
+    raw = url.replace("postgresql://", "postgresql+asyncpg://").replace("mysql:", "mysql+asyncmy:")
+    handed = SqlStore(create_async_engine(raw))
+    try:
+        for store in (owned, handed):
+            for shown in (repr(store), str(store), store.url):
+                assert_hidden(shown)
+                assert "@127.0.0.1:5999/db" in shown, "the host is the host, not the password"
+            assert "***" in store.url
+    finally:
+        await owned.aclose()
+        await handed.aclose()
+        await handed.engine.dispose()
+
+
+def test_the_whole_password_reaches_the_driver() -> None:
+    """Read as asyncpg and urllib read it: up to the last "@"; ``?password=`` as the password."""
+    at_sign = resolve_url(f"postgresql://trader:{AT_PASSWORD}@db.internal:5432/rustrade")
+    assert (at_sign.password, at_sign.host) == (AT_PASSWORD, "db.internal")
+    in_query = resolve_url(f"mysql://trader@db.internal/rustrade?password={PASSWORD}")
+    assert (in_query.password, dict(in_query.query)) == (PASSWORD, {})
+    with pytest.raises(ConfigurationError, match="more than one password") as caught:
+        resolve_url(f"postgresql://trader:other-{PASSWORD}@h/db?password={PASSWORD}")
+    assert_hidden(str(caught.value))
+
+
+async def test_a_refused_connection_never_shows_the_password() -> None:
+    port = closed_port()
+    for url in password_forms("127.0.0.1", port, "db")[:4]:
+        async with SqlStore.from_url(url, timeout=1.0) as store:
+            with pytest.raises(StorageError) as caught:
+                await asyncio.wait_for(store.save("k", 1), 120)  # a hang guard, not a timing check
+        assert f"127.0.0.1:{port}" in str(caught.value)
+        assert_hidden(everything_said(caught.value))
+
+
+@pytest.mark.postgres
+async def test_every_password_form_connects(postgres_url: URL) -> None:
+    """The local server trusts every client, so any password connects: the rest is parsing."""
+    host, port = postgres_url.host or "127.0.0.1", postgres_url.port or 5432
+    for url in password_forms(host, port, postgres_url.database or "", "postgres")[:4]:
+        async with SqlStore.from_url(url) as store:
+            await store.save("secret/k", url)
+            assert await store.load("secret/k") == url
+            assert await store.delete("secret/k")
+
+
+@pytest.mark.postgres
+def test_the_command_never_shows_any_password_form(postgres_url: URL, tmp_path: Path) -> None:
+    host, port = postgres_url.host or "127.0.0.1", postgres_url.port or 5432
+    working = password_forms(host, port, postgres_url.database or "", "postgres")[:4]
+    for url in working:
+        report = ok(cli("--url", url, "doctor", cwd=tmp_path))
+        assert_hidden(report.out + report.err)
+        assert "***" in report.out
+    for url in password_forms("127.0.0.1", closed_port(), "db"):
+        for args in (("doctor",), ("--debug", "ls")):
+            run = cli("--url", url, *args, cwd=tmp_path)
+            assert_hidden(run.out + run.err)
+            if args == ("doctor",):
+                one_line_error(run, 3, "failed on", "***")
