@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from uuid import uuid4
@@ -14,7 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SchemaError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -266,10 +267,16 @@ def store_engine_options(url: URL) -> dict[str, Any]:
     Not behind PgBouncer's transaction pooling (``prepared_statement_cache_size=0``): there a
     statement prepared outside a transaction can land on one server connection and run on
     another, so every operation keeps its transaction.
+
+    An SQLite file is opened only if it exists (``sqlite_create=False``): only a migration
+    creates one.
     """
     if url.query.get("prepared_statement_cache_size") == "0":
         return {}
-    return {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
+    if url.get_backend_name() == "sqlite":
+        options["sqlite_create"] = False
+    return options
 
 
 def _unique_statement_name() -> str:
@@ -323,14 +330,16 @@ def create_engine(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     sqlite_synchronous: str = SQLITE_SYNCHRONOUS,
+    sqlite_create: bool = True,
     **options: Any,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with the store's pool and durability settings.
 
     ``timeout`` is in seconds, greater than 0 and at most :data:`MAX_TIMEOUT`.
     ``sqlite_synchronous`` is SQLite's ``synchronous`` pragma: ``"FULL"`` (the default) or
-    ``"NORMAL"``. ``options`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine` and
-    override ours.
+    ``"NORMAL"``. ``sqlite_create=False`` opens an SQLite file only if it exists, read-write,
+    and raises :class:`~rustrade_store.SchemaError` where it does not. ``options`` go to
+    :func:`sqlalchemy.ext.asyncio.create_async_engine` and override ours.
     """
     timeout = check_timeout(timeout)
     sqlite_synchronous = check_synchronous(sqlite_synchronous)
@@ -354,7 +363,30 @@ def create_engine(
             name=exc.name,
         ) from exc
     install_connection_setup(engine, timeout, sqlite_synchronous)
+    if not sqlite_create:
+        _open_existing_only(engine)
     return engine
+
+
+def _open_existing_only(engine: AsyncEngine) -> None:
+    """Open an engine's SQLite file read-write without creating it (SQLite's URI ``mode=rw``),
+    so that a mistyped path fails instead of leaving an empty database behind."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or is_memory_url(url) or url.query.get("uri"):
+        return  # nothing on disk, or the caller's own SQLite URI chooses the mode
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _read_write(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        path = cargs[0]  # made absolute by SQLAlchemy
+        if not os.path.exists(path):
+            raise SchemaError(
+                f"the SQLite file {path} does not exist: create it with `rustrade-store --url "
+                f"{shlex.quote(masked(url))} upgrade` (or `alembic upgrade head`, or `await "
+                "rustrade_store.upgrade(url)`); the store creates no file, so that a mistyped "
+                "path is not taken for an empty database"
+            )
+        cargs[0] = f"file:{quote(path)}?mode=rw"
+        cparams["uri"] = True
 
 
 def read_settings(connection: Connection) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import text, update
 
-from rustrade_store import SqlStore, StorageError, upgrade
+from rustrade_store import SchemaError, SqlStore, StorageError, upgrade
 from rustrade_store.engine import resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import BAD_KEYS, BAD_VALUES
@@ -211,6 +211,29 @@ async def test_url_to_a_closed_port_raises_storage_error_in_time() -> None:
             assert f"127.0.0.1:{port}" in message, "the message names where it tried"
             assert "'k'" in message
             assert "s3cretpw" not in message
+
+
+# -- a missing SQLite file -------------------------------------------------------------------
+
+
+async def test_a_missing_sqlite_file_is_not_created_by_the_store(tmp_path: Path) -> None:
+    """Every call on a mistyped path fails naming the file and the command that creates it, and
+    leaves no file behind; only a migration creates one."""
+    path = tmp_path / "mistyped.db"
+    url = f"sqlite:///{path}"
+    async with SqlStore.from_url(url) as store:
+        for call in (store.load("k"), store.save("k", 1), store.count()):
+            with pytest.raises(SchemaError) as caught:
+                await call
+            message = str(caught.value)
+            assert f"{path} does not exist" in message
+            assert "rustrade-store --url sqlite+aiosqlite:///" in message
+            assert "upgrade" in message
+    assert os.listdir(tmp_path) == []
+    await upgrade(url)
+    async with SqlStore.from_url(url) as store:
+        await store.save("k", 1)
+        assert await store.load("k") == 1
 
 
 # -- a read-only SQLite file -----------------------------------------------------------------

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
-    from rustrade_store import JSONValue
+    from rustrade_store import JSONInput, JSONValue
 
 HANG_GUARD = 30.0
 """Seconds before a wait that should end at once is declared hung (not a timing assertion)."""
@@ -47,12 +47,12 @@ class RecordingStore(InMemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.batches: list[dict[str, JSONValue]] = []
+        self.batches: list[dict[str, JSONInput]] = []
         self.failing = False
         self.failures = 0
         self.written = asyncio.Event()
 
-    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         if self.failing:
             self.failures += 1
             raise StorageError("the disk is full")
@@ -215,7 +215,7 @@ class GatedStore(RecordingStore):
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def save_many(self, values: Mapping[str, JSONValue]) -> None:
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         self.entered.set()
         await self.gate.wait()
         await super().save_many(values)
