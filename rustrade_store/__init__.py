@@ -1,45 +1,48 @@
-"""rustrade-store: durable state snapshots for rustrade bots, over one async SQLAlchemy store."""
+"""rustrade-store: durable state snapshots for rustrade bots, over one async SQLAlchemy store.
+
+Every name below is imported at its first use (PEP 562), so that a module that needs none of
+them, such as the command's ``--version``, starts without loading SQLAlchemy.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .buffered import BufferedStore
-from .codec import (
-    MAX_DEPTH,
-    MAX_INT_DIGITS,
-    MAX_KEY_LENGTH,
-    MAX_VALUE_BYTES,
-    JSONInput,
-    JSONValue,
-)
-from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
-from .errors import (
-    ClockSkewError,
-    ConfigurationError,
-    ConflictError,
-    InvalidKeyError,
-    InvalidValueError,
-    KeyTypeError,
-    LeaseError,
-    LeaseHeldError,
-    LeaseLostError,
-    SchemaError,
-    StorageError,
-    StoreError,
-    ValueTypeError,
-)
-from .lease import Lease
-from .memory import InMemoryStore
-from .migrate import downgrade, head_revision, upgrade
-from .restore import RestoreReport
-from .sql import SqlStore
-from .store import Snapshot, StateStore
+if TYPE_CHECKING:
+    from .buffered import BufferedStore
+    from .codec import (
+        MAX_DEPTH,
+        MAX_INT_DIGITS,
+        MAX_KEY_LENGTH,
+        MAX_VALUE_BYTES,
+        JSONInput,
+        JSONValue,
+    )
+    from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
+    from .errors import (
+        ClockSkewError,
+        ConfigurationError,
+        ConflictError,
+        InvalidKeyError,
+        InvalidValueError,
+        KeyTypeError,
+        LeaseError,
+        LeaseHeldError,
+        LeaseLostError,
+        SchemaError,
+        StorageError,
+        StoreError,
+        ValueTypeError,
+    )
+    from .lease import Lease
+    from .memory import InMemoryStore
+    from .migrate import downgrade, head_revision, upgrade
+    from .restore import RestoreReport
+    from .sql import SqlStore
+    from .store import Snapshot, StateStore
 
-try:
-    __version__ = version("rustrade-store")
-except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
-    __version__ = "0+unknown"
+    __version__: str
 
 __all__ = [
     "DEFAULT_URL",
@@ -77,3 +80,64 @@ __all__ = [
     "resolve_url",
     "upgrade",
 ]
+
+_HOMES = {
+    "buffered": ("BufferedStore",),
+    "codec": (
+        "MAX_DEPTH",
+        "MAX_INT_DIGITS",
+        "MAX_KEY_LENGTH",
+        "MAX_VALUE_BYTES",
+        "JSONInput",
+        "JSONValue",
+    ),
+    "engine": ("DEFAULT_URL", "ENV_VAR", "create_engine", "resolve_url"),
+    "errors": (
+        "ClockSkewError",
+        "ConfigurationError",
+        "ConflictError",
+        "InvalidKeyError",
+        "InvalidValueError",
+        "KeyTypeError",
+        "LeaseError",
+        "LeaseHeldError",
+        "LeaseLostError",
+        "SchemaError",
+        "StorageError",
+        "StoreError",
+        "ValueTypeError",
+    ),
+    "lease": ("Lease",),
+    "memory": ("InMemoryStore",),
+    "migrate": ("downgrade", "head_revision", "upgrade"),
+    "restore": ("RestoreReport",),
+    "sql": ("SqlStore",),
+    "store": ("Snapshot", "StateStore"),
+}
+"""The module each name of the API lives in, as imported above for type checkers."""
+
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rustrade-store")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "0+unknown"
