@@ -28,7 +28,7 @@ import asyncpg
 
 from rustrade_store.engine import resolve_url
 from rustrade_store.store import Snapshot
-from rustrade_store.transfer import format_line
+from rustrade_store.transfer import ExportWriter
 
 if TYPE_CHECKING:
     from rustrade_store.codec import JSONValue
@@ -40,9 +40,12 @@ DEFAULT_ADMIN = os.environ.get(
 
 
 def generate(path: Path, count: int) -> None:
-    """``count`` snapshots in key order, shaped like a bot's risk state (~150 bytes a line)."""
+    """``count`` snapshots in key order, shaped like a bot's risk state (~150 bytes a line),
+    written as an export is (with its trailer, which import checks)."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    with path.open("w", encoding="utf-8") as out:
+    with path.open("wb") as out:
+        writer = ExportWriter(out)
+        batch: list[Snapshot] = []
         for i in range(count):
             value: JSONValue = {
                 "realised": round((i % 997) * -0.25, 2),
@@ -51,7 +54,12 @@ def generate(path: Path, count: int) -> None:
                 "day": "2026-01-01",
             }
             key = f"bot{i // 10_000:04d}/SYM{i:07d}"
-            out.write(format_line(Snapshot(key, value, start + timedelta(microseconds=i))))
+            batch.append(Snapshot(key, value, start + timedelta(microseconds=i)))
+            if len(batch) == 1000:
+                writer.write(batch)
+                batch.clear()
+        writer.write(batch)
+        writer.close()
 
 
 def measure(label: str, *args: str, count: int) -> tuple[str, float, float]:

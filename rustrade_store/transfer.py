@@ -8,12 +8,20 @@ failed connection or an interrupt leaves the target exactly as it was.
 One line of the file is one snapshot, a JSON object with exactly three members::
 
     {"key":"bot1/BTCUSDT","value":{"halted":true},"updated_at":"2026-11-26T12:03:45.123456+00:00"}
+
+An export ends with a trailer, one more JSON line holding the number of snapshot lines and the
+SHA-256 of every byte before it, so that a file cut short is refused rather than imported as a
+whole backup (``head -n -1 FILE | sha256sum`` recomputes it)::
+
+    {"rustrade_store_export":{"count":2,"sha256":"9f86d081884c7d65..."}}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn
 
@@ -24,6 +32,7 @@ from .errors import (
     InvalidValueError,
     TargetNotEmptyError,
 )
+from .restore import RestoreReport
 from .store import Snapshot
 
 if TYPE_CHECKING:
@@ -36,13 +45,17 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_BYTES",
     "BATCH_ROWS",
+    "TRAILER",
+    "ExportWriter",
     "ImportCounts",
     "copy",
     "export",
     "format_line",
+    "format_time",
     "import_lines",
     "parse_json",
     "parse_line",
+    "parse_time",
     "verify",
 ]
 
@@ -52,8 +65,12 @@ BATCH_ROWS = 1000
 BATCH_BYTES = 16 * 1024 * 1024
 """A batch is also cut once its values reach this many bytes, so large values stay bounded."""
 
+TRAILER = "rustrade_store_export"
+"""The one member of an export's last line: ``{"count": N, "sha256": "..."}``."""
+
 _FIELDS = ("key", "value", "updated_at")
 _BOM = b"\xef\xbb\xbf"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- strict JSON from outside --------------------------------------------------------------
@@ -78,18 +95,55 @@ def parse_json(text: str) -> JSONValue:
     return value
 
 
+def parse_time(stamp: str) -> datetime:
+    """An ISO 8601 time with a zone, in UTC; raise :class:`InvalidValueError` saying why not."""
+    try:
+        when = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise InvalidValueError(f"updated_at {stamp!r} is not ISO 8601") from None
+    if when.tzinfo is None:
+        raise InvalidValueError(f"updated_at {stamp!r} has no time zone (add +00:00 for UTC)")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is valid ISO 8601 but before year 1 in UTC
+        raise InvalidValueError(
+            f"updated_at {stamp!r} is out of range once converted to UTC"
+        ) from None
+
+
 # -- one line, one snapshot ----------------------------------------------------------------
+
+
+def format_time(when: datetime) -> str:
+    """A save time as exports, ``ls`` and ``get`` print it and ``--if-updated-at`` takes it:
+    ISO 8601 in UTC with microseconds, ``2026-11-26T12:03:45.123456+00:00``."""
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def format_line(snapshot: Snapshot) -> str:
     """The JSON Lines form of ``snapshot``, newline included: compact, UTF-8, UTC time."""
-    when = snapshot.updated_at.astimezone(UTC).isoformat(timespec="microseconds")
     key = json.dumps(snapshot.key, ensure_ascii=False)
+    when = format_time(snapshot.updated_at)
     return f'{{"key":{key},"value":{encode(snapshot.value)},"updated_at":"{when}"}}\n'
+
+
+@dataclass(frozen=True, slots=True)
+class _Trailer:
+    """An export's last line: how many snapshot lines come before it, and their SHA-256."""
+
+    count: int
+    sha256: str
 
 
 def parse_line(raw: bytes) -> Snapshot:
     """Parse one line of an export; raise :class:`InvalidValueError` saying what is wrong."""
+    line = _read_line(raw)
+    if isinstance(line, _Trailer):
+        raise InvalidValueError("this is an export's trailer line, not a snapshot")
+    return line
+
+
+def _read_line(raw: bytes) -> Snapshot | _Trailer:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -100,6 +154,8 @@ def parse_line(raw: bytes) -> Snapshot:
         raise InvalidValueError(f"not valid JSON: {exc}") from None
     if type(record) is not dict:
         raise InvalidValueError(f"a line must be a JSON object, not {type(record).__name__}")
+    if TRAILER in record:
+        return _read_trailer(record)
     missing = [name for name in _FIELDS if name not in record]
     extra = [name for name in record if name not in _FIELDS]
     if missing or extra:
@@ -117,42 +173,85 @@ def parse_line(raw: bytes) -> Snapshot:
         encode(record["value"])
     except (ValueError, TypeError) as exc:
         raise InvalidValueError(f"key {key!r}: {exc}") from None
-    return Snapshot(key, record["value"], _parse_time(record["updated_at"], key))
-
-
-def _parse_time(stamp: object, key: str) -> datetime:
+    stamp = record["updated_at"]
     if type(stamp) is not str:
         raise InvalidValueError(f"key {key!r}: updated_at must be an ISO 8601 string")
     try:
-        when = datetime.fromisoformat(stamp)
-    except ValueError:
-        raise InvalidValueError(f"key {key!r}: updated_at {stamp!r} is not ISO 8601") from None
-    if when.tzinfo is None:
+        when = parse_time(stamp)
+    except InvalidValueError as exc:
+        raise InvalidValueError(f"key {key!r}: {exc}") from None
+    return Snapshot(key, record["value"], when)
+
+
+def _read_trailer(record: dict[str, JSONValue]) -> _Trailer:
+    body = record[TRAILER]
+    if (
+        len(record) != 1
+        or type(body) is not dict
+        or set(body) != {"count", "sha256"}
+        or type(body["count"]) is not int
+        or body["count"] < 0
+        or type(body["sha256"]) is not str
+        or not _SHA256.fullmatch(body["sha256"])
+    ):
         raise InvalidValueError(
-            f"key {key!r}: updated_at {stamp!r} has no time zone (add +00:00 for UTC)"
+            f'malformed export trailer (expected {{"{TRAILER}":{{"count":N,"sha256":"64 hex '
+            'digits"}})'
         )
-    return when.astimezone(UTC)
+    return _Trailer(body["count"], body["sha256"])
 
 
 # -- export --------------------------------------------------------------------------------
 
 
-async def export(store: SqlStore, out: BinaryIO, prefix: str = "") -> int:
-    """Write every snapshot whose key starts with ``prefix`` to ``out``, in key order.
+class ExportWriter:
+    """Writes an export to a binary file: lines of snapshots, then :meth:`close` writes the
+    trailer with their count and the SHA-256 of every byte written before it."""
+
+    __slots__ = ("_out", "_sha", "count")
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._sha = hashlib.sha256()
+        self.count = 0
+
+    def write(self, snapshots: list[Snapshot]) -> None:
+        data = "".join(format_line(snapshot) for snapshot in snapshots).encode("utf-8")
+        self._sha.update(data)
+        self._out.write(data)
+        self.count += len(snapshots)
+
+    def close(self) -> None:
+        trailer = {TRAILER: {"count": self.count, "sha256": self._sha.hexdigest()}}
+        self._out.write((json.dumps(trailer, separators=(",", ":")) + "\n").encode("ascii"))
+
+
+async def export(
+    store: SqlStore,
+    out: BinaryIO,
+    prefix: str = "",
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Write every snapshot whose key starts with ``prefix`` to ``out``, in key order, then the
+    trailer; return the number of snapshots written. ``on_batch(done)`` hears of progress.
 
     The store is read a page at a time in separate transactions: a snapshot saved while the
-    export runs may appear in its old or its new version. Returns the number written.
+    export runs may appear in its old or its new version.
     """
-    written = 0
-    chunk: list[str] = []
+    writer = ExportWriter(out)
+    chunk: list[Snapshot] = []
     async for snapshot in store.snapshots(prefix):
-        chunk.append(format_line(snapshot))
+        chunk.append(snapshot)
         if len(chunk) == BATCH_ROWS:
-            out.write("".join(chunk).encode("utf-8"))
-            written += len(chunk)
+            writer.write(chunk)
             chunk.clear()
-    out.write("".join(chunk).encode("utf-8"))
-    return written + len(chunk)
+            if on_batch is not None:
+                on_batch(writer.count)
+    writer.write(chunk)
+    writer.close()
+    if on_batch is not None:
+        on_batch(writer.count)
+    return writer.count
 
 
 # -- import --------------------------------------------------------------------------------
@@ -160,39 +259,109 @@ async def export(store: SqlStore, out: BinaryIO, prefix: str = "") -> int:
 
 @dataclass(slots=True)
 class ImportCounts:
-    """What an import found: valid snapshots and bad lines."""
+    """What an import found: valid snapshots, bad lines, a problem with the file as a whole
+    (empty, no trailer, a trailer that does not match), and what the restore did."""
 
     snapshots: int = 0
     bad_lines: int = 0
+    problem: str | None = None
+    report: RestoreReport = field(default_factory=RestoreReport)
 
 
-def _read_batches(
-    lines: BinaryIO, counts: ImportCounts, on_bad: Callable[[int, str], None]
-) -> Iterator[list[Snapshot]]:
-    """Batches of valid snapshots, until the first bad line; every line is checked either way."""
-    batch: list[Snapshot] = []
-    size = 0
-    for number, raw in enumerate(lines, 1):
-        line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
-        if not line.strip():
-            continue
-        try:
-            snapshot = parse_line(line)
-        except InvalidValueError as exc:
-            counts.bad_lines += 1
-            on_bad(number, str(exc))
-            continue
-        counts.snapshots += 1
-        if counts.bad_lines:
-            continue  # nothing will be written now; keep checking for the report
-        batch.append(snapshot)
-        size += len(line)
-        if len(batch) == BATCH_ROWS or size >= BATCH_BYTES:
+class _Reader:
+    """Reads an import file line by line: snapshots in batches, bad lines reported, the trailer
+    checked against the bytes before it."""
+
+    __slots__ = ("_check", "_counts", "_lines", "_on_bad", "_sha")
+
+    def __init__(
+        self,
+        lines: BinaryIO,
+        counts: ImportCounts,
+        on_bad: Callable[[int, str], None],
+        check_trailer: bool,
+    ) -> None:
+        self._lines = lines
+        self._counts = counts
+        self._on_bad = on_bad
+        self._check = check_trailer
+        self._sha = hashlib.sha256()
+
+    def _bad(self, number: int, reason: str) -> None:
+        self._counts.bad_lines += 1
+        self._on_bad(number, reason)
+
+    def batches(self) -> Iterator[list[Snapshot]]:
+        """Batches of valid snapshots, until the first bad line; every line is checked either
+        way, and the file as a whole at its end."""
+        counts = self._counts
+        batch: list[Snapshot] = []
+        size = 0
+        entries = 0  # lines that are not blank and not a trailer
+        trailer: tuple[int, _Trailer, str, int] | None = None  # line, trailer, digest, entries
+        seen_any = False
+        for number, raw in enumerate(self._lines, 1):
+            seen_any = True
+            line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
+            if not line.strip():
+                self._sha.update(raw)
+                continue
+            if trailer is not None and self._check:
+                self._bad(
+                    trailer[0],
+                    "an export's trailer before the end of the file (exports joined together? "
+                    "import each one, or add --no-trailer-check)",
+                )
+                trailer = None
+            try:
+                parsed = _read_line(line)
+            except InvalidValueError as exc:
+                self._sha.update(raw)
+                entries += 1
+                self._bad(number, str(exc))
+                continue
+            if isinstance(parsed, _Trailer):
+                trailer = (number, parsed, self._sha.hexdigest(), entries)
+                self._sha.update(raw)
+                continue
+            self._sha.update(raw)
+            entries += 1
+            counts.snapshots += 1
+            if counts.bad_lines:
+                continue  # nothing will be written now; keep checking for the report
+            batch.append(parsed)
+            size += len(line)
+            if len(batch) == BATCH_ROWS or size >= BATCH_BYTES:
+                yield batch
+                batch = []
+                size = 0
+        if not seen_any:
+            counts.problem = "empty (not even an export trailer)"
+        elif self._check:
+            counts.problem = self._trailer_problem(trailer)
+        if batch and not counts.bad_lines and counts.problem is None:
             yield batch
-            batch = []
-            size = 0
-    if batch and not counts.bad_lines:
-        yield batch
+
+    @staticmethod
+    def _trailer_problem(found: tuple[int, _Trailer, str, int] | None) -> str | None:
+        if found is None:
+            return (
+                "no export trailer at its end, so it may be cut short (an export that did not "
+                "finish); if the file is whole (made before exports had a trailer, or by hand), "
+                "add --no-trailer-check"
+            )
+        number, trailer, digest, entries = found
+        if trailer.count != entries:
+            return (
+                f"the export trailer on line {number} counts {trailer.count:,} snapshot(s) but "
+                f"the file holds {entries:,}: lines were lost or added since the export"
+            )
+        if trailer.sha256 != digest:
+            return (
+                f"the file's SHA-256 differs from the export trailer's on line {number}: the file "
+                "changed since the export"
+            )
+        return None
 
 
 async def import_lines(
@@ -200,36 +369,50 @@ async def import_lines(
     lines: BinaryIO,
     on_bad: Callable[[int, str], None],
     on_batch: Callable[[int], None] | None = None,
+    *,
+    overwrite: bool = False,
+    check_trailer: bool = True,
+    report: RestoreReport | None = None,
 ) -> ImportCounts:
     """Check every line of ``lines`` and, with a ``store``, write them all in one transaction.
 
-    ``on_bad(line_number, reason)`` hears of each bad line. If there is any, nothing is
-    written and :class:`BadFileError` is raised after the whole file was checked. Without a
-    store (a dry run) the lines are only checked. A key given twice ends with its last line.
+    ``on_bad(line_number, reason)`` hears of each bad line. If there is any, or the file is
+    empty, or (with ``check_trailer``) its trailer is missing or does not match the lines
+    before it, nothing is written and :class:`BadFileError` is raised after the whole file was
+    checked. Without a store (a dry run) the lines are only checked. A key given twice ends
+    with its last line. A stored snapshot newer than the file's, or of the same time with
+    another value, is kept unless ``overwrite`` (see :meth:`SqlStore.restore_stream`); the
+    counts are in ``report`` (pass one to read it while the import runs).
     """
-    counts = ImportCounts()
+    counts = ImportCounts(report=report if report is not None else RestoreReport())
+    reader = _Reader(lines, counts, on_bad, check_trailer)
     if store is None:
-        for _ in _read_batches(lines, counts, on_bad):
+        for _ in reader.batches():
             pass
         _raise_if_bad(counts)
         return counts
 
     async def batches() -> AsyncIterator[list[Snapshot]]:
         done = 0
-        for batch in _read_batches(lines, counts, on_bad):
+        for batch in reader.batches():
             yield batch
             done += len(batch)
             if on_batch is not None:
                 on_batch(done)
         _raise_if_bad(counts)  # inside the transaction: it rolls back
 
-    await store.restore_stream(batches())
+    await store.restore_stream(batches(), overwrite=overwrite, report=counts.report)
     return counts
 
 
 def _raise_if_bad(counts: ImportCounts) -> None:
+    reasons = []
     if counts.bad_lines:
-        raise BadFileError(f"{counts.bad_lines} bad line(s); nothing was imported")
+        reasons.append(f"{counts.bad_lines} bad line(s)")
+    if counts.problem is not None:
+        reasons.append(counts.problem)
+    if reasons:
+        raise BadFileError(f"{'; '.join(reasons)}; nothing was imported")
 
 
 # -- copy ----------------------------------------------------------------------------------
@@ -240,15 +423,24 @@ async def copy(
     target: SqlStore,
     *,
     merge: bool = False,
+    overwrite: bool = False,
     on_batch: Callable[[int], None] | None = None,
-) -> int:
-    """Copy every snapshot of ``source`` into ``target``, ``updated_at`` kept; return the count.
+    report: RestoreReport | None = None,
+) -> RestoreReport:
+    """Copy every snapshot of ``source`` into ``target``, ``updated_at`` kept; return the
+    restore's report.
 
     The target is written in one transaction (all or nothing), then both are read again and
-    compared: same keys, values and timestamps, else :class:`CopyMismatchError`. A target that
-    already holds snapshots is refused unless ``merge`` (source snapshots then replace those
-    with the same key; the others stay and are left out of the comparison).
+    compared, else :class:`CopyMismatchError`. A target that already holds snapshots is refused
+    unless ``merge``. Merging, the newer snapshot of a key wins: a target's snapshot newer than
+    the source's, or of the same time with another value, is kept and counted (``newer``,
+    ``conflicting``), unless ``overwrite``: then the source's value replaces it at a time just
+    past the stored one. The comparison checks exactly that: every source snapshot is in the
+    target as it is in the source, or kept (or overwritten) as counted; the target's other
+    keys are left out of it.
     """
+    if overwrite and not merge:
+        raise ValueError("overwrite applies to a merge only: give merge=True")
     if not merge:
         present = await target.count()
         if present:
@@ -272,22 +464,24 @@ async def copy(
         if on_batch is not None:
             on_batch(done + len(batch))
 
-    written = (await target.restore_stream(batches())).total
-    await verify(source, target, merge=merge)
-    return written
+    report = report if report is not None else RestoreReport()
+    await target.restore_stream(batches(), overwrite=overwrite, report=report)
+    if merge:
+        await _verify_merge(source, target, report, overwrite)
+    else:
+        await verify(source, target)
+    return report
 
 
-async def verify(source: SqlStore, target: SqlStore, *, merge: bool = False) -> int:
-    """Check that ``target`` holds every snapshot of ``source`` exactly (and, without
-    ``merge``, nothing else), reading both in key order; return how many were compared."""
+async def verify(source: SqlStore, target: SqlStore) -> int:
+    """Check that ``target`` holds every snapshot of ``source`` exactly and nothing else,
+    reading both in key order; return how many were compared."""
     compared = 0
     theirs = aiter(target.snapshots())
     other = await anext(theirs, None)
     async for mine in source.snapshots():
-        while other is not None and other.key < mine.key:
-            if not merge:
-                _mismatch(f"key {other.key!r} is in {target.url} but not in {source.url}")
-            other = await anext(theirs, None)
+        if other is not None and other.key < mine.key:
+            _mismatch(f"key {other.key!r} is in {target.url} but not in {source.url}")
         if other is None or other.key != mine.key:
             _mismatch(f"key {mine.key!r} is in {source.url} but not in {target.url}")
         if encode(other.value) != encode(mine.value):
@@ -299,9 +493,49 @@ async def verify(source: SqlStore, target: SqlStore, *, merge: bool = False) -> 
             )
         compared += 1
         other = await anext(theirs, None)
-    if other is not None and not merge:
+    if other is not None:
         _mismatch(f"key {other.key!r} is in {target.url} but not in {source.url}")
     return compared
+
+
+async def _verify_merge(
+    source: SqlStore, target: SqlStore, report: RestoreReport, overwrite: bool
+) -> None:
+    """Check what a merge promised: each source snapshot is in the target as in the source, or
+    (as many as the report counts) kept there because the target's is newer or of the same
+    time with another value, or with ``overwrite`` written there at a later time."""
+    kept_newer = kept_conflicting = overwritten = 0
+    theirs = aiter(target.snapshots())
+    other = await anext(theirs, None)
+    async for mine in source.snapshots():
+        while other is not None and other.key < mine.key:
+            other = await anext(theirs, None)
+        if other is None or other.key != mine.key:
+            _mismatch(f"key {mine.key!r} is in {source.url} but not in {target.url}")
+        same_value = encode(other.value) == encode(mine.value)
+        if same_value and other.updated_at == mine.updated_at:
+            pass
+        elif overwrite and same_value and other.updated_at > mine.updated_at:
+            overwritten += 1
+        elif not overwrite and other.updated_at > mine.updated_at:
+            kept_newer += 1
+        elif not overwrite and other.updated_at == mine.updated_at:
+            kept_conflicting += 1
+        else:
+            _mismatch(
+                f"key {mine.key!r} has updated_at {other.updated_at.isoformat()} in "
+                f"{target.url}{'' if same_value else ' and another value'}, where the merge "
+                f"wrote {mine.updated_at.isoformat()}"
+            )
+        other = await anext(theirs, None)
+    found = (kept_newer, kept_conflicting, overwritten)
+    promised = (0, 0, report.overwritten) if overwrite else (report.newer, report.conflicting, 0)
+    if found != promised:
+        _mismatch(
+            f"{target.url} holds {kept_newer} newer snapshot(s), {kept_conflicting} of the same "
+            f"time with another value and {overwritten} overwritten, where the merge counted "
+            f"{promised[0]}, {promised[1]} and {promised[2]}"
+        )
 
 
 def _mismatch(what: str) -> NoReturn:

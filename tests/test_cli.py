@@ -7,7 +7,9 @@ import io
 import itertools
 import json
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -46,8 +48,16 @@ class Run:
         return f"Run(code={self.code}, out={self.out!r}, err={self.err!r})"
 
 
-def cli(*args: str, url: URL | str | None = None, stdin: str | None = None, cwd: Path) -> Run:
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+def cli(
+    *args: str,
+    url: URL | str | None = None,
+    stdin: str | None = None,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run the installed command; ``env`` adds to the environment (without RUSTRADE_STORE_URL
+    unless ``url`` gives it)."""
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR} | (env or {})
     if url is not None:
         env[ENV_VAR] = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     completed = subprocess.run(
@@ -138,7 +148,7 @@ def test_operator_session(empty_db: URL, tmp_path: Path) -> None:
     one_line_error(cli("get", "bot9/none", url=empty_db, cwd=tmp_path), 1, "'bot9/none' not found")
     one_line_error(cli("rm", "bot9/none", url=empty_db, cwd=tmp_path), 1, "not found")
     one_line_error(cli("get", url=empty_db, cwd=tmp_path), 2, "KEY")
-    one_line_error(cli("frobnicate", url=empty_db, cwd=tmp_path), 2, "invalid choice")
+    one_line_error(cli("frobnicate", url=empty_db, cwd=tmp_path), 2, "unknown command", "ls")
 
     listing = ok(cli("ls", "bot1/", url=empty_db, cwd=tmp_path)).out.splitlines()
     assert [line.split()[0] for line in listing] == ["bot1/BTCUSDT", "bot1/a_b", "bot1/axb"]
@@ -147,7 +157,7 @@ def test_operator_session(empty_db: URL, tmp_path: Path) -> None:
     keys = ok(cli("ls", "--keys", "bot1/a_", url=empty_db, cwd=tmp_path)).out
     assert keys == "bot1/a_b\n"  # the prefix is literal: _ is not a wildcard
 
-    ok(cli("rm", "bot1/a_b", url=empty_db, cwd=tmp_path))
+    ok(cli("rm", "bot1/a_b", "--yes", url=empty_db, cwd=tmp_path))
     report = ok(cli("doctor", url=empty_db, cwd=tmp_path)).out.splitlines()
     doctor = {label.strip(): value.strip() for label, value in (x.split(":", 1) for x in report)}
     assert doctor["schema revision"] == f"{head_revision()} (head)"
@@ -203,7 +213,7 @@ def test_export_import_round_trip_gives_identical_files(
     ok(cli("export", "c.jsonl", url=last, cwd=tmp_path))
 
     a = (tmp_path / "a.jsonl").read_bytes()
-    assert a.count(b"\n") == 2100 + len(EXACT_VALUES)
+    assert a.count(b"\n") == 2100 + len(EXACT_VALUES) + 1  # and the trailer
     assert (tmp_path / "b.jsonl").read_bytes() == a
     assert (tmp_path / "c.jsonl").read_bytes() == a
     assert asyncio.run(_read_all(last)) == asyncio.run(_read_all(first))
@@ -282,6 +292,8 @@ def test_a_bad_import_file_changes_nothing(empty_db: URL, tmp_path: Path) -> Non
         '{"key": "x", "value": 1}\n',
         '{"key": "x", "value": 1, "updated_at": "2026-01-01T00:00:00Z", "extra": 0}\n',
         '{"key": "", "value": 1, "updated_at": "2026-01-01T00:00:00Z"}\n',
+        # Valid ISO 8601, but before year 1 in UTC: once an OverflowError and exit 3.
+        '{"key": "x", "value": 1, "updated_at": "0001-01-01T00:00:00+01:00"}\n',
     ]
     # Two batches of good lines are written inside the transaction before the first bad one.
     lines = [*good, *bad]
@@ -293,15 +305,19 @@ def test_a_bad_import_file_changes_nothing(empty_db: URL, tmp_path: Path) -> Non
         assert run.code == 2, run
         reported = [line for line in run.err.splitlines() if line.startswith("bad.jsonl:")]
         assert [int(line.split(":")[1]) for line in reported] == bad_numbers
+        assert "0001-01-01T00:00:00+01:00' is out of range once converted to UTC" in run.err
         assert "nothing was imported" in run.err.splitlines()[-1]
+        assert "Traceback" not in run.err
     assert ok(cli("ls", "--keys", url=empty_db, cwd=tmp_path)).out == "kept\n"
     assert ok(cli("get", "kept", url=empty_db, cwd=tmp_path)).out == '"old"\n'
 
+    # Written by another tool (a BOM, no trailer): imported once told not to check the trailer.
     (tmp_path / "good.jsonl").write_text("\ufeff" + "".join(good), encoding="utf-8")
-    dry = ok(cli("import", "--dry-run", "good.jsonl", url=empty_db, cwd=tmp_path))
+    unchecked = ("good.jsonl", "--no-trailer-check")
+    dry = ok(cli("import", "--dry-run", *unchecked, url=empty_db, cwd=tmp_path))
     assert "2,501 snapshot(s), all valid" in dry.err
     assert ok(cli("ls", "--keys", url=empty_db, cwd=tmp_path)).out == "kept\n"
-    ok(cli("import", "good.jsonl", url=empty_db, cwd=tmp_path))
+    ok(cli("import", *unchecked, url=empty_db, cwd=tmp_path))
     assert ok(cli("get", "kept", url=empty_db, cwd=tmp_path)).out == '"new"\n'
     one_line_error(cli("import", "missing.jsonl", url=empty_db, cwd=tmp_path), 2, "missing")
 
@@ -422,3 +438,41 @@ def test_a_common_word_as_password_does_not_garble_the_output(
     report = ok(cli("doctor", url=url, cwd=tmp_path)).out
     assert re.search(r"^dialect: +postgresql$", report, re.MULTILINE), report
     assert ":postgres@" not in report
+
+
+def on_terminal(
+    *args: str,
+    url: URL,
+    cwd: Path,
+    answer: str,
+    env: dict[str, str] | None = None,
+    program: str = COMMAND,
+) -> tuple[int, str]:
+    """Run the command (or ``program``) with a terminal for stdin, stdout and stderr, as a
+    person does; type ``answer`` at its ``[y/N]`` prompt. Returns the exit code and everything
+    it printed."""
+    environment = {k: v for k, v in os.environ.items() if k != ENV_VAR} | (env or {})
+    environment[ENV_VAR] = url.render_as_string(hide_password=False)
+    main_fd, terminal = pty.openpty()
+    with subprocess.Popen(
+        [program, *args], stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, env=environment
+    ) as process:
+        os.close(terminal)
+        seen = b""
+        answered = False
+        while True:
+            ready, _, _ = select.select([main_fd], [], [], 60)
+            assert ready, f"no output for 60 s: {seen!r}"
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the command exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(main_fd, answer.encode() + b"\n")
+                answered = True
+        code = process.wait(timeout=60)
+    os.close(main_fd)
+    return code, seen.decode("utf-8", "replace").replace("\r\n", "\n")

@@ -85,9 +85,9 @@ def test_the_wheel_works_from_a_fresh_virtualenv(tmp_path: Path, fresh_postgres:
         }
         assert store("ls", "--keys", "bot1/").splitlines()[:2] == ["bot1/BTCUSDT", "bot1/ETHUSDT"]
         assert "status:" in store("doctor")
-        store("export", "backup.jsonl")
+        store("export", "backup.jsonl", "--yes")  # the second pass replaces the first file
         assert "2 snapshot(s), all valid" in store("import", "--dry-run", "backup.jsonl")
-        store("rm", "bot1/ETHUSDT")
+        store("rm", "bot1/ETHUSDT", "--yes")
         store("get", "bot1/ETHUSDT", code=1)
         store("import", "backup.jsonl")
         assert store("get", "bot1/ETHUSDT").startswith("null")

@@ -1,0 +1,131 @@
+"""The command's rough edges, smoothed: no server warning on a MariaDB upgrade, hints for the
+likely mistakes, an example in every --help, confirmation before removing or replacing, shell
+completion, and a --version that loads no database library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rustrade_store.cli import build_parser
+
+from .test_cli import COMMAND, cli, ok, on_terminal, one_line_error
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
+
+@pytest.mark.mariadb
+def test_a_mariadb_upgrade_prints_no_server_warning(fresh_mariadb: URL, tmp_path: Path) -> None:
+    """MariaDB warned "Name 'rustrade_store_alembic_version_pkc' ignored for PRIMARY key"."""
+    run = ok(cli("upgrade", url=fresh_mariadb, cwd=tmp_path))
+    assert run.err.splitlines() == [
+        f"{fresh_mariadb.render_as_string()}: schema revision 0001 (head)"
+    ]
+
+
+def test_hints_for_likely_mistakes(sqlite_url: URL, tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"halted": false}', encoding="utf-8")
+    one_line_error(
+        cli("put", "bot1/BTCUSDT", "state.json", url=sqlite_url, cwd=tmp_path),
+        2,
+        "not a file name",
+        "rustrade-store put bot1/BTCUSDT - < state.json",
+    )
+    one_line_error(
+        cli("put", "bot1/BTCUSDT", "-", stdin="", url=sqlite_url, cwd=tmp_path), 2, "stdin is empty"
+    )
+    one_line_error(cli("gte", "bot1/BTCUSDT", cwd=tmp_path), 2, "unknown command 'gte'", "'get'")
+    assert ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out == ""
+
+
+def test_every_command_has_an_example_in_its_help(tmp_path: Path) -> None:
+    shown = ok(cli("ls", "--help", cwd=tmp_path)).out
+    assert "example:\n  rustrade-store ls bot1/ --where '$.halted == true'" in shown
+    assert 'path       := "$"' in shown  # the --where grammar
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert "example:\n  " in sub.format_help(), name
+        assert "rustrade-store" in sub.format_help().split("example:\n  ")[1].splitlines()[0]
+
+
+def test_rm_and_export_over_a_file_need_confirming(sqlite_url: URL, tmp_path: Path) -> None:
+    for key in ("bot1/A", "bot1/B", "bot1/C"):
+        ok(cli("put", key, "1", url=sqlite_url, cwd=tmp_path))
+    # No terminal and no --yes: refused, saying how.
+    one_line_error(cli("rm", "bot1/A", url=sqlite_url, cwd=tmp_path), 2, "for good", "--yes")
+    (tmp_path / "backup.jsonl").write_text("precious\n", encoding="utf-8")
+    refused = cli("export", "backup.jsonl", url=sqlite_url, cwd=tmp_path)
+    one_line_error(refused, 2, "backup.jsonl, which exists", "--yes")
+    assert (tmp_path / "backup.jsonl").read_text(encoding="utf-8") == "precious\n"
+
+    ok(cli("rm", "bot1/A", "--yes", url=sqlite_url, cwd=tmp_path))
+    ok(cli("export", "backup.jsonl", "--yes", url=sqlite_url, cwd=tmp_path))
+    assert (tmp_path / "backup.jsonl").read_text(encoding="utf-8").count("\n") == 3
+
+    # On a terminal, the person answers.
+    code, said = on_terminal("rm", "bot1/B", url=sqlite_url, cwd=tmp_path, answer="n")
+    assert code == 2, said
+    assert "remove 'bot1/B' (saved at " in said
+    assert "not confirmed" in said
+    code, said = on_terminal("rm", "bot1/B", url=sqlite_url, cwd=tmp_path, answer="y")
+    assert code == 0, said
+    assert ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out == "bot1/C\n"
+
+
+def test_bash_completion_completes_commands_options_and_keys(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    ok(cli("put", "bot1/BTCUSDT", "1", url=sqlite_url, cwd=tmp_path))
+    script = ok(cli("completion", "bash", cwd=tmp_path)).out
+    (tmp_path / "completion.bash").write_text(script, encoding="utf-8")
+    probe = """
+source completion.bash
+complete_line() {
+    COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMPREPLY=()
+    _rustrade_store
+    echo "${COMPREPLY[*]}"
+}
+complete_line rustrade-store l
+complete_line rustrade-store ls --wh
+complete_line rustrade-store get bot1/B
+complete_line rustrade-store completion z
+"""
+    env = os.environ | {
+        "PATH": f"{Path(COMMAND).parent}:{os.environ['PATH']}",
+        "RUSTRADE_STORE_URL": sqlite_url.render_as_string(hide_password=False),
+    }
+    completed = subprocess.run(
+        ["bash", "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.splitlines() == ["ls", "--where", "bot1/BTCUSDT", "zsh"]
+    zsh = ok(cli("completion", "zsh", cwd=tmp_path)).out
+    assert zsh.startswith("autoload -U +X bashcompinit && bashcompinit\n")
+    assert zsh.split("\n", 2)[2] == script.split("\n", 1)[1]  # the same function, loaded by zsh
+
+
+def test_version_loads_no_database_library(tmp_path: Path) -> None:
+    version = ok(cli("--version", cwd=tmp_path)).out
+    assert version.startswith("rustrade-store ")
+    code = (
+        "import sys; from rustrade_store.cli import main; main(['--version']); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'alembic', 'asyncpg', 'aiosqlite'))))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", f"import json; {code}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first, loaded = completed.stdout.splitlines()
+    assert first == version.strip()
+    assert json.loads(loaded) == []
