@@ -211,9 +211,9 @@ def _pretty(value: JSONValue) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
-def _size(value: JSONValue) -> int:
-    """Bytes of the stored JSON text."""
-    text = encode(value)
+def _size(value: JSONValue, text: str | None = None) -> int:
+    """Bytes of the stored JSON text (``text``, if already encoded)."""
+    text = encode(value) if text is None else text
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
@@ -449,9 +449,9 @@ async def cmd_ls(args: argparse.Namespace, console: Console) -> int:
 def _ls_line(snapshot: Snapshot, values: bool) -> str:
     """``ls --json``: one object a line, with the value's JSON text exactly as stored."""
     text = encode(snapshot.value)
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     key = json.dumps(snapshot.key, ensure_ascii=False)
-    line = f'{{"key":{key},"updated_at":"{format_time(snapshot.updated_at)}","size":{size}'
+    when = format_time(snapshot.updated_at)
+    line = f'{{"key":{key},"updated_at":"{when}","size":{_size(snapshot.value, text)}'
     return line + (f',"value":{text}}}\n' if values else "}\n")
 
 
