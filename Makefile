@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak scale clean
+.PHONY: demo test lint bench soak scale failover clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ bench: $(STAMP)
 soak: $(STAMP)
 	RUSTRADE_CRASH_KILLS=200 $(BIN)/python -m pytest tests/test_crash.py -s -q
 	RUSTRADE_FAULT_OPS=20000 RUSTRADE_FAULT_FAULTS=200 $(BIN)/python -m pytest tests/test_faults.py -s -q
+
+# The failover tests alone, with their figures: a primary and a standby built as extra clusters,
+# writers through a multi-host URL, the primary stopped and the standby promoted, the clusters
+# dropped. Root and Debian's PostgreSQL 15; part of `make test` too.
+failover: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m pytest tests/test_failover.py -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
