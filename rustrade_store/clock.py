@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["next_save_time", "now"]
+__all__ = ["horizon", "next_save_time", "now"]
 
 _TICK = timedelta(microseconds=1)
 _lock = threading.Lock()
@@ -25,3 +25,11 @@ def next_save_time() -> datetime:
     with _lock:
         _last = max(now(), _last + _TICK)
         return _last
+
+
+def horizon() -> datetime:
+    """The latest time this process knows of: the wall clock, or the last save time handed
+    out if that is ahead (a clock stepped back). A stored time past it is another writer's
+    clock running ahead."""
+    with _lock:
+        return max(now(), _last)

@@ -164,7 +164,9 @@ _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
 
 def _mysql_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
-    if not writing or code not in _MYSQL_PACKET_ERRORS or _mysql_read_timeout(cause):
+    # asyncmy also reports a packet cut off by the server as a wrong sequence number.
+    cut_off = "Packet sequence number wrong" in str(cause)
+    if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
     return (
         "(the server also closes the connection on a statement larger than its "
@@ -215,14 +217,42 @@ def _postgres_read_only(cause: BaseException) -> bool:
     return getattr(cause, "sqlstate", None) == "25006"
 
 
+_POSTGRES_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
+"""admin_shutdown, crash_shutdown, cannot_connect_now (starting up or shutting down)."""
+
+
+def _postgres_unreachable(cause: BaseException) -> bool:
+    # Connection exceptions (class 08), a server going down or not up yet, and asyncpg finding
+    # no host of a multi-host URL read-write (a failover under way; it has no SQLSTATE).
+    sqlstate = str(getattr(cause, "sqlstate", None) or "")
+    driver = type(cause.__cause__).__name__ if cause.__cause__ is not None else ""
+    return (
+        sqlstate.startswith("08")
+        or sqlstate in _POSTGRES_GOING_AWAY
+        or driver == "TargetServerAttributeNotMatched"
+    )
+
+
 def _mysql_read_only(cause: BaseException) -> bool:
     # ER_OPTION_PREVENTS_STATEMENT for --read-only; ER_READ_ONLY_MODE for a read-only engine.
     return bool(cause.args) and cause.args[0] in (1290, 1836)
 
 
-def _mysql_read_timeout(cause: BaseException) -> bool:
-    # asyncmy reports its read timeout as CR_SERVER_LOST with this text.
-    return bool(cause.args) and cause.args[0] == 2013 and "read timeout" in str(cause)
+def _mysql_timeout(cause: BaseException) -> bool:
+    # asyncmy reports its read timeout as CR_SERVER_LOST with this text; 1205 is
+    # ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout.
+    code = cause.args[0] if cause.args else None
+    return (code == 2013 and "read timeout" in str(cause)) or code == 1205
+
+
+def _mysql_unreachable(cause: BaseException) -> bool:
+    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover).
+    return bool(cause.args) and cause.args[0] in (2002, 2003)
+
+
+def _sqlite_timeout(cause: BaseException) -> bool:
+    # Another process held the write lock past the busy timeout.
+    return "database is locked" in str(cause)
 
 
 def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
@@ -290,7 +320,11 @@ class DialectFacts:
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out."""
     is_timeout: Callable[[BaseException], bool] = _never
-    """Whether the driver's error is a timeout it reports as a lost connection."""
+    """Whether the driver's error is a timeout (of a read, of a lock wait) that it does not
+    raise as :class:`TimeoutError`: not retried, and worded as a timeout."""
+    is_unreachable: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says no server is there to take the call (refused, going
+    down, not yet promoted): a lost connection, retried until the deadline."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
@@ -307,6 +341,7 @@ def facts_for(url: URL) -> DialectFacts:
             transaction_isolation="SERIALIZABLE",
             snapshot_isolation="SERIALIZABLE",
             finish_when_cancelled=True,
+            is_timeout=_sqlite_timeout,
             rows=_sqlite_rows,
             upsert=_on_conflict_upsert(sqlite.insert),
             insert_new=_on_conflict_insert(sqlite.insert),
@@ -339,6 +374,7 @@ def facts_for(url: URL) -> DialectFacts:
             max_statement_bytes=None,
             keys_param=_as_list,
             is_read_only=_postgres_read_only,
+            is_unreachable=_postgres_unreachable,
         )
     if backend in MYSQL_BACKENDS:
         return DialectFacts(
@@ -365,7 +401,8 @@ def facts_for(url: URL) -> DialectFacts:
             max_statement_bytes=4 * 1024 * 1024,
             keys_param=_as_list,
             failure_hint=_mysql_hint,
-            is_timeout=_mysql_read_timeout,
+            is_timeout=_mysql_timeout,
+            is_unreachable=_mysql_unreachable,
             is_read_only=_mysql_read_only,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

@@ -229,8 +229,14 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
         connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
         if url.query.get("prepared_statement_cache_size") == "0":
             # Behind PgBouncer's transaction pooling: statement names unique across clients
-            # (SQLAlchemy's advice), since clients share server connections.
+            # (SQLAlchemy's advice), since clients share server connections. PgBouncer refuses
+            # startup parameters it does not know, so the server's own settings apply.
             connect_args["prepared_statement_name_func"] = _unique_statement_name
+        else:
+            # A client frozen inside a transaction (SIGSTOP, a partition) would hold its locks,
+            # a lease row's share lock among them, for ever: the server ends such a session.
+            idle = f"{max(1, math.ceil(timeout)) * 1000}"
+            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": idle}
         return {"pool_timeout": timeout, "connect_args": connect_args}
     if backend in MYSQL_BACKENDS:
         return {
@@ -249,6 +255,9 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
                 "init_command": (
                     f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
                     f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
+                    # MariaDB only (MySQL skips /*M! */): end a session idle in a transaction,
+                    # as on PostgreSQL.
+                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))} */"
                 ),
             },
         }
@@ -350,7 +359,12 @@ def create_engine(
         defaults.pop("max_overflow", None)
     merged = defaults | options
     if "connect_args" in defaults and "connect_args" in options:  # keep our timeouts
-        merged["connect_args"] = defaults["connect_args"] | options["connect_args"]
+        ours, theirs = defaults["connect_args"], options["connect_args"]
+        merged["connect_args"] = ours | theirs
+        if "server_settings" in ours and "server_settings" in theirs:
+            merged["connect_args"]["server_settings"] = (
+                ours["server_settings"] | theirs["server_settings"]
+            )
     try:
         engine = create_async_engine(resolved, **merged)
     except ModuleNotFoundError as exc:

@@ -17,7 +17,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from . import queries
+from .engine import check_timeout
 from .errors import (
+    ConfigurationError,
     ConflictError,
     StorageError,
     StoreError,
@@ -28,7 +30,7 @@ from .fencing import Fencing
 from .migrate import check_revision, upgrade_connection
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from datetime import datetime
 
     from sqlalchemy.engine import ExceptionContext
@@ -102,25 +104,46 @@ class _Batcher:
     A call waits in a queue; up to ``slots`` batches run at once, each taking every call
     queued when it holds ``gate`` (the one writer's lock, where there is one). A call cancelled
     while queued is dropped untouched; one cancelled while its batch runs waits for the batch
-    to end first.
+    to end first. With ``shield``, a batch runs to its end even if its task is cancelled (the
+    event loop shutting down); then, and whenever no batch task is left to serve them, the
+    calls still waiting are cancelled rather than left waiting for ever.
     """
 
-    __slots__ = ("_gate", "_queue", "_run", "_running", "_slots", "_tasks")
+    __slots__ = (
+        "_expired",
+        "_gate",
+        "_queue",
+        "_run",
+        "_running",
+        "_shield",
+        "_slots",
+        "_tasks",
+        "_timeout",
+    )
 
     def __init__(
         self,
         run: Callable[[list[Any]], Awaitable[Sequence[Any]]],
         slots: int,
         gate: asyncio.Lock | None,
+        *,
+        shield: bool,
+        timeout: float,
+        expired: Callable[[Any], BaseException],
     ) -> None:
         self._run = run
         self._slots = slots
         self._gate = gate
+        self._shield = shield
+        self._timeout = timeout
+        self._expired = expired
         self._queue: list[_Waiter] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Any) -> Any:
+        """Queue ``item`` and return its result; a call still queued after ``timeout`` leaves
+        the queue untouched and raises what ``expired`` makes of its item."""
         loop = asyncio.get_running_loop()
         waiter = _Waiter(item, loop.create_future())
         self._queue.append(waiter)
@@ -130,6 +153,10 @@ class _Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:
+            done, _ = await asyncio.wait([waiter.future], timeout=self._timeout)
+            if not done and waiter in self._queue:
+                self._queue.remove(waiter)
+                raise self._expired(item)
             return await asyncio.shield(waiter.future)
         except asyncio.CancelledError:
             if waiter in self._queue:
@@ -140,15 +167,19 @@ class _Batcher:
             while not waiter.future.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([waiter.future])
-            waiter.future.exception()
+            if not waiter.future.cancelled():
+                waiter.future.exception()
             raise
         except GeneratorExit:  # the coroutine closed: it may not wait, but it leaves the queue
             if waiter in self._queue:
                 self._queue.remove(waiter)
+            else:
+                waiter.future.add_done_callback(_retrieve)
             raise
 
     async def _drain(self) -> None:
         _DETACHED.set(True)
+        batch: list[_Waiter] = []
         try:
             while self._queue:
                 async with self._gate or contextlib.nullcontext():
@@ -156,8 +187,9 @@ class _Batcher:
                     del self._queue[:BATCH_ROWS]
                     if not batch:
                         continue
+                    work = self._run([waiter.item for waiter in batch])
                     try:
-                        results = await self._run([waiter.item for waiter in batch])
+                        results = await (_to_the_end(work) if self._shield else work)
                     except Exception as exc:
                         results = [exc] * len(batch)
                 for waiter, result in zip(batch, results, strict=True):
@@ -167,8 +199,20 @@ class _Batcher:
                         waiter.future.set_exception(result)
                     else:
                         waiter.future.set_result(result)
+                batch = []
         finally:
             self._running -= 1
+            stranded = batch if self._running else batch + self._queue
+            if not self._running:
+                self._queue.clear()
+            for waiter in stranded:
+                waiter.future.cancel()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a future nobody awaits any more as seen."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Executor:
@@ -218,7 +262,7 @@ class Executor:
         self._engine = engine
         self._facts = facts
         self._where = where
-        self._timeout = timeout
+        self._timeout = check_timeout(timeout)
         self._autocommit = autocommit
         self._closed = False
         self._ready = False
@@ -238,9 +282,11 @@ class Executor:
             event.listen(engine.sync_engine, "handle_error", self._on_error)
 
     def _on_error(self, context: ExceptionContext) -> None:
-        """A server that takes no writes (a standby after a failover) counts as a disconnect:
-        SQLAlchemy then replaces the connection and every pooled one opened before it."""
-        if self._facts.is_read_only(context.original_exception):
+        """A server that takes no writes (a standby after a failover), or none that answers,
+        counts as a disconnect: SQLAlchemy then replaces the connection and every pooled one
+        opened before it, and the call is retried until its deadline."""
+        error = context.original_exception
+        if self._facts.is_read_only(error) or self._facts.is_unreachable(error):
             context.is_disconnect = True
 
     def _make_loop_state(self) -> None:
@@ -250,8 +296,22 @@ class Executor:
             slots = max(1, pool.size())
         self._writer_lock = asyncio.Lock() if self._facts.one_writer else None
         self._schema_lock = asyncio.Lock()
-        self._saves = _Batcher(self._save_batch, slots, self._writer_lock)
-        self._loads = _Batcher(self._load_batch, slots, self._writer_lock)
+        options: dict[str, Any] = {
+            "shield": self._facts.finish_when_cancelled,
+            "timeout": self._timeout,
+        }
+        self._saves = _Batcher(
+            self._save_batch, slots, self._writer_lock, expired=self._save_expired, **options
+        )
+        self._loads = _Batcher(
+            self._load_batch, slots, self._writer_lock, expired=self._load_expired, **options
+        )
+
+    def _save_expired(self, row: Row) -> BaseException:
+        return self.failure("save", row["key"], TimeoutError("the store's writer stayed busy"))
+
+    def _load_expired(self, key: str) -> BaseException:
+        return self.failure("load", key, TimeoutError("the store's writer stayed busy"))
 
     @property
     def timeout(self) -> float:
@@ -288,6 +348,7 @@ class Executor:
     async def save(self, row: Row) -> None:
         """Write one row with the conditional upsert, batched with concurrent saves."""
         self.fencing.check(row["key"])
+        self._bind_loop()
         error = await self._saves.submit(row)
         if error is not None:
             raise error
@@ -328,7 +389,7 @@ class Executor:
             if applied:
                 return sent
             execute = functools.partial(self._execute, connection)
-            why = (await self.fencing.explain(execute, "save", {key: sent}))[key]
+            why = (await self.fencing.explain(execute, "save", {key: sent}, guarded=True))[key]
             return why or (await self.stored_times(connection, [key])).get(key)
 
         stored = await self.run("save", key, work)
@@ -363,6 +424,7 @@ class Executor:
 
     async def load(self, key: str) -> str | None:
         """The stored JSON text of ``key``, batched with concurrent loads."""
+        self._bind_loop()
         text: str | None = await self._loads.submit(key)
         return text
 
@@ -445,6 +507,7 @@ class Executor:
             raise self.failure(action, key, failed.cause) from failed.cause
 
     async def aclose(self, *, dispose: bool) -> None:
+        self._bind_loop()
         self._closed = True
         if dispose:
             await self._engine.dispose()
@@ -457,31 +520,26 @@ class Executor:
             held = latest.get(row["key"])
             if held is None or held["updated_at"] < row["updated_at"]:
                 latest[row["key"]] = row
-        ordered = sorted(latest.values(), key=lambda row: row["key"])
+        outcome = await self._save_group(sorted(latest.values(), key=lambda row: row["key"]))
+        return [outcome.get(row["key"]) for row in rows]
+
+    async def _save_group(self, rows: list[Row]) -> dict[str, StoreError | None]:
+        """Write ``rows`` in one statement: each key with what its refusal means, if refused.
+
+        If the database refuses the statement (a trigger, a constraint), each half is written
+        on its own, down to the row at fault, so that the refusal reaches only its caller.
+        """
 
         async def work(connection: AsyncConnection) -> dict[str, StoreError | None]:
-            return await self._upsert_rows(connection, "save", ordered)
+            return await self._upsert_rows(connection, "save", rows)
 
         try:
-            refused = await self._retrying(work, False, None, True)
+            return await self._retrying(work, False, None, True)
         except _Failed as failed:
-            if failed.kind is not Failure.OTHER or len(rows) == 1:
-                key = rows[0]["key"] if len(rows) == 1 else None
-                raise self.failure("save", key, failed.cause) from failed.cause
-            # The database refused the statement (a trigger, a constraint): each save alone,
-            # so that the refusal reaches only its own caller.
-            return [await self._save_alone(row) for row in rows]
-        return [refused.get(row["key"]) if latest[row["key"]] is row else None for row in rows]
-
-    async def _save_alone(self, row: Row) -> StoreError | None:
-        async def work(connection: AsyncConnection) -> None:
-            await self.upsert_checked(connection, "save", [row])
-
-        try:
-            await self.run("save", row["key"], work)
-        except StoreError as exc:
-            return exc
-        return None
+            if failed.kind is Failure.OTHER and len(rows) > 1:
+                half = len(rows) // 2
+                return await self._save_group(rows[:half]) | await self._save_group(rows[half:])
+            return {row["key"]: self.failure("save", row["key"], failed.cause) for row in rows}
 
     async def _load_batch(self, keys: list[str]) -> list[str | None]:
         if len(set(keys)) == 1:
@@ -516,18 +574,23 @@ class Executor:
         return await self.fencing.explain(execute, action, refused)
 
     def _parts(self, rows: list[Row]) -> list[list[Row]]:
-        """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least."""
+        """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least.
+
+        A value's size is bounded from above by four times its length: a quote is escaped in the
+        JSON of the rows, then again by the driver, and a character takes up to four bytes.
+        """
         limit = self._facts.max_statement_bytes
         if limit is None:
             return [rows]
         parts: list[list[Row]] = [[]]
         size = 0
         for row in rows:
-            if parts[-1] and size + len(row["value"]) > limit:
+            bound = len(row["value"]) * 4
+            if parts[-1] and size + bound > limit:
                 parts.append([])
                 size = 0
             parts[-1].append(row)
-            size += len(row["value"])
+            size += bound
         return parts
 
     # -- attempts --------------------------------------------------------------------------
@@ -547,15 +610,15 @@ class Executor:
         pause = 0.02
         while True:
             try:
-                return await self._attempt(work, transaction, isolation, per_statement)
+                return await self._attempt(work, transaction, isolation, per_statement, deadline)
             except StoreError:
                 raise
             except Exception as exc:
                 kind = self._classify(exc)
                 left = deadline - loop.time()
-                if kind is not Failure.LOST or not retry or left <= 0:
+                if kind is not Failure.LOST or not retry or left <= pause:
                     raise _Failed(kind, exc) from exc
-            await asyncio.sleep(min(pause, left))
+            await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
     async def _attempt(
@@ -564,24 +627,41 @@ class Executor:
         transaction: bool,
         isolation: str | None,
         per_statement: bool,
+        deadline: float,
     ) -> T:
-        if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
-            return await self._on_connection(work, transaction, isolation)
-        # Waiting for the writer lock is cancellable: an operation still queued touched nothing.
-        async with self._writer_lock or contextlib.nullcontext():
-            if per_statement:
+        if per_statement:  # long work (a restore): only each statement runs to its end
+            async with self._writer_turn(deadline):
                 token = _PER_STATEMENT.set(True)
                 try:
                     return await self._on_connection(work, transaction, isolation)
                 finally:
                     _PER_STATEMENT.reset(token)
-            attempt = self._on_connection(work, transaction, isolation)
-            if not self._facts.finish_when_cancelled:
-                return await attempt
+        if not self._facts.finish_when_cancelled:
+            # The driver's own timeouts bound each step; this bounds their sum (a retry's new
+            # connection, a statement prepared first) by the call's deadline.
+            async with asyncio.timeout_at(deadline):
+                return await self._on_connection(work, transaction, isolation)
+        if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
+            return await self._on_connection(work, transaction, isolation)
+        async with self._writer_turn(deadline):
             # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
             # database goes with it, an SQLite connection busy in aiosqlite's thread keeps the
             # write lock, and asyncmy's is left unusable. So the attempt runs to its end.
-            return await _to_the_end(attempt)
+            return await _to_the_end(self._on_connection(work, transaction, isolation))
+
+    @contextlib.asynccontextmanager
+    async def _writer_turn(self, deadline: float) -> AsyncIterator[None]:
+        """Hold the one writer's lock, where there is one: waiting for it is cancellable (an
+        operation still queued touched nothing) and bounded by the call's deadline."""
+        if self._writer_lock is None or _DETACHED.get():
+            yield
+            return
+        async with asyncio.timeout_at(deadline):
+            await self._writer_lock.acquire()
+        try:
+            yield
+        finally:
+            self._writer_lock.release()
 
     async def _execute(
         self, connection: AsyncConnection, statement: Executable, params: Any = None
@@ -617,6 +697,12 @@ class Executor:
         async with self._schema_lock, self._engine.connect() as connection:
             if self._ready:
                 return
+            dialect = connection.dialect
+            if dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False):
+                raise ConfigurationError(
+                    f"{self._where} is MySQL, not MariaDB: rustrade-store writes with INSERT ... "
+                    "RETURNING, which MySQL lacks; use MariaDB 10.6 or later"
+                )
             await connection.execution_options(isolation_level=self._facts.transaction_isolation)
             async with connection.begin():
                 if self._facts.in_memory:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import clock
 from .codec import lease_key
-from .errors import ClockSkewError, LeaseHeldError, LeaseLostError
+from .errors import ClockSkewError, LeaseHeldError, LeaseLostError, StorageError
 from .queries import IGNORE_LEASES, lease_rows, times
 
 if TYPE_CHECKING:
@@ -104,11 +104,17 @@ class Fencing:
         return {"rows": json.dumps(source, ensure_ascii=False)} | self.now()
 
     async def explain(
-        self, execute: Execute, action: str, refused: dict[str, datetime]
+        self,
+        execute: Execute,
+        action: str,
+        refused: dict[str, datetime],
+        *,
+        guarded: bool = False,
     ) -> dict[str, StoreError | None]:
         """What each refused write (key to the time it carried) means: a lease held by another
         store or lost by this one, a clock skew, or ``None``: it was ordered before a newer
-        write of its key (or its own earlier attempt), which stays."""
+        write of its key (or its own earlier attempt), which stays. A write with a ``guarded``
+        condition of its own (compare-and-set) may also have been refused by that."""
         keys = list(refused)
         stored = {row[0]: row[1] for row in await execute(self._times, self._keys(keys))}
         row_keys = sorted({row_key for key in keys if (row_key := lease_key(key))})
@@ -116,7 +122,7 @@ class Fencing:
         if row_keys:
             params = self._keys(row_keys) | self.now()
             leases = {row[0]: row[1:] for row in await execute(self._lease_rows, params)}
-        wall = clock.now()
+        wall = clock.horizon()
         found: dict[str, StoreError | None] = {}
         for key, sent in refused.items():
             row_key = lease_key(key) or ""
@@ -140,6 +146,13 @@ class Fencing:
                     f" this write's time {sent.isoformat()}). Another writer's clock is ahead "
                     "of this one's: synchronise the clocks (NTP); the write applies once this "
                     "clock passes the stored time"
+                )
+            elif when is not None and when < sent and not guarded:
+                found[key] = StorageError(
+                    f"{action} {key!r} refused on {self._where}: the stored time "
+                    f"{when.isoformat()} is earlier than this write's {sent.isoformat()}, yet it "
+                    "was kept: the database compares times in a form the store did not write "
+                    "(a row written by another program?). Rewrite that row through the store"
                 )
             else:
                 found[key] = None

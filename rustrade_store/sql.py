@@ -18,7 +18,7 @@ from .engine import (
     resolve_url,
     store_engine_options,
 )
-from .errors import StoreError
+from .errors import ConfigurationError, StoreError
 from .executor import Executor
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from .restore import RestoreReport, restore
@@ -97,6 +97,13 @@ class SqlStore(StateStore):
         repair). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and override the
         store's own settings.
         """
+        for managed in ("isolation_level", "skip_autocommit_rollback"):
+            if managed in engine_options:
+                raise ConfigurationError(
+                    f"{managed} is the store's own setting (single statements autocommit, "
+                    "writes of several rows run in a transaction of their own): leave it out, "
+                    "or hand SqlStore an engine you made"
+                )
         resolved = resolve_url(url)
         engine = create_engine(
             resolved,

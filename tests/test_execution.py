@@ -4,16 +4,24 @@ transaction, concurrent saves in one statement, every statement through SQLAlche
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sqlite3
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import event, literal_column, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from rustrade_store import ClockSkewError, Snapshot, SqlStore, StorageError
+from rustrade_store import (
+    ClockSkewError,
+    ConfigurationError,
+    Snapshot,
+    SqlStore,
+    StorageError,
+)
 from rustrade_store.schema import snapshots
 
 if TYPE_CHECKING:
@@ -23,6 +31,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from rustrade_store import JSONValue
+
+HANG_GUARD = 120.0
+"""Seconds after which a call counts as hung, far above any timeout used here."""
 
 SQLITE_TRIGGER = (
     "CREATE TRIGGER refuse_boom BEFORE INSERT ON snapshots WHEN NEW.key = 'boom' "
@@ -251,3 +262,71 @@ async def test_connections_beyond_the_pool_size_are_closed_cleanly(
         pool = store.engine.sync_engine.pool
         assert pool.checkedout() == 0  # type: ignore[attr-defined]
         assert pool.checkedin() <= 1  # type: ignore[attr-defined]
+
+
+async def test_one_refused_row_costs_its_batch_a_few_statements(refusing: SqlStore) -> None:
+    """A row the database refuses is found by halving its batch: a few statements more, not
+    one per save, and the other 63 savers are written."""
+    seen = statements_through_sqlalchemy(refusing.engine)
+    keys = [f"k{index:02d}" for index in range(63)] + ["boom"]
+    results = await asyncio.gather(*(refusing.save(key, 1) for key in keys), return_exceptions=True)
+    assert [key for key, result in zip(keys, results, strict=True) if result] == ["boom"]
+    inserts = [statement for statement in seen if statement.startswith("INSERT")]
+    assert len(inserts) <= 1 + 2 * 6, f"{len(inserts)} statements for 64 saves"
+    assert await refusing.count() == 63
+
+
+@pytest.mark.parametrize("option", ["isolation_level", "skip_autocommit_rollback"])
+def test_options_the_store_manages_are_refused(option: str) -> None:
+    """An isolation level handed to from_url made every save return normally and vanish (the
+    store ran it as autocommit, the engine rolled it back): it is refused by name instead."""
+    options: dict[str, Any] = {option: "READ COMMITTED"}
+    with pytest.raises(ConfigurationError, match=option):
+        SqlStore.from_url("sqlite://", **options)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_locked_database_times_out_once_for_a_whole_batch(store_url: URL) -> None:
+    """Another process holds SQLite's write lock past the timeout: every save of the batch
+    fails as a timeout after one attempt, not one attempt per save."""
+    assert store_url.database is not None
+    holder = sqlite3.connect(store_url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        async with SqlStore.from_url(store_url, timeout=0.5) as store:
+            await store.count()  # the schema check reads, which the lock allows
+            seen = statements_through_sqlalchemy(store.engine)
+            keys = [f"k{index}" for index in range(20)]
+            results = await asyncio.gather(
+                *(store.save(key, 1) for key in keys), return_exceptions=True
+            )
+            assert all(isinstance(result, StorageError) for result in results), results
+            assert all("timed out" in str(result) for result in results)
+            assert len([s for s in seen if s.startswith("INSERT")]) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+async def test_the_writer_lock_wait_is_bounded_by_the_timeout(backend: str, store_url: URL) -> None:
+    """A save queued behind a restore that never ends gives up at its deadline."""
+    store = SqlStore.from_url(store_url, timeout=0.3)
+    stalled = asyncio.Event()
+
+    async def never_ending() -> AsyncIterator[list[Snapshot]]:
+        yield [Snapshot("first", 1, datetime.now(UTC))]
+        stalled.set()
+        await asyncio.Event().wait()
+        yield []
+
+    restoring = asyncio.create_task(store.restore_stream(never_ending()))
+    try:
+        await stalled.wait()
+        with pytest.raises(StorageError, match="timed out"):
+            await asyncio.wait_for(store.save("queued", 1), HANG_GUARD)
+    finally:
+        restoring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await restoring
+        await store.aclose()
