@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import SqlStore, StorageError
+from rustrade_store import InMemoryStore, SqlStore, StorageError
 
 from .conftest import _asyncpg_admin, checked_out
 
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from rustrade_store.codec import JSONValue
+
+HANG_GUARD = 120.0
+"""Seconds after which a program or a call counts as hung, far above any timeout here."""
 
 ROUNDS = 150
 KEYS = [f"cancel/{index:02d}" for index in range(20)]
@@ -240,3 +245,53 @@ async def test_a_save_closed_mid_call_leaves_a_working_store(postgres_url: URL) 
     finally:
         await other.close()
         await store.aclose()
+
+
+SHUTDOWN_CHILD = """
+import asyncio, sys
+from rustrade_store import InMemoryStore, SqlStore
+
+async def main() -> None:
+    url = sys.argv[1]
+    store = InMemoryStore() if url == "memory" else SqlStore.from_url(url)
+    await store.save("warm", 0)
+    loop = asyncio.get_running_loop()
+    for index in range(50):
+        loop.create_task(store.save(f"k{index}", index))
+        loop.create_task(store.load(f"k{index}"))
+    await asyncio.sleep(0)  # main returns while saves are in flight
+
+asyncio.run(main())
+print("exited")
+"""
+
+
+def test_a_program_ends_while_saves_are_in_flight(backend: str, store_url: URL) -> None:
+    """asyncio.run cancels the tasks left at the end, the store's batch tasks among them: no
+    caller may be left waiting on a batch that will never answer (that hung the program)."""
+    url = "memory" if backend == "memory" else store_url.render_as_string(hide_password=False)
+    ended = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_CHILD, url],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "exited"
+
+
+def test_a_store_serves_the_next_event_loop(backend: str, store_url: URL) -> None:
+    """A store used by concurrent calls in one asyncio.run and then in another (a sync wrapper,
+    function-scoped test loops): the second run's calls are answered."""
+    store = InMemoryStore() if backend == "memory" else SqlStore.from_url(store_url)
+
+    async def first() -> None:
+        await asyncio.gather(store.save("k", 1), store.load("k"), store.save("j", 2))
+
+    async def second() -> tuple[object, object]:
+        return await asyncio.wait_for(asyncio.gather(store.load("k"), store.load("j")), HANG_GUARD)
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == (1, 2)
+    asyncio.run(store.aclose())

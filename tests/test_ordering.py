@@ -4,15 +4,26 @@ future is a clock skew, named as such."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import ClockSkewError, ConflictError, Snapshot, SqlStore, clock
+from rustrade_store import (
+    ClockSkewError,
+    ConflictError,
+    Snapshot,
+    SqlStore,
+    StorageError,
+    clock,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from sqlalchemy import URL
 
 
 def stepped_back(by: timedelta) -> Callable[[], datetime]:
@@ -120,3 +131,28 @@ async def test_compare_and_set_on_a_missing_key_and_only_if_absent(store: SqlSto
     assert await store.load("k") == 1
     with pytest.raises(ValueError, match="not both"):
         await store.save("k", 3, if_absent=True, if_updated_at=gone)
+
+
+async def test_every_save_of_a_key_in_one_batch_hears_a_clock_skew(store: SqlStore) -> None:
+    """Two saves of one key written together, refused by a stored time in the writers'
+    future: neither returns normally, since neither value was stored."""
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    await store.restore([Snapshot("k", "from the future", ahead)])
+    results = await asyncio.gather(store.save("k", 1), store.save("k", 2), return_exceptions=True)
+    assert all(isinstance(result, ClockSkewError) for result in results), results
+    assert await store.load("k") == "from the future"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_time_in_a_form_the_store_never_writes_is_an_error(
+    store: SqlStore, store_url: URL
+) -> None:
+    """SQLite compares times as text: a row another program wrote with a 'T' sorts after every
+    time the store writes, so saves over it would be refused for ever. Each says so."""
+    await store.save("k", "stored")
+    assert store_url.database is not None
+    today = datetime.now(UTC).strftime("%Y-%m-%dT00:00:00")  # earlier, yet sorts after
+    with sqlite3.connect(store_url.database) as raw:
+        raw.execute("UPDATE snapshots SET updated_at = ? WHERE key = 'k'", (today,))
+    with pytest.raises(StorageError, match="form"):
+        await store.save("k", "new")
