@@ -107,7 +107,7 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
         parsed = raw
     else:
         try:
-            parsed = make_url(raw)
+            parsed = make_url(_hosts_as_query(raw))
         except (ArgumentError, ValueError):
             scheme = raw.partition("://")[0] if "://" in raw else ""
             hint = " (percent-encode @, : and / in a password: %40, %3A, %2F)" if "@" in raw else ""
@@ -134,6 +134,23 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
     elif backend == "postgresql":
         parsed = _with_ssl_mode(parsed)
     return parsed.set(drivername=f"{backend}+{expected}")
+
+
+def _hosts_as_query(raw: str) -> str:
+    """libpq's multi-host form, ``postgresql://user@h1:5432,h2:5433/db?...``, which other tools
+    print, in SQLAlchemy's: ``postgresql://user@/db?host=h1:5432&host=h2:5433&...`` (a host
+    without a port gets 5432)."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
+        return raw
+    netloc, _, path = rest.partition("/")
+    user, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return raw
+    database, _, query = path.partition("?")
+    listed = [host if ":" in host.strip("[]") else f"{host}:5432" for host in hosts.split(",")]
+    params = "&".join(f"host={host}" for host in listed)
+    return f"{scheme}://{user}{at}/{database}?{params}{'&' + query if query else ''}"
 
 
 def _with_password(url: URL) -> URL:
@@ -193,7 +210,8 @@ def masked(url: URL) -> str:
     hidden = {name: "***" for name in _SECRET_PARAMETERS if name in url.query}
     if hidden:
         url = url.update_query_dict(hidden)
-    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+    # Hosts of a multi-host URL read as typed (h1:5432, not h1%3A5432).
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***").replace("%3A", ":")
 
 
 def passwords(url: URL) -> set[str]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
 from rustrade_store import DEFAULT_URL, ENV_VAR, SqlStore, resolve_url
+from rustrade_store.engine import masked
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
 
 
 @pytest.mark.parametrize(
@@ -65,3 +71,33 @@ def test_unparsable_url_error_does_not_echo_the_password() -> None:
     with pytest.raises(ValueError, match="cannot parse") as caught:
         resolve_url("postgresql://user:s3cret@host:notaport/db")
     assert "s3cret" not in str(caught.value)
+
+
+def test_libpq_multi_host_urls_take_sqlalchemys_form() -> None:
+    """``postgresql://user@h1:5432,h2/db`` (what libpq tools print) failed inside make_url with
+    a bare ValueError: it becomes SQLAlchemy's ``?host=h1:5432&host=h2:5432``, password kept."""
+    url = resolve_url("postgresql://bot:p%40ss@h1:5432,h2/state?target_session_attrs=read-write")
+    assert url.query["host"] == ("h1:5432", "h2:5432")
+    assert url.password == "p@ss"
+    assert url.database == "state"
+    assert masked(url) == (
+        "postgresql+asyncpg://bot:***@/state?host=h1:5432&host=h2:5432"
+        "&target_session_attrs=read-write"
+    )
+
+
+@pytest.mark.postgres
+async def test_a_multi_host_url_finds_the_server_that_answers(postgres_url: URL) -> None:
+    """Two hosts, the first refusing connections: the store writes to the second."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    live = f"{postgres_url.host}:{postgres_url.port}"
+    url = (
+        f"postgresql://{postgres_url.username}@127.0.0.1:{dead},{live}/{postgres_url.database}"
+        "?target_session_attrs=read-write"
+    )
+    async with SqlStore.from_url(url) as store:
+        await store.save("multi/k", 1)
+        assert await store.load("multi/k") == 1
+        assert f"127.0.0.1:{dead}" in store.url
