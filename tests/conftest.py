@@ -4,37 +4,38 @@ database of this run.
 PostgreSQL comes from ``RUSTRADE_TEST_POSTGRES_URL``, MariaDB (or MySQL) from
 ``RUSTRADE_TEST_MARIADB_URL`` (admin URLs; default: the local servers). Each run creates its own
 databases and drops them at the end. An unreachable server skips its tests locally and fails
-them under ``CI=true``.
+them under ``CI=true``. Only fixtures live here; what tests import lives in ``helpers.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import secrets
 from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
-from sqlalchemy import URL, delete, event, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
-from rustrade_store import InMemoryStore, SqlStore, upgrade
-from rustrade_store.engine import create_engine, resolve_url
-from rustrade_store.schema import snapshots
+from rustrade_store import upgrade
+from rustrade_store.engine import resolve_url
+
+from .helpers import IN_CI as IN_CI  # re-exported until test_mariadb.py imports helpers
+from .helpers import (
+    MARIADB_ADMIN_URL,
+    POSTGRES_ADMIN_URL,
+    count_checkouts,
+    empty,
+    new_mariadb_database,
+    new_postgres_database,
+    stop_counting_checkouts,
+)
+from .helpers import open_store as open_store  # re-exported until test_faults_found.py does
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "RUSTRADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+    from sqlalchemy import URL
 
-MARIADB_ADMIN_URL = os.environ.get("RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+    from rustrade_store import SqlStore
 
 BACKENDS = [
     "memory",
@@ -44,58 +45,9 @@ BACKENDS = [
 ]
 
 
-def unavailable(what: str, exc: BaseException) -> None:
-    """Skip locally, fail under CI: a missing server must never pass silently there."""
-    message = f"{what} is unreachable: {type(exc).__name__}: {exc}"
-    if IN_CI:
-        pytest.fail(f"{message} (CI=true: a missing server is a failure)", pytrace=False)
-    pytest.skip(message)
-
-
-async def _asyncpg_admin(url: URL) -> asyncpg.Connection:
-    return await asyncpg.connect(
-        user=url.username,
-        password=url.password,
-        host=url.host,
-        port=url.port,
-        database=url.database,
-        timeout=5,
-    )
-
-
-async def _create_database(admin: URL, name: str) -> None:
-    connection = await _asyncpg_admin(admin)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def _drop_database(admin: URL, name: str) -> None:
-    connection = await _asyncpg_admin(admin)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> URL:
     return resolve_url(POSTGRES_ADMIN_URL)
-
-
-@contextlib.contextmanager
-def new_postgres_database(admin: URL) -> Iterator[URL]:
-    """A PostgreSQL database of its own, dropped on exit; skips (fails under CI) if unreachable."""
-    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_create_database(admin, name))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        unavailable(f"PostgreSQL at {admin.render_as_string()}", exc)
-    try:
-        yield admin.set(database=name)
-    finally:
-        asyncio.run(_drop_database(admin, name))
 
 
 @pytest.fixture(scope="session")
@@ -119,28 +71,6 @@ def fresh_postgres(postgres_admin_url: URL) -> Iterator[URL]:
         yield url
 
 
-async def _mariadb_admin(admin: URL, statement: str) -> None:
-    engine = create_engine(admin, poolclass=NullPool, timeout=5)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
-def _new_mariadb_database(admin: URL) -> URL:
-    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        asyncio.run(_mariadb_admin(admin, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except (OSError, SQLAlchemyError, ImportError, TimeoutError) as exc:
-        unavailable(f"MariaDB at {admin.render_as_string()}", exc)
-    return admin.set(database=name)
-
-
-def _drop_mariadb_database(admin: URL, database: URL) -> None:
-    asyncio.run(_mariadb_admin(admin, f"DROP DATABASE IF EXISTS `{database.database}`"))
-
-
 @pytest.fixture(scope="session")
 def mariadb_admin_url() -> URL:
     return resolve_url(MARIADB_ADMIN_URL)
@@ -149,9 +79,8 @@ def mariadb_admin_url() -> URL:
 @pytest.fixture(scope="session")
 def mariadb_database(mariadb_admin_url: URL) -> Iterator[URL]:
     """An empty MariaDB database created for this test run (unmigrated), dropped afterwards."""
-    url = _new_mariadb_database(mariadb_admin_url)
-    yield url
-    _drop_mariadb_database(mariadb_admin_url, url)
+    with new_mariadb_database(mariadb_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -164,9 +93,8 @@ def mariadb_url(mariadb_database: URL) -> URL:
 @pytest.fixture
 def fresh_mariadb(mariadb_admin_url: URL) -> Iterator[URL]:
     """A new empty MariaDB database for one test that migrates or breaks its schema."""
-    url = _new_mariadb_database(mariadb_admin_url)
-    yield url
-    _drop_mariadb_database(mariadb_admin_url, url)
+    with new_mariadb_database(mariadb_admin_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -175,26 +103,6 @@ def sqlite_url(tmp_path: Path) -> URL:
     url = resolve_url(f"sqlite:///{tmp_path / 'state.db'}")
     asyncio.run(upgrade(url))
     return url
-
-
-_COUNTERS: dict[int, CheckoutCounter] = {}
-"""The checkout counter of each store the ``store`` fixture has open."""
-
-
-class CheckoutCounter:
-    """Counts the connections a pool has lent and not had back, through the pool's own events."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self.outstanding = 0
-        pool = store.engine.sync_engine.pool
-        event.listen(pool, "checkout", self._out)
-        event.listen(pool, "checkin", self._in)
-
-    def _out(self, *_: object) -> None:
-        self.outstanding += 1
-
-    def _in(self, *_: object) -> None:
-        self.outstanding -= 1
 
 
 @pytest.fixture(params=BACKENDS)
@@ -215,32 +123,17 @@ def store_url(backend: str, request: pytest.FixtureRequest) -> URL:
     return url
 
 
-async def _empty(store: SqlStore) -> None:
-    async with store.engine.begin() as connection:
-        await connection.execute(delete(snapshots))
-
-
-def open_store(backend: str, url: URL) -> SqlStore:
-    """The store each backend's users get: ``InMemoryStore()`` or ``SqlStore.from_url``."""
-    return InMemoryStore() if backend == "memory" else SqlStore.from_url(url)
-
-
 @pytest.fixture
 async def store(backend: str, store_url: URL) -> AsyncIterator[SqlStore]:
-    """A store on an empty database of each backend; no connection may be left checked out."""
+    """A store on an empty database of each backend; no connection may be left checked out
+    (``helpers.checked_out`` reads the count during the test)."""
     opened = open_store(backend, store_url)
-    _COUNTERS[id(opened)] = CheckoutCounter(opened)
+    count_checkouts(opened)
     await opened.is_empty()  # an in-memory database gets its schema at first use
-    await _empty(opened)
+    await empty(opened)
     try:
         yield opened
     finally:
-        leaked = _COUNTERS.pop(id(opened)).outstanding
+        leaked = stop_counting_checkouts(opened)
         await opened.aclose()
     assert leaked == 0, f"{leaked} connection(s) left checked out of the pool"
-
-
-def checked_out(store: SqlStore) -> int:
-    """Connections the ``store`` fixture's pool has lent and not had back, by the pool's events
-    (``StaticPool`` keeps no count of its own)."""
-    return _COUNTERS[id(store)].outstanding

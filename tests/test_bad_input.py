@@ -22,7 +22,7 @@ from rustrade_store.engine import resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import BAD_KEYS, BAD_VALUES
 
-from .conftest import open_store
+from .helpers import open_store
 
 if TYPE_CHECKING:
     from pathlib import Path

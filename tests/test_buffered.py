@@ -19,6 +19,8 @@ from rustrade_store import (
 )
 from rustrade_store.testing import StateStoreContract
 
+from .helpers import FastForwardLoop
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
@@ -280,21 +282,32 @@ async def test_a_failed_closing_flush_leaves_the_store_open() -> None:
     assert inner.batches == [{"a": 1, "b": 2}]
 
 
-async def test_a_long_outage_backs_off_without_overflowing() -> None:
-    """Past ~1,000 failures in a row the back-off stays capped instead of overflowing a float."""
-    inner = RecordingStore()
-    inner.failing = True
-    async with BufferedStore(inner, delay=0.001) as store:
-        store._failures = 5000  # as after hours of a refusing database
-        await store.save("a", 1)
-        for _ in range(2000):
-            if inner.failures >= 1:
-                break
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.01)
-        assert store._writer is not None
-        assert not store._writer.done(), "the background writer died"
-        inner.failing = False
+def test_a_long_outage_backs_off_without_overflowing() -> None:
+    """Past ~1,000 failures in a row the back-off stays capped at 5 s instead of overflowing a
+    float (``2.0 ** 1024`` does): the hours of a refusing database pass on a skipping clock."""
+
+    async def outage() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, FastForwardLoop)
+        inner = RecordingStore()
+        inner.failing = True
+        async with BufferedStore(inner, delay=0.001) as store:
+            await store.save("a", 1)
+            seen_at: dict[int, float] = {}
+            with loop.fast_forward():  # the refusing store does no I/O: only timers wait
+                for _ in range(100_000):
+                    if inner.failures > 1100:
+                        break
+                    seen_at.setdefault(inner.failures, loop.time())
+                    await asyncio.sleep(1)
+            assert inner.failures > 1100, "the background writer died"
+            # From the 11th failure on, attempts come 5 s apart (plus the 1 ms delay).
+            assert 5000 <= seen_at[1100] - seen_at[100] <= 5020
+            inner.failing = False
+        assert inner.batches == [{"a": 1}]
+
+    with asyncio.Runner(loop_factory=FastForwardLoop) as runner:
+        runner.run(outage())
 
 
 async def test_a_second_aclose_waits_for_the_flush_of_the_first() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from rustrade_store import InMemoryStore, SqlStore, StorageError
 
-from .conftest import _asyncpg_admin, checked_out
+from .helpers import asyncpg_connection, checked_out
 
 if TYPE_CHECKING:
     import asyncpg
@@ -160,7 +160,7 @@ async def test_a_save_that_ended_in_failure_is_never_written_later(
     StorageError, the statement is dead on the server too, so the lock's release cannot let it
     write a value the caller was told was not saved."""
     store = SqlStore.from_url(postgres_url, timeout=0.3 if ending == "timed out" else 1)
-    other = await _asyncpg_admin(postgres_url)
+    other = await asyncpg_connection(postgres_url)
     try:
         for attempt in range(3):
             await store.save("ghost/k", attempt)
@@ -189,7 +189,7 @@ async def _blocked_save(
     """A store whose one connection will block on ``key``'s row lock, held by another session."""
     store = SqlStore.from_url(url, pool_size=1, max_overflow=0, timeout=2)
     await store.save(key, "before")
-    other = await _asyncpg_admin(url)
+    other = await asyncpg_connection(url)
     return store, other, await _lock_row(other, key)
 
 
@@ -200,7 +200,7 @@ async def test_a_cancellation_with_the_connection_lost_stays_a_cancellation(
     """The connection dies and the task is cancelled in the same turn (a deploy restarts the
     server while a timeout fires): CancelledError, not a retry that writes the value."""
     store, other, holder = await _blocked_save(postgres_url, "lost/k")
-    admin = await _asyncpg_admin(postgres_admin_url)
+    admin = await asyncpg_connection(postgres_admin_url)
     try:
         pooled = await store.engine.raw_connection()
         driver = pooled.driver_connection

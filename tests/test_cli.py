@@ -25,7 +25,7 @@ from rustrade_store.codec import encode
 from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
 from rustrade_store.schema import VERSION_TABLE
 from rustrade_store.testing import EXACT_VALUES, assert_same_json
-from rustrade_store.transfer import format_line, parse_json, parse_line
+from rustrade_store.transfer import format_line
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -137,7 +137,7 @@ def test_operator_session(empty_db: URL, tmp_path: Path) -> None:
     assert ok(cli("get", "bot1/axb", url=empty_db, cwd=tmp_path)).out == "null\n"
 
     # Refused input changes nothing and says what is wrong, in one line.
-    for bad, words in [  # the rest of the strict parsing is tested in process, below
+    for bad, words in [  # the rest of the strict parsing: test_transfer.py, in process
         ("-Infinity", "-Infinity is not JSON"),
         ('{"halted": true, "halted": false}', "appears twice"),
         ("halted", "quoted"),
@@ -384,49 +384,6 @@ def test_copy_shows_progress_only_on_a_terminal(
     assert main(["copy", "--from", str(source), "--to", str(target)]) == 0
     total = 1500 + len(EXACT_VALUES)
     assert f"\rcopied {total:,} of {total:,} (100%)\ncopied {total:,} snapshot(s)" in err.getvalue()
-
-
-# -- the file format, in process -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", list(EXACT_VALUES))
-def test_a_line_round_trips_every_exact_value(name: str) -> None:
-    snapshot = Snapshot(f"k/{name}", EXACT_VALUES[name], T0)
-    line = format_line(snapshot)
-    assert line.endswith("}\n")
-    assert line.count("\n") == 1
-    parsed = parse_line(line.encode("utf-8"))
-    assert parsed.key == snapshot.key
-    assert parsed.updated_at == T0
-    assert_same_json(parsed.value, snapshot.value)
-    assert format_line(parsed) == line
-
-
-@pytest.mark.parametrize(
-    ("line", "words"),
-    [
-        (b"\xff\n", "not UTF-8"),
-        (b"[1]", "must be a JSON object"),
-        (b'{"key":"k","value":NaN,"updated_at":"2026-01-01T00:00:00Z"}', "NaN"),
-        (b'{"key":"k","value":1e400,"updated_at":"2026-01-01T00:00:00Z"}', "out of the range"),
-        (b'{"key":"k","key":"j","value":1,"updated_at":"2026-01-01T00:00:00Z"}', "twice"),
-        (b'{"key":1,"value":1,"updated_at":"2026-01-01T00:00:00Z"}', "must be a str"),
-        (b'{"key":"k","value":"\\ud800","updated_at":"2026-01-01T00:00:00Z"}', "surrogate"),
-        (b'{"key":"k","value":1,"updated_at":"yesterday"}', "not ISO 8601"),
-        (b'{"key":"k","value":1,"updated_at":20260101}', "ISO 8601 string"),
-        (b'{"value":1}', "missing key, updated_at"),
-    ],
-)
-def test_bad_lines_are_named(line: bytes, words: str) -> None:
-    with pytest.raises(ValueError, match=words):
-        parse_line(line)
-
-
-def test_parse_json_is_strict() -> None:
-    assert parse_json(' {"a": [1, 2.5, "x", null, true]} ') == {"a": [1, 2.5, "x", None, True]}
-    for bad in ("NaN", "Infinity", "-Infinity", "[1e999]", '{"a":1,"a":1}', "", "[1,]", "'x'"):
-        with pytest.raises(ValueError, match="not valid JSON"):
-            parse_json(bad)
 
 
 @pytest.mark.postgres

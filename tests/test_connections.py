@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 
 from rustrade_store import SqlStore, StorageError, upgrade
 
-from .conftest import _asyncpg_admin
+from .helpers import asyncpg_connection
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ async def terminate(admin_url: URL, application_name: str) -> int:
 
     The wait is for the terminated backends only: the store may already have opened new
     connections under the same name."""
-    admin = await _asyncpg_admin(admin_url)
+    admin = await asyncpg_connection(admin_url)
     try:
         pids = await admin.fetchval(
             "SELECT array_agg(pid) FROM pg_stat_activity WHERE application_name = $1",
@@ -231,7 +231,7 @@ async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection(
     (here: the database made writable again) lands."""
     await upgrade(fresh_postgres)
     database = fresh_postgres.database
-    admin = await _asyncpg_admin(postgres_admin_url)
+    admin = await asyncpg_connection(postgres_admin_url)
     store = SqlStore.from_url(fresh_postgres, timeout=HANG_GUARD)
     invalidations = Invalidations(store)
     try:

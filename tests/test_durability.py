@@ -11,7 +11,7 @@ from sqlalchemy import text
 from rustrade_store import SqlStore
 from rustrade_store.engine import create_engine
 
-from .conftest import _asyncpg_admin
+from .helpers import asyncpg_connection
 
 if TYPE_CHECKING:
     import asyncpg
@@ -57,7 +57,7 @@ async def test_postgres_save_returns_after_commit(postgres_url: URL) -> None:
         async with store.engine.connect() as connection:
             setting = (await connection.execute(text("SHOW synchronous_commit"))).scalar_one()
         assert setting == "on"
-        other: asyncpg.Connection = await _asyncpg_admin(postgres_url)
+        other: asyncpg.Connection = await asyncpg_connection(postgres_url)
         try:
             for index in range(20):
                 await store.save("durable/k", {"n": index})

@@ -41,7 +41,7 @@ import pytest
 from rustrade_store import SqlStore, StorageError, upgrade
 
 from .cluster import drop_leftovers, missing, replicated_pair
-from .conftest import unavailable
+from .helpers import unavailable
 from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
 
 if TYPE_CHECKING:

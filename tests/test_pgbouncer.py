@@ -29,7 +29,7 @@ from rustrade_store.engine import engine_options, resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
-from .conftest import unavailable
+from .helpers import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -1,0 +1,215 @@
+"""What the tests share besides fixtures: the servers of a run, a skip that fails under CI,
+databases made and dropped, the store each backend's users get, a count of the connections a
+pool has lent, and an event loop whose clock can skip ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import selectors
+from typing import TYPE_CHECKING, NoReturn
+
+import asyncpg
+import pytest
+from sqlalchemy import delete, event, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from rustrade_store import InMemoryStore, SqlStore
+from rustrade_store.engine import create_engine
+from rustrade_store.schema import snapshots
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from sqlalchemy import URL
+
+__all__ = [
+    "IN_CI",
+    "MARIADB_ADMIN_URL",
+    "POSTGRES_ADMIN_URL",
+    "CheckoutCounter",
+    "FastForwardLoop",
+    "asyncpg_connection",
+    "checked_out",
+    "count_checkouts",
+    "empty",
+    "new_mariadb_database",
+    "new_postgres_database",
+    "open_store",
+    "stop_counting_checkouts",
+    "unavailable",
+]
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+"""Under ``CI=true`` a server that cannot be reached fails its tests instead of skipping them."""
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RUSTRADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+MARIADB_ADMIN_URL = os.environ.get("RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def unavailable(what: str, exc: BaseException) -> NoReturn:
+    """Skip locally, fail under CI: a missing server must never pass silently there."""
+    message = f"{what} is unreachable: {type(exc).__name__}: {exc}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: a missing server is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+# -- databases of their own ----------------------------------------------------------------
+
+
+async def asyncpg_connection(url: URL) -> asyncpg.Connection:
+    """A plain asyncpg connection to the PostgreSQL database of ``url``, outside any store."""
+    return await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        timeout=5,
+    )
+
+
+async def _postgres_admin(admin: URL, statement: str) -> None:
+    connection = await asyncpg_connection(admin)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def new_postgres_database(admin: URL) -> Iterator[URL]:
+    """A PostgreSQL database of its own, dropped on exit; skips (fails under CI) if unreachable."""
+    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_postgres_admin(admin, f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        unavailable(f"PostgreSQL at {admin.render_as_string()}", exc)
+    try:
+        yield admin.set(database=name)
+    finally:
+        asyncio.run(_postgres_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _mariadb_admin(admin: URL, statement: str) -> None:
+    engine = create_engine(admin, poolclass=NullPool, timeout=5)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.contextmanager
+def new_mariadb_database(admin: URL) -> Iterator[URL]:
+    """A MariaDB database of its own, dropped on exit; skips (fails under CI) if unreachable."""
+    name = f"rustrade_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_mariadb_admin(admin, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except (OSError, SQLAlchemyError, ImportError, TimeoutError) as exc:
+        unavailable(f"MariaDB at {admin.render_as_string()}", exc)
+    try:
+        yield admin.set(database=name)
+    finally:
+        asyncio.run(_mariadb_admin(admin, f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+# -- stores --------------------------------------------------------------------------------
+
+
+def open_store(backend: str, url: URL) -> SqlStore:
+    """The store each backend's users get: ``InMemoryStore()`` or ``SqlStore.from_url``."""
+    return InMemoryStore() if backend == "memory" else SqlStore.from_url(url)
+
+
+async def empty(store: SqlStore) -> None:
+    """Delete every row of the store's table, lease rows included."""
+    async with store.engine.begin() as connection:
+        await connection.execute(delete(snapshots))
+
+
+class CheckoutCounter:
+    """Counts the connections a pool has lent and not had back, through the pool's own events
+    (``StaticPool`` keeps no count of its own)."""
+
+    __slots__ = ("outstanding",)
+
+    def __init__(self, store: SqlStore) -> None:
+        self.outstanding = 0
+        pool = store.engine.sync_engine.pool
+        event.listen(pool, "checkout", self.lent)
+        event.listen(pool, "checkin", self.returned)
+
+    def lent(self, *_: object) -> None:
+        self.outstanding += 1
+
+    def returned(self, *_: object) -> None:
+        self.outstanding -= 1
+
+
+_COUNTERS: dict[int, CheckoutCounter] = {}
+"""The checkout counter of each store being counted, by ``id``."""
+
+
+def count_checkouts(store: SqlStore) -> None:
+    """Start counting the connections ``store``'s pool lends (see :func:`checked_out`)."""
+    _COUNTERS[id(store)] = CheckoutCounter(store)
+
+
+def checked_out(store: SqlStore) -> int:
+    """Connections ``store``'s pool has lent and not had back since :func:`count_checkouts`."""
+    return _COUNTERS[id(store)].outstanding
+
+
+def stop_counting_checkouts(store: SqlStore) -> int:
+    """Stop counting for ``store``; return the connections still lent out."""
+    return _COUNTERS.pop(id(store)).outstanding
+
+
+# -- time ----------------------------------------------------------------------------------
+
+
+class _SkippingSelector(selectors.DefaultSelector):
+    """Waits for I/O as usual, except that while its loop fast-forwards a wait for a timer ends
+    at once and moves the loop's clock on by its length."""
+
+    def __init__(self, loop: FastForwardLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self.loop.skipping and timeout is not None and timeout > 0:
+            self.loop.skipped += timeout
+            timeout = 0
+        return super().select(timeout)
+
+
+class FastForwardLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock can skip ahead: inside :meth:`fast_forward`, hours of sleeps and
+    timeouts pass in a moment, in their order. Only for code that waits on timers alone there:
+    a reply from a thread or a socket would arrive after timers that in real time come later.
+    Run a coroutine on it with ``asyncio.Runner(loop_factory=FastForwardLoop)``."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+        """Seconds the clock has skipped."""
+        self.skipping = False
+        super().__init__(_SkippingSelector(self))
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+    @contextlib.contextmanager
+    def fast_forward(self) -> Iterator[None]:
+        """Skip every wait for a timer until the block ends."""
+        self.skipping = True
+        try:
+            yield
+        finally:
+            self.skipping = False
