@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import delete, text
+from sqlalchemy import delete, event, text
 from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
@@ -21,8 +21,7 @@ from .conftest import IN_CI
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from sqlalchemy import URL
-    from sqlalchemy.ext.asyncio import AsyncConnection
+    from sqlalchemy import URL, Connection
 
 pytestmark = pytest.mark.mariadb
 
@@ -73,13 +72,20 @@ async def test_sessions_are_utc_strict_and_read_committed(maria: SqlStore) -> No
     assert "STRICT_ALL_TABLES" in str(await scalar(maria, "SELECT @@session.sql_mode"))
     # A row lock held by another session is waited for no longer than the store's timeout.
     assert await scalar(maria, "SELECT @@session.innodb_lock_wait_timeout") == DEFAULT_TIMEOUT
-    isolation = "tx_isolation" if is_mariadb(maria) else "transaction_isolation"
+    # Single statements autocommit; a transaction of several (save_many) reads committed rows:
+    # each transaction the store begins reports its session's level, read from the server.
+    levels: list[str] = []
 
-    async def level(connection: AsyncConnection) -> object:
-        return (await connection.execute(text(f"SELECT @@session.{isolation}"))).scalar()
+    def began(connection: Connection) -> None:
+        levels.append(connection.get_isolation_level())
 
-    # Single statements autocommit; a transaction of several (save_many) reads committed rows.
-    assert await maria._run("probe", None, level, atomic=True) == "READ-COMMITTED"
+    event.listen(maria.engine.sync_engine, "begin", began)
+    try:
+        await maria.save_many({"a": 1, "b": 2})
+    finally:
+        event.remove(maria.engine.sync_engine, "begin", began)
+    assert levels, "save_many began no transaction"
+    assert set(levels) == {"READ COMMITTED"}
 
 
 async def test_the_column_refuses_text_that_is_not_json(maria: SqlStore) -> None:
