@@ -1,13 +1,18 @@
-"""Restart demo: a trading bot killed with SIGKILL mid-session comes back still halted.
+"""Restart demo: a trading bot killed with SIGKILL mid-session comes back still halted, and a
+second copy of it is refused at start.
 
 Run it with ``make demo`` or ``python examples/restart_demo.py [--seed N] [--db URL]``.
 
 The parent migrates a fresh SQLite database and starts the bot as a child process. The bot
-trades random fills, saves each symbol's risk state after every realised trade and prints an
-``ACK`` line only once ``store.save`` has returned. When a loss-streak breaker has tripped and
-other symbols are still trading (or, if every symbol is halted, while the bot idles), the parent
-kills the bot with SIGKILL, starts it again and checks that what the bot restored at boot is
-exactly the last state acknowledged before the kill.
+first takes the lease on its keys (``restart-demo/``), then trades random fills, saves each
+symbol's risk state after every realised trade and prints an ``ACK`` line only once
+``store.save`` has returned. When a loss-streak breaker has tripped and other symbols are still
+trading (or, if every symbol is halted, while the bot idles), the parent kills the bot with
+SIGKILL and starts it again: the restarted bot waits for the killed one's lease to expire, takes
+it over, and the parent checks that what it restored at boot is exactly the last state
+acknowledged before the kill. Before the first bot trades, while it holds the lease, the parent
+starts a second copy of it, which is refused at start and exits without loading or saving
+anything.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import rustrade_store
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
-    from rustrade_store import JSONValue, StateStore
+    from rustrade_store import JSONValue, Lease, LeaseLostError, StateStore
 
 BOT = "restart-demo"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -47,7 +52,13 @@ MAX_TRADES = 1000
 """A bound on a first run that nobody kills."""
 SILENCE_LIMIT = 30.0
 """Seconds the parent waits for a line from the bot, and the bot idles once all is halted."""
+LEASE_TTL = 2.0
+"""Seconds the bot's lease lives unless renewed: how long a killed bot still holds it, kept
+short here so that the restart waits little (a live bot would keep the default, 30 s)."""
+ANOTHER_COPY_EXIT = 3
+"""The exit status of a copy of the bot refused at start because another copy holds the lease."""
 OK_LINE = "OK: halted breaker and drawdown restored after SIGKILL"
+LEASE_OK_LINE = "OK: a second copy of the bot was refused at start and wrote nothing"
 SCRIPT = Path(__file__).resolve()
 
 T = TypeVar("T", str, int, float, bool)
@@ -271,14 +282,49 @@ async def place_order(store: StateStore, state: SymbolState, rng: random.Random)
     return True
 
 
-async def trade(store: StateStore, states: dict[str, SymbolState], seed: int) -> None:
-    """Trade the symbols in turn, skipping halted ones, until killed; idle once all are halted."""
+async def take_lease(store: rustrade_store.SqlStore, wait: float, lost: asyncio.Event) -> Lease:
+    """Take the bot's lease before loading anything, so that one copy of the bot at a time
+    writes its keys; wait up to ``wait`` seconds for another holder to release it or to expire.
+    Raise LeaseHeldError, naming the other copy, if it still holds it."""
+
+    def on_lost(error: LeaseLostError) -> None:
+        emit(f"lease lost, trading stops: {error}")
+        lost.set()
+
+    lease = store.lease(f"{BOT}/", ttl=LEASE_TTL, on_lost=on_lost)
+    try:
+        await lease.acquire()
+    except rustrade_store.LeaseHeldError as exc:
+        emit(f"LEASE_HELD {exc.holder.get('pid')}")
+        if wait <= 0:
+            raise
+        emit(
+            f"lease on {BOT}/ still held by pid {exc.holder.get('pid')} until "
+            f"{exc.until:%H:%M:%S.%f} unless renewed: waiting for it"
+        )
+        await lease.acquire(wait=wait)
+    emit(
+        f"lease on {BOT}/ taken: token {lease.token}, ttl {LEASE_TTL:.0f} s, renewed every "
+        f"{LEASE_TTL / 3:.1f} s"
+    )
+    emit(f"LEASE {lease.token}")
+    return lease
+
+
+async def trade(
+    store: StateStore, states: dict[str, SymbolState], seed: int, lost: asyncio.Event
+) -> None:
+    """Trade the symbols in turn, skipping halted ones, until killed or the lease is lost; idle
+    once all are halted."""
     rng = random.Random(seed)
     for symbol in itertools.islice(itertools.cycle(SYMBOLS), MAX_TRADES):
+        if lost.is_set():
+            return
         if all(state.refusal() is not None for state in states.values()):
             emit("IDLE")
             emit("every symbol is halted: idling, as a live bot waits for the next day")
-            await asyncio.sleep(SILENCE_LIMIT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), SILENCE_LIMIT)
             return
         if states[symbol].refusal() is None:
             await place_order(store, states[symbol], rng)
@@ -287,13 +333,25 @@ async def trade(store: StateStore, states: dict[str, SymbolState], seed: int) ->
 
 
 async def run_bot(url: str, phase: str, seed: int) -> int:
-    """The bot: boot from the store, then trade (first run) or show what survived (restart)."""
+    """The bot: take the lease, boot from the store, then trade (first run) or show what
+    survived (restart). A copy refused the lease exits at once, having written nothing."""
+    lost = asyncio.Event()
     async with rustrade_store.SqlStore.from_url(url) as store:
+        try:
+            await take_lease(store, LEASE_TTL * 5 if phase == "restart" else 0.0, lost)
+        except rustrade_store.LeaseHeldError as exc:
+            emit(f"refused at start: {exc}")
+            emit("another copy of this bot is running: exiting without loading or saving anything")
+            return ANOTHER_COPY_EXIT
+        if phase == "first":
+            # The parent starts a second copy now, then lets this one trade: the kill still
+            # lands mid-session.
+            await asyncio.to_thread(sys.stdin.readline)
         states = await boot(store)
         if phase == "first":
             if all(state.session.trades == 0 for state in states.values()):
                 emit("boot: no saved state, every symbol starts fresh")
-            await trade(store, states, seed)
+            await trade(store, states, seed, lost)
         else:
             for state in states.values():
                 emit(f"restored {state.symbol}: {describe(state)}")
@@ -339,6 +397,10 @@ class Ledger:
     tripped_at: dict[str, int] = field(default_factory=dict)
     trading_after_trip: set[str] = field(default_factory=set)
     idle: bool = False
+    pid: int = 0
+    lease_token: int | None = None
+    held_by: str | None = None
+    """The pid a refused lease named as its holder."""
 
     @property
     def kill_due(self) -> bool:
@@ -367,6 +429,10 @@ class Ledger:
             self.refused[key] = text
         elif line == "IDLE":
             self.idle = True
+        elif tag == "LEASE":
+            self.lease_token = int(rest)
+        elif tag == "LEASE_HELD":
+            self.held_by = rest
         else:
             return line
         return None
@@ -379,6 +445,7 @@ async def bot_process(url: str, phase: str, seed: int) -> AsyncIterator[asyncio.
         sys.executable,
         str(SCRIPT),
         *("--role", "bot", "--db", url, "--phase", phase, "--seed", str(seed)),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -400,24 +467,42 @@ async def read_line(proc: asyncio.subprocess.Process) -> str | None:
     return raw.decode().rstrip("\n") if raw else None
 
 
-def relay(ledger: Ledger, line: str) -> None:
+def relay(ledger: Ledger, line: str, who: str = "bot") -> None:
     """Show the bot's lines for people; keep its machine lines for the check."""
     text = ledger.take(line)
     if text is not None:
-        print(f"  bot| {text}")
+        print(f"  {who}| {text}")
 
 
-async def first_run(url: str, seed: int) -> Ledger:
-    """Run the bot until a breaker has tripped and others trade on, then SIGKILL it."""
+@dataclass(slots=True)
+class SecondCopy:
+    """What a second copy of the bot, started while the first runs, did."""
+
+    pid: int
+    status: int
+    ledger: Ledger
+
+
+async def first_run(url: str, seed: int) -> tuple[Ledger, SecondCopy]:
+    """Run the bot: once it holds the lease, start a second copy, which must be refused at
+    start, then let the first trade until a breaker has tripped and others trade on, and
+    SIGKILL it."""
     ledger = Ledger()
-    moment = None
+    moment = copy = None
     async with bot_process(url, "first", seed) as proc:
+        ledger.pid = proc.pid
         print(
-            f"\n1. First run (pid {proc.pid}): the bot trades {', '.join(SYMBOLS)}, "
-            "saving after each trade"
+            f"\n1. First run (pid {proc.pid}): the bot takes the lease on {BOT}/, then trades "
+            f"{', '.join(SYMBOLS)}, saving after each trade"
         )
         while (line := await read_line(proc)) is not None:
             relay(ledger, line)
+            if ledger.lease_token is not None and copy is None:
+                copy = await second_copy(url, seed)
+                print(f"\n   parent: the first bot (pid {proc.pid}) trades")
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
             if ledger.kill_due:
                 os.kill(proc.pid, signal.SIGKILL)
                 trading = ", ".join(sorted(ledger.trading_after_trip))
@@ -428,20 +513,42 @@ async def first_run(url: str, seed: int) -> Ledger:
         while (line := await read_line(proc)) is not None:
             relay(ledger, line)
         status = await proc.wait()
-    if moment is None or status != -signal.SIGKILL:
+    if moment is None or copy is None or status != -signal.SIGKILL:
         raise DemoFailure(f"the bot ended on its own (exit status {status}) before the kill")
-    print(f"   parent: SIGKILL {moment}; exit status {status}, no shutdown, no flush")
+    print(
+        f"\n3. Parent: SIGKILL the first bot {moment}; exit status {status}, no shutdown, no flush"
+    )
     print("   last acknowledged state of each symbol before the kill:")
     for key, text in ledger.acked.items():
         print(f"     {key.split('/')[1]}  {describe(parse_state(key, text))}")
-    return ledger
+    return ledger, copy
+
+
+async def second_copy(url: str, seed: int) -> SecondCopy:
+    """Start the same bot again while the first holds the lease; it must exit at start without
+    loading or saving anything."""
+    ledger = Ledger()
+    async with bot_process(url, "first", seed) as proc:
+        print(
+            f"\n2. A second copy of the bot starts (pid {proc.pid}) while the first holds the "
+            "lease, as a rolling deploy or an operator on another host would start it"
+        )
+        while (line := await read_line(proc)) is not None:
+            relay(ledger, line, "copy")
+        status = await proc.wait()
+    print(f"   parent: the second copy exited with status {status}")
+    return SecondCopy(proc.pid, status, ledger)
 
 
 async def restart(url: str, seed: int) -> Ledger:
-    """Start the bot again; it restores its state, tries the halted symbols and exits."""
+    """Start the bot again; it takes the killed bot's lease over once that has expired,
+    restores its state, tries the halted symbols and exits."""
     ledger = Ledger()
     async with bot_process(url, "restart", seed) as proc:
-        print(f"\n2. Restart (pid {proc.pid}): the bot loads each (bot, symbol) snapshot once")
+        print(
+            f"\n4. Restart (pid {proc.pid}): the bot takes the lease over once the killed "
+            "bot's has expired, and loads each (bot, symbol) snapshot once"
+        )
         while (line := await read_line(proc)) is not None:
             relay(ledger, line)
         status = await proc.wait()
@@ -450,9 +557,36 @@ async def restart(url: str, seed: int) -> Ledger:
     return ledger
 
 
+def check_lease(first: Ledger, copy: SecondCopy, after: Ledger) -> list[str]:
+    """The second copy was refused at start, naming the first bot, and wrote nothing; the
+    restart took the lease over from the killed bot with the next fencing token."""
+    print("\n6. Check: one bot, one writer")
+    problems = []
+    if copy.status != ANOTHER_COPY_EXIT or copy.ledger.held_by != str(first.pid):
+        problems.append(
+            f"the second copy was not refused at start naming pid {first.pid} (exit status "
+            f"{copy.status}, lease held by {copy.ledger.held_by})"
+        )
+    elif copy.ledger.restored or copy.ledger.acks or copy.ledger.lease_token is not None:
+        problems.append("the second copy took the lease, loaded or saved")
+    else:
+        print(f"   the second copy was refused at start, named pid {first.pid}, wrote nothing")
+    if first.lease_token is None or after.lease_token != first.lease_token + 1:
+        problems.append(
+            f"the restart's lease token {after.lease_token} does not follow the first run's "
+            f"{first.lease_token}"
+        )
+    else:
+        print(
+            f"   the restart took the lease over with token {after.lease_token} (the killed "
+            f"bot's was {first.lease_token})"
+        )
+    return problems
+
+
 def check(before: Ledger, after: Ledger) -> list[str]:
     """Compare each restored snapshot with the last one acknowledged before the kill."""
-    print("\n3. Check: restored snapshot vs the last save acknowledged before the kill")
+    print("\n5. Check: restored snapshot vs the last save acknowledged before the kill")
     problems = []
     for symbol in SYMBOLS:
         key = f"{BOT}/{symbol}"
@@ -477,7 +611,8 @@ def check(before: Ledger, after: Ledger) -> list[str]:
 
 
 async def run_demo(url: str, seed: int) -> int:
-    """The whole demo on ``url``: migrate, run, kill, restart, check. Returns the exit code."""
+    """The whole demo on ``url``: migrate, run, start a second copy, kill, restart, check.
+    Returns the exit code."""
     print(f"rustrade-store restart demo (seed {seed})")
     await rustrade_store.upgrade(url)
     async with rustrade_store.SqlStore.from_url(url) as store:
@@ -490,9 +625,9 @@ async def run_demo(url: str, seed: int) -> int:
         f"breaker halts after {MAX_LOSS_STREAK} losses in a row"
     )
     try:
-        before = await first_run(url, seed)
+        before, copy = await first_run(url, seed)
         after = await restart(url, seed)
-        problems = check(before, after)
+        problems = check(before, after) + check_lease(before, copy, after)
     except DemoFailure as exc:
         problems = [str(exc)]
     for problem in problems:
@@ -500,6 +635,7 @@ async def run_demo(url: str, seed: int) -> int:
     if problems:
         return 1
     print(OK_LINE)
+    print(LEASE_OK_LINE)
     return 0
 
 

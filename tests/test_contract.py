@@ -6,10 +6,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store.testing import StateStoreContract
+from rustrade_store import SqlStore
+from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
 if TYPE_CHECKING:
-    from rustrade_store import SqlStore
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy import URL
 
 
 class TestSqlStoreContract(StateStoreContract):
@@ -20,3 +23,23 @@ class TestSqlStoreContract(StateStoreContract):
         """The conftest's store, over memory, an SQLite file, PostgreSQL and MariaDB, with its
         check that no pooled connection is left checked out."""
         return store
+
+
+class TestSqlStoreLeaseContract(StateStoreLeaseContract):
+    """Leases on every backend of the package, through the kit's optional part."""
+
+    @pytest.fixture
+    def store(self, store: SqlStore) -> SqlStore:
+        """The conftest's store, as above."""
+        return store
+
+    @pytest.fixture
+    async def rival(self, backend: str, store: SqlStore, store_url: URL) -> AsyncIterator[SqlStore]:
+        """A second store on the same database, as a second copy of the bot opens it: from the
+        URL, or, for an in-memory database that nothing else can reach, on the same engine
+        (which it leaves open for its owner)."""
+        other = SqlStore(store.engine) if backend == "memory" else SqlStore.from_url(store_url)
+        try:
+            yield other
+        finally:
+            await other.aclose()

@@ -1,8 +1,10 @@
-"""The restart demo end to end: a bot killed with SIGKILL comes back still halted."""
+"""The restart demo end to end: a bot killed with SIGKILL comes back still halted, and a second
+copy of it is refused at start."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "restart_demo.py"
 OK_LINE = "OK: halted breaker and drawdown restored after SIGKILL"
+LEASE_OK_LINE = "OK: a second copy of the bot was refused at start and wrote nothing"
 
 
 def _member(value: JSONValue, name: str) -> JSONValue:
@@ -41,9 +44,19 @@ async def test_demo_restores_halted_breaker_after_sigkill(tmp_path: Path, seed: 
     output = out.decode()
     assert proc.returncode == 0, output + err.decode()
     assert OK_LINE in output.splitlines(), output
+    assert LEASE_OK_LINE in output.splitlines(), output
+
+    # The second copy was told who holds the lease: the first bot, by its pid.
+    first = re.search(r"^1\. First run \(pid (\d+)\)", output, re.MULTILINE)
+    assert first is not None, output
+    assert re.search(rf"^  copy\| refused at start: .* pid {first[1]} ", output, re.MULTILINE)
+    assert "parent: the second copy exited with status 3" in output
 
     async with rustrade_store.SqlStore.from_url(url) as store:
         snapshots = [snapshot async for snapshot in store.snapshots("restart-demo/")]
+        (lease,) = await store.leases()
+    # Taken by the first run, then by the restart, which released it on its clean exit.
+    assert (lease.prefix, lease.token, lease.live) == ("restart-demo/", 2, False)
     assert len(snapshots) == 3
     halted = [
         snapshot
