@@ -30,7 +30,7 @@ from .fencing import Fencing
 from .migrate import check_revision, upgrade_connection
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
     from datetime import datetime
 
     from sqlalchemy.engine import ExceptionContext
@@ -75,10 +75,20 @@ class _Failed(Exception):
         self.cause = cause
 
 
-async def _to_the_end(work: Awaitable[T]) -> T:
+class _ToTheEnd(asyncio.Task[Any]):
+    """A task that refuses to be cancelled: ``asyncio.run`` cancels every task left when its
+    main coroutine returns, and one cut off mid-statement would lose an in-memory database or
+    leave SQLite's write lock held by aiosqlite's thread. It ends on its own, within the
+    store's timeouts."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
     """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise that
     cancellation (an error of ``work`` the caller no longer waits for is dropped)."""
-    task = asyncio.ensure_future(work)
+    task: asyncio.Task[T] = _ToTheEnd(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -123,7 +133,7 @@ class _Batcher:
 
     def __init__(
         self,
-        run: Callable[[list[Any]], Awaitable[Sequence[Any]]],
+        run: Callable[[list[Any]], Coroutine[Any, Any, Sequence[Any]]],
         slots: int,
         gate: asyncio.Lock | None,
         *,

@@ -17,7 +17,6 @@ import pytest
 from rustrade_store import upgrade
 from rustrade_store.engine import resolve_url
 
-from .helpers import IN_CI as IN_CI  # re-exported until test_mariadb.py imports helpers
 from .helpers import (
     MARIADB_ADMIN_URL,
     POSTGRES_ADMIN_URL,
@@ -25,9 +24,9 @@ from .helpers import (
     empty,
     new_mariadb_database,
     new_postgres_database,
+    open_store,
     stop_counting_checkouts,
 )
-from .helpers import open_store as open_store  # re-exported until test_faults_found.py does
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -22,7 +22,7 @@ from sqlalchemy import event
 
 from rustrade_store import SqlStore, StorageError
 
-from .conftest import open_store
+from .helpers import open_store
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:

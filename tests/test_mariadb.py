@@ -16,7 +16,7 @@ from rustrade_store.engine import DEFAULT_TIMEOUT
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
 
-from .conftest import IN_CI
+from .helpers import IN_CI
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
