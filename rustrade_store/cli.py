@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 key not found, 2 usage or bad input, 3 storage error (the database failed,
 or has no schema at this release's revision), 4 conflict (a compare-and-set found the snapshot
-changed), 130 interrupted. Errors are one line on stderr; ``--debug`` adds the traceback.
+changed), 5 leased (another store holds a live lease on the key's prefix: stop that bot, or
+``--force``), 130 interrupted. Errors are one line on stderr; ``--debug`` adds the traceback.
 Results go to stdout, confirmations and progress to stderr.
 
 This module parses the command line and maps outcomes to exit codes; what each command does is
@@ -21,7 +22,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import ConflictError, StorageError, StoreError
+from .errors import ConflictError, LeaseError, StorageError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -32,9 +33,11 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_CONFLICT",
     "EXIT_INTERRUPTED",
+    "EXIT_LEASED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_STORAGE",
+    "FORCE_HINT",
     "Failure",
     "build_parser",
     "completion_script",
@@ -46,10 +49,15 @@ EXIT_NOT_FOUND = 1
 EXIT_BAD_INPUT = 2
 EXIT_STORAGE = 3
 EXIT_CONFLICT = 4
+EXIT_LEASED = 5
+"""Not 4: a conflict is cured by reading again and retrying, a live lease only by stopping its
+holder (or ``--force``), so a script retrying on 4 must not spin on a running bot."""
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 PROG = "rustrade-store"
+FORCE_HINT = "nothing was written (--force writes under the lease anyway)"
+"""The end of every refusal by a live lease."""
 
 
 class Failure(Exception):
@@ -105,6 +113,8 @@ _EXAMPLES = {
     "import": "rustrade-store --url postgresql://trader@db.internal/rustrade import backup.jsonl",
     "copy": "rustrade-store copy --from sqlite:///rustrade_state.db --to postgresql://db/rustrade",
     "completion": "source <(rustrade-store completion bash)   # in ~/.bashrc",
+    "leases": "rustrade-store leases --json | jq -c 'select(.live)'",
+    "lease": "rustrade-store lease break bot1/ --yes",
 }
 
 _WHERE_HELP = """\
@@ -128,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"The database URL comes from --url, else ${ENV_VAR}, else ./rustrade_state.db.\n"
         "Plain URLs get the async drivers: sqlite:///bot.db, postgresql://user:pw@host/db.\n\n"
         "exit codes: 0 ok, 1 key not found, 2 usage or bad input, 3 storage error,\n"
-        "4 conflict (changed since read), 130 interrupted\n"
+        "4 conflict (changed since read), 5 leased (stop the bot, or --force), 130 interrupted\n"
     )
     common = _Parser(add_help=False)
     common.add_argument(
@@ -160,18 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def add(
-        name: str, handler: Callable[..., Any], summary: str, more: str = ""
-    ) -> argparse.ArgumentParser:
-        sub = subparsers.add_parser(
+        name: str,
+        handler: Callable[..., Any] | None,
+        summary: str,
+        more: str = "",
+        under: argparse._SubParsersAction[_Parser] = subparsers,
+        example: str = "",
+    ) -> _Parser:
+        sub = under.add_parser(
             name,
             parents=[common],
             help=summary,
             description=summary,
-            epilog=f"{more}example:\n  {_EXAMPLES[name]}\n\n{epilog}",
+            epilog=f"{more}example:\n  {example or _EXAMPLES[name]}\n\n{epilog}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        sub.set_defaults(handler=handler)
+        if handler is not None:
+            sub.set_defaults(handler=handler)
         return sub
+
+    force = "write under another store's live lease (stop that bot first: it would overwrite this)"
 
     sub = add("upgrade", commands.cmd_upgrade, "migrate the schema up (creates an SQLite file)")
     sub.add_argument("revision", nargs="?", default="head", metavar="REV", help="default: head")
@@ -207,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only if KEY is still the snapshot saved at TIME (as ls prints it)",
     )
     condition.add_argument("--if-absent", action="store_true", help="only if KEY does not exist")
+    sub.add_argument("--force", action="store_true", help=force)
     sub = add(
         "edit",
         commands.cmd_edit,
@@ -214,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("key", metavar="KEY")
     sub.add_argument("--yes", action="store_true", help="save without asking after the diff")
+    sub.add_argument("--force", action="store_true", help=force)
     sub = add("rm", commands.cmd_rm, "remove KEY (asks first, or --yes)")
     sub.add_argument("key", metavar="KEY")
     sub.add_argument("--yes", action="store_true", help="remove without asking")
+    sub.add_argument("--force", action="store_true", help=force)
     sub = add("export", commands.cmd_export, "write snapshots as JSON Lines to FILE or stdout")
     sub.add_argument("file", nargs="?", metavar="FILE")
     sub.add_argument("--prefix", default="", help="only keys starting with PREFIX")
@@ -234,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="import a file without an export's last line (count and SHA-256), unchecked",
     )
+    sub.add_argument("--force", action="store_true", help=force)
     sub = add("copy", commands.cmd_copy, "copy every snapshot to another database and verify it")
     sub.add_argument("--from", dest="source", required=True, metavar="URL")
     sub.add_argument("--to", dest="target", required=True, metavar="URL")
@@ -241,6 +263,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--overwrite", action="store_true", help="with --merge: the source wins even if older"
     )
+    sub.add_argument("--force", action="store_true", help=f"into --to: {force}")
+    sub = add(
+        "leases",
+        commands.cmd_leases,
+        "list leases: prefix, token, live or expired, expiry, holder (host, pid, id, since)",
+    )
+    sub.add_argument("--json", action="store_true", help="JSON Lines, one lease a line")
+    lease = add("lease", None, "act on a lease: `lease break PREFIX` ends a dead holder's lease")
+    actions = lease.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    sub = add(
+        "break",
+        commands.cmd_lease_break,
+        "end the lease on PREFIX, for an operator who knows its holder is dead: the holder's "
+        "writes are refused from then on, even if it comes back (asks first, or --yes)",
+        under=actions,
+        example=_EXAMPLES["lease"],
+    )
+    sub.add_argument("prefix", metavar="PREFIX", help="the leased prefix, such as bot1/")
+    sub.add_argument("--yes", action="store_true", help="break it without asking")
+    lease.commands = list(actions.choices)
     sub = add("completion", _cmd_completion, "print a shell completion script")
     sub.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
     parser.commands = list(subparsers.choices)
@@ -267,8 +311,19 @@ def completion_script(shell: str, parser: argparse.ArgumentParser | None = None)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
+                nested = [
+                    inner
+                    for item in sub._actions
+                    if isinstance(item, argparse._SubParsersAction)
+                    for inner in item.choices.values()
+                ]
                 commands[name] = sorted(
-                    {option for item in sub._actions for option in item.option_strings}
+                    {
+                        option
+                        for parser_ in (sub, *nested)
+                        for item in parser_._actions
+                        for option in item.option_strings
+                    }
                 )
     globals_ = "--url --timeout --debug --version --help"
     cases = "\n".join(
@@ -305,6 +360,7 @@ _rustrade_store() {{
             local IFS=$'\\n'
             COMPREPLY=($(compgen -f -- "$cur")) ;;
         completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")) ;;
+        lease) COMPREPLY=($(compgen -W "break" -- "$cur")) ;;
     esac
 }}
 complete -o default -F _rustrade_store {PROG}
@@ -346,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(console, exc.code, str(exc), debug)
     except ConflictError as exc:
         return _fail(console, EXIT_CONFLICT, f"{exc} (`{PROG} get` shows what is stored)", debug)
+    except LeaseError as exc:  # its message names the holder and what to do but --force
+        return _fail(console, EXIT_LEASED, f"{exc}; {FORCE_HINT}", debug)
     except StorageError as exc:
         return _fail(console, EXIT_STORAGE, str(exc), debug)
     except StoreError as exc:  # every other error of the package is bad input

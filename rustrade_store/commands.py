@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
@@ -25,13 +25,15 @@ from .cli import (
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,
     EXIT_INTERRUPTED,
+    EXIT_LEASED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_STORAGE,
+    FORCE_HINT,
     PROG,
     Failure,
 )
-from .codec import check_key, encode
+from .codec import LEASE_PREFIX, check_key, encode, lease_key
 from .condition import compile_condition
 from .engine import create_engine, is_memory_url, masked, passwords, read_settings, resolve_url
 from .errors import (
@@ -39,10 +41,12 @@ from .errors import (
     InvalidKeyError,
     InvalidValueError,
     KeyTypeError,
+    LeaseHeldError,
     SchemaError,
     StorageError,
     storage_error,
 )
+from .lease import check_prefix
 from .migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
 from .restore import RestoreReport
 from .schema import snapshots
@@ -59,17 +63,18 @@ from .transfer import (
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
     from datetime import datetime
 
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from .codec import JSONValue
+    from .lease import LeaseInfo
     from .migrate import SchemaStatus
     from .store import Snapshot
 
-__all__ = ["Console"]
+__all__ = ["Console", "hosts_of", "replication_report", "same_database"]
 
 
 # -- output --------------------------------------------------------------------------------
@@ -195,8 +200,9 @@ async def _connection(url: URL, wait: float, action: str) -> AsyncIterator[Async
         await engine.dispose()
 
 
-def _open(url: URL, timeout: float) -> SqlStore:
-    return SqlStore.from_url(url, timeout=timeout)
+def _open(url: URL, timeout: float, *, force: bool = False) -> SqlStore:
+    """The command's store; ``force`` (``--force``) writes under other stores' live leases."""
+    return SqlStore.from_url(url, timeout=timeout, ignore_leases=force)
 
 
 def _key(raw: str) -> str:
@@ -356,25 +362,37 @@ async def cmd_current(args: argparse.Namespace, console: Console) -> int:
 async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     url = _url(console, args.url)
     where = masked(url)
+    hosts = hosts_of(url)
     report: dict[str, Any] = {
         "url": where,
+        "hosts": hosts,
         "package": f"rustrade-store {__version__}",
         "dialect": url.get_backend_name(),
         "driver": url.get_driver_name(),
         "server_version": None,
+        "connected_to": None,
         "schema": None,
         "settings": {},
+        "replication": None,
         "snapshots": None,
+        "warnings": [],
     }
-    lines: list[tuple[str, str]] = [
-        (label, report[label]) for label in ("url", "package", "dialect", "driver")
-    ]
+    lines: list[tuple[str, str]] = [("url", where)]
+    if url.get_backend_name() != "sqlite":
+        lines.append(("hosts", ", ".join(hosts) or "the driver's default (local socket)"))
+    lines += [(label, report[label]) for label in ("package", "dialect", "driver")]
     problem: str | None = None
     try:
         async with _connection(url, args.timeout, "doctor") as connection:
             info = connection.dialect.server_version_info or ()
             report["server_version"] = ".".join(str(part) for part in info) or None
             lines.append(("server version", report["server_version"] or "unknown"))
+            replication = None
+            if connection.dialect.name == "postgresql":
+                replication = await connection.run_sync(_read_replication)
+                report["connected_to"] = replication.pop("connected_to")
+                if len(hosts) > 1:
+                    lines.append(("connected to", report["connected_to"]))
             status = await schema_status(connection, where)
             report["schema"] = {
                 "revision": status.current,
@@ -387,6 +405,27 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
             settings = await connection.run_sync(read_settings)
             report["settings"] = dict(settings)
             lines.extend(settings)
+            if replication is not None:
+                names = replication["standby_names"]
+                report["settings"]["synchronous_standby_names"] = names
+                lines.append(("synchronous_standby_names", names or "(empty)"))
+                found, attached, warnings = replication_report(
+                    report["settings"].get("synchronous_commit", "on"),
+                    names,
+                    in_recovery=replication["in_recovery"],
+                    standbys=replication["standbys"],
+                    user=url.username or "CURRENT_USER",
+                )
+                lines.append(("standbys", found))
+                report["replication"] = {
+                    "in_recovery": replication["in_recovery"],
+                    "standbys": [
+                        {"application_name": name, "sync_state": state}
+                        for name, state in replication["standbys"]
+                    ],
+                    "synchronous_standby_attached": attached,
+                }
+                report["warnings"] = warnings
             rows = await connection.run_sync(_count_rows)
             report["snapshots"] = rows
             lines.append(("snapshots", "no table" if rows is None else f"{rows:,}"))
@@ -397,6 +436,7 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
         report["problem"] = problem
         console.out.write(console.scrub(json.dumps(report, ensure_ascii=False)) + "\n")
     else:
+        lines += [("warning", warning) for warning in report["warnings"]]
         width = max(len(label) for label, _ in lines) + 1
         for label, value in lines:
             console.out.write(console.scrub(f"{label + ':':<{width}} {value}") + "\n")
@@ -405,6 +445,100 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     if problem is not None:
         raise StorageError(problem)
     return EXIT_OK
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def hosts_of(url: URL) -> list[str]:
+    """Every ``host:port`` a server URL names, in order: its host, then those of a multi-host
+    URL's ``?host=`` (the default port where none is given); empty for SQLite, or when the URL
+    leaves the host to the driver."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return []
+    port = url.port or _DEFAULT_PORTS.get(backend)
+    listed = [f"{url.host}:{port}"] if url.host else []
+    given = url.query.get("host", ())
+    for host in (given,) if isinstance(given, str) else given:
+        listed.append(host if re.search(r":\d+$", host) else f"{host}:{port}")
+    return listed
+
+
+def _read_replication(connection: Connection) -> dict[str, Any]:
+    """PostgreSQL: what decides whether an acknowledged commit survives a failover."""
+    names = str(connection.exec_driver_sql("SHOW synchronous_standby_names").scalar() or "")
+    in_recovery, address, port = connection.execute(
+        text("SELECT pg_is_in_recovery(), host(inet_server_addr()), inet_server_port()")
+    ).one()
+    # Without pg_monitor (pg_read_all_stats) each WAL sender's row is there, its state null.
+    standbys = connection.execute(
+        text(
+            "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY application_name"
+        )
+    ).all()
+    return {
+        "standby_names": names,
+        "in_recovery": bool(in_recovery),
+        "standbys": [(name, state) for name, state in standbys],
+        "connected_to": f"{address}:{port}" if address else "the local socket",
+    }
+
+
+def replication_report(
+    synchronous_commit: str,
+    standby_names: str,
+    *,
+    in_recovery: bool,
+    standbys: Sequence[tuple[str | None, str | None]],
+    user: str,
+) -> tuple[str, bool | None, list[str]]:
+    """``doctor``'s verdict on a PostgreSQL server's replication: the standbys line, whether a
+    synchronous standby is attached (``None``: unknown, their state is hidden from this role),
+    and the warnings, the first of which is that a failover can lose acknowledged saves."""
+    if in_recovery:
+        return (
+            "this server is itself a standby (in recovery)",
+            None,
+            [
+                "this server is a standby in recovery and takes no writes: list the primary, or "
+                "add target_session_attrs=read-write to a multi-host URL"
+            ],
+        )
+    hidden = [name or "?" for name, state in standbys if state is None]
+    found = ", ".join(f"{name or '?'} ({state})" for name, state in standbys if state is not None)
+    attached: bool | None = any(state in ("sync", "quorum") for _, state in standbys)
+    if hidden:  # no pg_monitor: the rows are there, their states null
+        found = (found + ", " if found else "") + (
+            f"{', '.join(hidden)} (sync_state hidden from this role: "
+            f"GRANT pg_monitor TO {user} shows it)"
+        )
+        attached = attached or None
+    found = found or "none attached"
+    warnings = []
+    early = []
+    if not standby_names.strip():
+        early.append("synchronous_standby_names is empty")
+    if synchronous_commit in ("off", "local"):
+        early.append(f"synchronous_commit = {synchronous_commit}")
+    if early:
+        warnings.append(
+            f"commits are acknowledged before any standby has them ({' and '.join(early)}): a "
+            "failover can lose acknowledged saves"
+            + (
+                ", unless your provider replicates storage synchronously (a managed standby "
+                "replicated at the storage level shows synchronous_standby_names empty)"
+                if not standby_names.strip()
+                else ""
+            )
+        )
+    elif attached is False:
+        warnings.append(
+            f"synchronous_standby_names is {standby_names!r} but no synchronous standby is "
+            f"attached (standbys: {found}): every commit waits for one, so saves time out "
+            "until it is back"
+        )
+    return found, attached, warnings
 
 
 # -- snapshot commands ---------------------------------------------------------------------
@@ -563,7 +697,7 @@ async def cmd_put(args: argparse.Namespace, console: Console) -> int:
     value = _read_value(key, args.json)  # before the database is opened: bad input changes nothing
     expected = _token(args.if_updated_at) if args.if_updated_at is not None else None
     url = _url(console, args.url)
-    async with _open(url, args.timeout) as store:
+    async with _open(url, args.timeout, force=args.force) as store:
         if expected is not None:
             await store.save(key, value, if_updated_at=expected)
         elif args.if_absent:
@@ -599,6 +733,8 @@ async def cmd_edit(args: argparse.Namespace, console: Console) -> int:
     url = _url(console, args.url)
     async with _open(url, args.timeout) as store:
         read = await store.load_snapshot(key)
+        if read is not None:  # refused before the editor opens, not after the typing
+            await _refuse_if_leased(store, key, masked(url), force=args.force)
     if read is None:
         raise Failure(
             EXIT_NOT_FOUND,
@@ -632,13 +768,17 @@ async def cmd_edit(args: argparse.Namespace, console: Console) -> int:
         yes=args.yes,
         refusal=f"edit saves only once confirmed; the edit is in {edit.path} ({later})",
     )
-    async with _open(url, args.timeout) as store:
+    async with _open(url, args.timeout, force=args.force) as store:
         try:
             await store.save(key, value, if_updated_at=read.updated_at)
         except ConflictError:
             now = await store.load_snapshot(key)
             refusal = _changed_meanwhile(console, key, read, now, edit.path)
             raise Failure(EXIT_CONFLICT, refusal) from None
+        except LeaseHeldError as exc:  # a lease taken while the editor was open
+            raise Failure(
+                EXIT_LEASED, f"{exc}; {FORCE_HINT}; the edit is in {edit.path} ({later})"
+            ) from None
     edit.discard()
     console.say(f"saved {key!r} ({_size(value):,} bytes)")
     return EXIT_OK
@@ -693,10 +833,11 @@ async def _run_editor(path: Path) -> None:
 async def cmd_rm(args: argparse.Namespace, console: Console) -> int:
     url = _url(console, args.url)
     key = _key(args.key)
-    async with _open(url, args.timeout) as store:
+    async with _open(url, args.timeout, force=args.force) as store:
         found = await store.load_snapshot(key)
         if found is None:
             raise Failure(EXIT_NOT_FOUND, f"key {key!r} not found in {masked(url)}")
+        await _refuse_if_leased(store, key, masked(url), force=args.force)
         what = f"{key!r} (saved at {format_time(found.updated_at)}, {_size(found.value):,} bytes)"
         confirm(
             console,
@@ -707,6 +848,116 @@ async def cmd_rm(args: argparse.Namespace, console: Console) -> int:
         if not await store.delete(key):
             raise Failure(EXIT_NOT_FOUND, f"key {key!r} not found in {masked(url)}")
     console.say(f"removed {key!r}")
+    return EXIT_OK
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    if "broken at" in holder:
+        return f"nobody (broken at {holder['broken at']})"
+    return (
+        f"{holder.get('host')} pid {holder.get('pid')} (lease {holder.get('id')}) "
+        f"since {holder.get('since')}"
+    )
+
+
+def _lease_text(info: LeaseInfo) -> str:
+    """A lease as the messages name it: state, prefix, token, holder, expiry."""
+    until = format_time(info.expires_at)
+    expiry = f"until {until} unless renewed" if info.live else f"expired at {until}"
+    state = "live" if info.live else "expired"
+    return (
+        f"the {state} lease on {info.prefix!r} (token {info.token}) held by "
+        f"{_holder_text(info.holder)}, {expiry}"
+    )
+
+
+async def _refuse_if_leased(store: SqlStore, key: str, where: str, *, force: bool) -> None:
+    """Refuse before asking or editing what the write would refuse anyway: a key under another
+    store's live lease (unless ``--force``)."""
+    row = lease_key(key)
+    if force or row is None:
+        return
+    prefix = row.removeprefix(LEASE_PREFIX)
+    for info in await store.leases():
+        if info.prefix == prefix and info.live:
+            raise Failure(
+                EXIT_LEASED,
+                f"{key!r} in {where} is under {_lease_text(info)}: stop that bot first (a running "
+                f"bot saves over a repair), or if it is dead, `{PROG} lease break {prefix}`; "
+                f"{FORCE_HINT}",
+            )
+
+
+async def cmd_leases(args: argparse.Namespace, console: Console) -> int:
+    url = _url(console, args.url)
+    async with _open(url, args.timeout) as store:
+        found = await store.leases()
+    out = console.out
+    if args.json:
+        for info in found:
+            line = {
+                "prefix": info.prefix,
+                "token": info.token,
+                "live": info.live,
+                "expires_at": format_time(info.expires_at),
+                "holder": info.holder,
+            }
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    elif found:
+        rows = [
+            (
+                info.prefix,
+                str(info.token),
+                "live" if info.live else "expired",
+                format_time(info.expires_at),
+                _holder_text(info.holder),
+            )
+            for info in found
+        ]
+        if out.isatty():
+            rows.insert(0, ("PREFIX", "TOKEN", "STATE", "EXPIRES_AT", "HOLDER"))
+        widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            out.write("  ".join([*cells, row[4]]) + "\n")
+    if console.err.isatty() or not found:
+        live = sum(info.live for info in found)
+        console.say(f"{len(found):,} lease(s) in {masked(url)}, {live:,} live")
+    return EXIT_OK
+
+
+async def cmd_lease_break(args: argparse.Namespace, console: Console) -> int:
+    try:
+        prefix = check_prefix(args.prefix)
+    except (InvalidKeyError, KeyTypeError) as exc:
+        raise Failure(EXIT_BAD_INPUT, str(exc)) from None
+    url = _url(console, args.url)
+    where = masked(url)
+    async with _open(url, args.timeout) as store:
+        seen = next((info for info in await store.leases() if info.prefix == prefix), None)
+        if seen is None:
+            raise Failure(
+                EXIT_NOT_FOUND, f"no lease on {prefix!r} in {where} (`{PROG} leases` lists them)"
+            )
+        what = _lease_text(seen)
+        confirm(
+            console,
+            f"break {what}? Its holder's writes are refused from then on, even if it is alive",
+            yes=args.yes,
+            refusal=f"lease break ends {what} for good",
+        )
+        broken = await store.break_lease(prefix)
+    if broken is None:  # lease rows are never deleted: only a dropped table gets here
+        raise Failure(EXIT_NOT_FOUND, f"no lease on {prefix!r} in {where} any more")
+    if (broken.token, broken.holder) != (seen.token, seen.holder):
+        console.say(f"note: the lease changed hands after it was shown, to token {broken.token}")
+    console.say(
+        f"broke {_lease_text(broken)} in {where}: its writes under {prefix!r} are refused from "
+        "now on, and the next holder gets a higher token"
+    )
     return EXIT_OK
 
 
@@ -786,7 +1037,7 @@ async def cmd_import(args: argparse.Namespace, console: Console) -> int:
             where = masked(url)
             report = RestoreReport()
             with _stopped_by_ctrl_c(console, report, "import", where):
-                async with _open(url, args.timeout) as store:
+                async with _open(url, args.timeout, force=args.force) as store:
                     counts = await import_lines(
                         store,
                         lines,
@@ -811,15 +1062,19 @@ async def cmd_copy(args: argparse.Namespace, console: Console) -> int:
         raise Failure(EXIT_BAD_INPUT, "--overwrite applies to a merge: add --merge")
     source_url = _url(console, args.source)
     target_url = _url(console, args.target)
-    if _same_database(source_url, target_url):
-        raise Failure(EXIT_BAD_INPUT, "--from and --to name the same database")
+    if same_database(source_url, target_url):
+        shared = _shared_hosts(source_url, target_url)
+        both = f", {source_url.database!r} on {', '.join(shared)}" if shared else ""
+        raise Failure(
+            EXIT_BAD_INPUT, f"--from and --to name the same database{both}: give another --to"
+        )
     source_where, target_where = masked(source_url), masked(target_url)
     started = time.monotonic()
     report = RestoreReport()
     with _stopped_by_ctrl_c(console, report, "copy", target_where):
         async with (
             _open(source_url, args.timeout) as source,
-            _open(target_url, args.timeout) as target,
+            _open(target_url, args.timeout, force=args.force) as target,
         ):
             progress = None
             if console.err.isatty():
@@ -849,11 +1104,21 @@ async def cmd_copy(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _same_database(first: URL, second: URL) -> bool:
+def same_database(first: URL, second: URL) -> bool:
+    """Whether two URLs may reach one database: one SQLite file, or one database name on a
+    server both list (a multi-host URL's every host counts; any host in common is enough, since
+    either URL may connect to it)."""
     if first.get_backend_name() != second.get_backend_name():
         return False
     if first.get_backend_name() == "sqlite":
         if is_memory_url(first) or is_memory_url(second):
             return False
         return Path(first.database or "").resolve() == Path(second.database or "").resolve()
-    return (first.host, first.port, first.database) == (second.host, second.port, second.database)
+    if first.database != second.database:
+        return False
+    return bool(_shared_hosts(first, second)) or not (hosts_of(first) or hosts_of(second))
+
+
+def _shared_hosts(first: URL, second: URL) -> list[str]:
+    theirs = set(hosts_of(second))
+    return [host for host in hosts_of(first) if host in theirs]

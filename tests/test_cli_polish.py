@@ -98,6 +98,8 @@ complete_line rustrade-store l
 complete_line rustrade-store ls --wh
 complete_line rustrade-store get bot1/B
 complete_line rustrade-store completion z
+complete_line rustrade-store lease b
+complete_line rustrade-store lease break --y
 """
     env = os.environ | {
         "PATH": f"{Path(COMMAND).parent}:{os.environ['PATH']}",
@@ -106,7 +108,14 @@ complete_line rustrade-store completion z
     completed = subprocess.run(
         ["bash", "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )
-    assert completed.stdout.splitlines() == ["ls", "--where", "bot1/BTCUSDT", "zsh"]
+    assert completed.stdout.splitlines() == [
+        "ls leases lease",
+        "--where",
+        "bot1/BTCUSDT",
+        "zsh",
+        "break",
+        "--yes",
+    ]
     zsh = ok(cli("completion", "zsh", cwd=tmp_path)).out
     assert zsh.startswith("autoload -U +X bashcompinit && bashcompinit\n")
     assert zsh.split("\n", 2)[2] == script.split("\n", 1)[1]  # the same function, loaded by zsh
