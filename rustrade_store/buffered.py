@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .codec import JSONInput, JSONValue, check_key, check_keys, decode, encode, encode_entry
-from .errors import StorageError, StoreError
+from .errors import LeaseLostError, StorageError, StoreError
 from .store import StateStore
 
 if TYPE_CHECKING:
@@ -204,15 +204,12 @@ class BufferedStore(StateStore):
         if not keys or self._reported:
             return
         self._reported = True
-        named = ", ".join(map(repr, keys[:NAMED_IN_WARNING]))
-        more = len(keys) - NAMED_IN_WARNING
         logger.warning(
-            "%r %s with %d value(s) never written to the inner store: %s%s",
+            "%r %s with %d value(s) never written to the inner store: %s",
             self,
             event,
             len(keys),
-            named,
-            f" and {more} more" if more > 0 else "",
+            _some(keys),
         )
 
     def _check_open(self, action: str) -> None:
@@ -236,22 +233,48 @@ class BufferedStore(StateStore):
 
     async def _write_pending(self) -> None:
         """Write the queue with one ``save_many``; on failure put back what a newer save did not
-        replace. Callers hold the write lock, so batches reach the inner store in order."""
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, {}
-        self._writing = batch
-        try:
-            await self._inner.save_many({key: decode(text, key) for key, text in batch.items()})
-        except BaseException as exc:
-            self._pending = batch | self._pending
-            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
-                raise
-            raise StorageError(
-                f"writing {len(batch)} queued value(s) to {self._inner!r} failed: {exc}"
-            ) from exc
-        finally:
-            self._writing = {}
+        replace. Callers hold the write lock, so batches reach the inner store in order.
+
+        Values the inner store can never write any more (under a lease it lost, found before
+        or by this very write) are dropped from the queue, named in a warning and in the
+        :class:`LeaseLostError` raised once the others are written: kept, they would hold
+        every other key back for good.
+        """
+        lost: dict[str, StoreError] = {}
+        for attempt in range(2):  # a lease found lost by the write itself: again without its keys
+            if not self._pending:
+                break
+            for key in self._pending:
+                try:
+                    self._inner.check_writable(key)
+                except StoreError as exc:
+                    lost[key] = exc
+            batch = {key: text for key, text in self._pending.items() if key not in lost}
+            self._pending = {}
+            self._writing = batch
+            try:
+                if batch:
+                    values = {key: decode(text, key) for key, text in batch.items()}
+                    await self._inner.save_many(values)
+                break
+            except LeaseLostError:
+                self._pending = batch | self._pending
+                if attempt:
+                    raise
+            except BaseException as exc:
+                self._pending = batch | self._pending
+                if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                    raise
+                raise StorageError(
+                    f"writing {len(batch)} queued value(s) to {self._inner!r} failed: {exc}"
+                ) from exc
+            finally:
+                self._writing = {}
+        if lost:
+            keys = _some(lost)
+            logger.warning("queued values dropped, their lease is lost: %s", keys)
+            error = next(iter(lost.values()))
+            raise type(error)(f"queued values of {keys} were not written: {error}") from error
 
     async def _write_behind(self) -> None:
         """The background writer: a batch after ``delay``, or at once when the queue is full."""
@@ -286,3 +309,11 @@ class BufferedStore(StateStore):
             # aclose() cancels it with nothing queued; values queued now die with the event loop.
             self._report_unflushed("had its background writer cancelled")
             raise
+
+
+def _some(keys: Iterable[str]) -> str:
+    """The first keys, in order, and how many more: for a message that must stay short."""
+    ordered = sorted(keys)
+    named = ", ".join(map(repr, ordered[:NAMED_IN_WARNING]))
+    more = len(ordered) - NAMED_IN_WARNING
+    return named + (f" and {more} more" if more > 0 else "")

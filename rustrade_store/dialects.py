@@ -135,13 +135,18 @@ def _on_conflict_insert(
     insert: Callable[[Table], postgresql.Insert | sqlite.Insert],
 ) -> Callable[[Table], Insert]:
     def insert_new(table: Table) -> Insert:
-        return insert(table).on_conflict_do_nothing().returning(table.c.key)
+        return insert(table).on_conflict_do_nothing().returning(table.c.key, table.c.updated_at)
 
     return insert_new
 
 
 def _mysql_insert(table: Table) -> Insert:
-    return mysql.insert(table).prefix_with("IGNORE").returning(table.c.key)
+    # Not INSERT IGNORE, whose duplicate-key warning the driver prints: a no-op update, after
+    # which RETURNING gives the row that stands (inserted if its time is the one sent).
+    stmt = mysql.insert(table)
+    return stmt.on_duplicate_key_update(updated_at=table.c.updated_at).returning(
+        table.c.key, table.c.updated_at
+    )
 
 
 def _iso_time(when: datetime) -> str:
@@ -298,7 +303,8 @@ class DialectFacts:
     stored one only if older (and ``guard``, a condition on the stored row, holds); RETURNING
     gives key and final time of each row applied."""
     insert_new: Callable[[Table], Insert]
-    """Insert a row unless its key exists; RETURNING names it if it was inserted."""
+    """Insert a row unless its key exists; RETURNING gives key and time of the row inserted (or,
+    on MariaDB, of the row that stands: inserted if its time is the one sent)."""
     time_text: Callable[[datetime], str]
     """A time as :attr:`rows` takes it."""
     server_now: Callable[[], ColumnElement[datetime]]

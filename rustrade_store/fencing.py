@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     Execute = Callable[[Executable, Any], Awaitable[list[Sequence[Any]]]]
 
-__all__ = ["Fencing"]
+__all__ = ["Fencing", "held_error", "lease_value"]
 
 
 class Fencing:
@@ -165,10 +165,22 @@ class Fencing:
         return {"keys": self._facts.keys_param(keys)}
 
 
+def lease_value(text: str) -> dict[str, Any]:
+    """The value of a lease row; ``{}`` for a row of the reserved form that is no lease (data
+    saved under such a key before leases existed)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def held_error(action: str, key: str, where: str, text: str, until: datetime) -> LeaseHeldError:
     """The error for a write, or a lease, refused by another store's live lease."""
-    holder: dict[str, Any] = json.loads(text).get("holder", {})
-    prefix = json.loads(text).get("prefix", "?")
+    value = lease_value(text)
+    holder = value.get("holder")
+    holder = holder if isinstance(holder, dict) else {}
+    prefix = value.get("prefix", "?")
     return LeaseHeldError(
         f"{action} {key!r} refused on {where}: {prefix!r} is leased by "
         f"{holder.get('host')} pid {holder.get('pid')} (lease {holder.get('id')}) since "

@@ -24,8 +24,8 @@ from sqlalchemy import bindparam, select, update
 
 from . import clock
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
-from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError
-from .fencing import held_error
+from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError
+from .fencing import held_error, lease_value
 from .schema import snapshots
 
 if TYPE_CHECKING:
@@ -132,7 +132,9 @@ class Lease:
         while True:
             try:
                 await self._take()
-            except LeaseHeldError:
+            except (LeaseHeldError, StorageError):
+                # Held, or its row locked by a holder frozen inside a transaction until the
+                # server ends that session: both may pass before the wait is over.
                 left = deadline - loop.time()
                 if left <= 0:
                     raise
@@ -213,7 +215,7 @@ class Lease:
                 text, until = found
                 if until > now:
                     raise held_error("lease", self.prefix, executor.where, text, until)
-                token = int(json.loads(text).get("token", 0)) + 1
+                token = _token(text) + 1
             holder = me | {"since": now.isoformat()}
             value = {"prefix": self.prefix, "token": token, "holder": holder}
             text = _text(value)
@@ -224,8 +226,10 @@ class Lease:
                     executor.facts.insert_new(_table),
                     {"key": self._row_key, "value": text, "updated_at": until},
                 )
-                if inserted.first() is None:  # another store inserted it first
-                    raise held_error("lease", self.prefix, executor.where, text, until)
+                row = inserted.first()
+                if row is None or row[1] != until:  # another store inserted it first
+                    theirs = await connection.execute(_read(executor), {"row": self._row_key})
+                    raise held_error("lease", self.prefix, executor.where, *theirs.one())
             else:
                 await connection.execute(_take_over(), params)
             return text, token, until, holder
@@ -334,28 +338,19 @@ class LeaseInfo:
 async def list_leases(executor: Executor) -> list[LeaseInfo]:
     """Every lease row, live or not, in prefix order."""
     table = _table
-    value = executor.facts.json_text(table.c.value)
+    text = executor.facts.json_text(table.c.value)
     live = table.c.updated_at > executor.facts.server_now()
     end = chr(ord(LEASE_PREFIX[-1]) + 1)
     statement = (
-        select(table.c.key, value, table.c.updated_at, live)
+        select(table.c.key, text, table.c.updated_at, live)
         .where(table.c.key >= LEASE_PREFIX, table.c.key < LEASE_PREFIX[:-1] + end)
         .order_by(table.c.key)
     )
     rows = await executor.fetch("leases", None, statement, executor.fencing.now())
-    found = []
-    for key, text, until, is_live in rows:
-        value = json.loads(text)
-        found.append(
-            LeaseInfo(
-                key.removeprefix(LEASE_PREFIX),
-                int(value.get("token", 0)),
-                value.get("holder", {}),
-                until,
-                bool(is_live),
-            )
-        )
-    return found
+    return [
+        LeaseInfo(key.removeprefix(LEASE_PREFIX), _token(value), _holder(value), until, bool(on))
+        for key, value, until, on in rows
+    ]
 
 
 async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
@@ -371,14 +366,23 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
         if found is None:
             return None
         text, until = found
-        value = json.loads(text)
-        token = int(value.get("token", 0))
+        token = _token(text)
         broken = {"prefix": prefix, "token": token + 1, "holder": {"broken at": now.isoformat()}}
         params = {"row": row_key, "text": _text(broken), "until": now}
         await connection.execute(_take_over(), params)
-        return LeaseInfo(prefix, token, value.get("holder", {}), until, until > now)
+        return LeaseInfo(prefix, token, _holder(text), until, until > now)
 
     return await executor.run("break lease", prefix, work, transaction=True)
+
+
+def _holder(text: str) -> dict[str, Any]:
+    holder = lease_value(text).get("holder")
+    return holder if isinstance(holder, dict) else {}
+
+
+def _token(text: str) -> int:
+    token = lease_value(text).get("token", 0)
+    return token if isinstance(token, int) else 0
 
 
 def _text(value: dict[str, Any]) -> str:

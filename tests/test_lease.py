@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -146,5 +147,36 @@ async def test_an_operator_lists_breaks_and_overrides_leases(
         assert not after.live
     finally:
         await held.release()
+        if operator is not store:
+            await operator.aclose()
+
+
+async def test_a_buffer_drops_only_what_its_lost_lease_covers_and_says_so(
+    backend: str, store: SqlStore, store_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Values queued under a lease that is then lost can never be written: flush names them in
+    LeaseLostError and a warning, and writes the others, which they no longer hold back."""
+    lease = await store.lease("bot1/", ttl=30).acquire()
+    buffered = BufferedStore(store, delay=3600)
+    await buffered.save("bot1/breaker", {"halted": True})
+    await buffered.save("bot2/pnl", 5)
+    operator = store if backend == "memory" else SqlStore.from_url(store_url)
+    try:
+        await operator.break_lease("bot1/")
+        with (
+            caplog.at_level(logging.WARNING, logger="rustrade_store.buffered"),
+            pytest.raises(LeaseLostError, match="bot1/breaker"),
+        ):
+            await buffered.flush()
+        assert any("bot1/breaker" in record.getMessage() for record in caplog.records)
+        assert await operator.load_many(["bot1/breaker", "bot2/pnl"]) == {
+            "bot1/breaker": None,
+            "bot2/pnl": 5,
+        }
+        await buffered.save("bot2/pnl", 6)
+        await buffered.flush()
+        assert await operator.load("bot2/pnl") == 6
+    finally:
+        await lease.release()
         if operator is not store:
             await operator.aclose()
