@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .cluster import Failover, ReplicatedPair
     from .history import Anomaly
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.failover]
 
 STORE_TIMEOUT = 10.0
 """Each call's deadline: the store retries a lost connection until then, so a call in flight at

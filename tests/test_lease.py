@@ -38,11 +38,18 @@ async def rival(backend: str, store: SqlStore, store_url: URL) -> AsyncIterator[
         await other.aclose()
 
 
+SHARED = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+"""Backends a second store can reach (an in-memory database has one store)."""
+
+
+@pytest.mark.parametrize("backend", SHARED)
 async def test_a_second_copy_is_refused_and_told_who_holds_the_lease(
     store: SqlStore, rival: SqlStore
 ) -> None:
-    if rival is store:
-        pytest.skip("an in-memory database has one store")
     async with store.lease("bot1/", ttl=30) as lease:
         assert lease.token >= 1
         with pytest.raises(LeaseHeldError) as refused:
@@ -63,14 +70,13 @@ async def test_a_second_copy_is_refused_and_told_who_holds_the_lease(
         await rival.save("bot1/breaker", {"halted": False})
 
 
+@pytest.mark.parametrize("backend", SHARED)
 async def test_a_holder_that_paused_past_its_ttl_writes_nothing(
-    backend: str, store: SqlStore, store_url: URL
+    store: SqlStore, store_url: URL
 ) -> None:
     """A holder frozen past its ttl (a GC pause: here its event loop blocked while another
     copy, in another thread, waits for the lease to expire, takes it and saves): the first
     one's next write raises LeaseLostError and never lands, and so does every one after."""
-    if backend == "memory":
-        pytest.skip("an in-memory database has one store")
     first = await store.lease("bot1/", ttl=0.3).acquire()
     await store.save("bot1/breaker", {"halted": True})
 
