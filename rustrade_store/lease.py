@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
+    from sqlalchemy import Select, Update
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from .executor import Executor
@@ -287,7 +288,7 @@ class Lease:
                 await renewer
 
 
-def _touch() -> Any:
+def _touch() -> Update:
     return (
         update(_table)
         .where(_table.c.key == bindparam("row"))
@@ -295,12 +296,12 @@ def _touch() -> Any:
     )
 
 
-def _read(executor: Executor) -> Any:
+def _read(executor: Executor) -> Select[Any]:
     value = executor.facts.json_text(_table.c.value)
     return select(value, _table.c.updated_at).where(_table.c.key == bindparam("row"))
 
 
-def _take_over() -> Any:
+def _take_over() -> Update:
     return (
         update(_table)
         .where(_table.c.key == bindparam("row"))
@@ -308,7 +309,7 @@ def _take_over() -> Any:
     )
 
 
-def _renew(executor: Executor) -> Any:
+def _renew(executor: Executor) -> Update:
     value = executor.facts.json_text(_table.c.value)
     return (
         update(_table)
