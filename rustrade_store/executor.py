@@ -324,10 +324,6 @@ class Executor:
         return self.failure("load", key, TimeoutError("the store's writer stayed busy"))
 
     @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    @property
     def facts(self) -> DialectFacts:
         return self._facts
 
@@ -359,9 +355,7 @@ class Executor:
         """Write one row with the conditional upsert, batched with concurrent saves."""
         self.fencing.check(row["key"])
         self._bind_loop()
-        error = await self._saves.submit(row)
-        if error is not None:
-            raise error
+        await self._saves.submit(row)  # a refusal of this row is raised by the batch
 
     async def delete(self, key: str, before: datetime) -> bool:
         """Delete ``key`` if it was saved before ``before`` and its lease allows; return whether
