@@ -31,9 +31,11 @@ __all__ = [
     "MYSQL_SQL_MODE",
     "SQLITE_SYNCHRONOUS",
     "SQLITE_SYNCHRONOUS_MODES",
+    "autocommits",
     "check_synchronous",
     "check_timeout",
     "create_engine",
+    "create_store_engine",
     "engine_options",
     "install_connection_setup",
     "is_memory_url",
@@ -304,6 +306,37 @@ def store_engine_options(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         options["sqlite_create"] = False
     return options
+
+
+def autocommits(url: URL) -> bool:
+    """Whether the connections of an engine made with :func:`store_engine_options` autocommit."""
+    return store_engine_options(url).get("isolation_level") == "AUTOCOMMIT"
+
+
+def create_store_engine(
+    url: str | URL | None, *, timeout: float, sqlite_synchronous: str, **options: Any
+) -> AsyncEngine:
+    """:func:`create_engine` for ``url`` with :func:`store_engine_options`, ``options`` over
+    them: the engine of a store built from a URL.
+
+    ``isolation_level`` and ``skip_autocommit_rollback`` are refused: the store takes single
+    statements on this engine to autocommit, so another setting would let saves return and be
+    rolled back.
+    """
+    for managed in ("isolation_level", "skip_autocommit_rollback"):
+        if managed in options:
+            raise ConfigurationError(
+                f"{managed} is the store's own setting (single statements autocommit, "
+                "writes of several rows run in a transaction of their own): leave it out, "
+                "or hand SqlStore an engine you made"
+            )
+    resolved = resolve_url(url)
+    return create_engine(
+        resolved,
+        timeout=timeout,
+        sqlite_synchronous=sqlite_synchronous,
+        **(store_engine_options(resolved) | options),
+    )
 
 
 def _unique_statement_name() -> str:

@@ -18,7 +18,7 @@ from . import clock
 from .codec import encode_rows
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Iterable
+    from collections.abc import AsyncIterable, AsyncIterator, Iterable
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .executor import Executor, Row
     from .store import Snapshot
 
-__all__ = ["RestoreReport", "restore"]
+__all__ = ["RestoreReport", "restore", "restore_stream"]
 
 _TICK = timedelta(microseconds=1)
 
@@ -70,11 +70,34 @@ class RestoreReport:
 
 
 async def restore(
+    executor: Executor, items: Iterable[Snapshot], *, overwrite: bool
+) -> RestoreReport:
+    """Write ``items`` as one batch, which a lost connection can replay."""
+
+    async def one_batch() -> AsyncIterator[Iterable[Snapshot]]:
+        yield items
+
+    return await _restore(executor, one_batch(), overwrite, RestoreReport(), retry=True)
+
+
+async def restore_stream(
     executor: Executor,
     batches: AsyncIterable[Iterable[Snapshot]],
     *,
     overwrite: bool,
+    report: RestoreReport | None,
+) -> RestoreReport:
+    """Write ``batches``, counting into ``report`` (a new one if ``None``)."""
+    report = report if report is not None else RestoreReport()
+    return await _restore(executor, batches, overwrite, report, retry=False)
+
+
+async def _restore(
+    executor: Executor,
+    batches: AsyncIterable[Iterable[Snapshot]],
+    overwrite: bool,
     report: RestoreReport,
+    *,
     retry: bool,
 ) -> RestoreReport:
     """Write ``batches`` in one transaction, counting into ``report``; a cancellation waits at

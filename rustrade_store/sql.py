@@ -10,18 +10,11 @@ from typing import TYPE_CHECKING, Any, Self
 from . import clock, queries
 from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
 from .dialects import facts_for
-from .engine import (
-    DEFAULT_TIMEOUT,
-    SQLITE_SYNCHRONOUS,
-    create_engine,
-    masked,
-    resolve_url,
-    store_engine_options,
-)
-from .errors import ConfigurationError, StoreError
+from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, autocommits, create_store_engine, masked
+from .errors import StoreError
 from .executor import Executor
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
-from .restore import RestoreReport, restore
+from .restore import RestoreReport, restore, restore_stream
 from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
@@ -40,18 +33,14 @@ __all__ = ["SqlStore"]
 class SqlStore(StateStore):
     """A :class:`StateStore` over one table of any supported database.
 
-    Build it from a URL with :meth:`from_url`, or hand it an
-    :class:`~sqlalchemy.ext.asyncio.AsyncEngine`. ``owns_engine=True`` says the store made the
-    engine (with :func:`~rustrade_store.create_engine` and ``store_engine_options``): its
-    connections autocommit, and the store disposes of it on close; a handed engine runs every
-    operation in a transaction and stays open for its owner. The schema comes from the
-    package's Alembic migrations; the store checks the revision at first use and raises
-    :class:`~rustrade_store.SchemaError` when it does not match. An in-memory SQLite database,
-    which nothing else could migrate, is migrated by the store itself.
-
-    Every write carries its save time and applies only over an older one, and only where no
-    other store's lease covers its key (see the README's Guarantees); ``ignore_leases=True``
-    drops that second condition. ``timeout`` is each call's deadline, in seconds.
+    Build it with :meth:`from_url`, or hand it an :class:`~sqlalchemy.ext.asyncio.AsyncEngine`
+    (``timeout`` and ``ignore_leases`` as there). ``owns_engine=True`` says the store made the
+    engine with ``store_engine_options``: its connections autocommit, and close disposes of it;
+    a handed engine runs every operation in a transaction and stays open for its owner. At
+    first use the store checks the schema's Alembic revision (:class:`~rustrade_store.SchemaError`)
+    and migrates an in-memory SQLite database, which nothing else could. A write applies only
+    over an older save time, and only where no other store's lease covers its key (see the
+    README's Guarantees).
     """
 
     __slots__ = ("_engine", "_executor", "_leases", "_owns_engine", "_snapshot")
@@ -66,13 +55,12 @@ class SqlStore(StateStore):
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        built = store_engine_options(engine.url) if owns_engine else {}
         self._executor = Executor(
             engine,
             facts_for(engine.url),
             where=masked(engine.url),
             timeout=timeout,
-            autocommit=built.get("isolation_level") == "AUTOCOMMIT",
+            autocommit=owns_engine and autocommits(engine.url),
             ignore_leases=ignore_leases,
         )
         self._snapshot = queries.snapshot(self._executor.facts)
@@ -92,24 +80,13 @@ class SqlStore(StateStore):
 
         ``timeout`` bounds, in seconds, each call: the wait for a connection, a lock or a
         statement, and the retries of a lost connection. ``sqlite_synchronous="NORMAL"`` trades
-        durability across power loss for speed (see the README's Guarantees).
-        ``ignore_leases=True`` writes under other stores' leases (an operator's forced
-        repair). ``engine_options`` go to SQLAlchemy's ``create_async_engine`` and override the
-        store's own settings.
+        durability across power loss for speed (see the README's Guarantees). ``ignore_leases``
+        writes under other stores' leases (an operator's forced repair). ``engine_options`` go to
+        SQLAlchemy's ``create_async_engine`` over the store's own settings, bar the two that
+        decide how it commits (``isolation_level``, ``skip_autocommit_rollback``: refused).
         """
-        for managed in ("isolation_level", "skip_autocommit_rollback"):
-            if managed in engine_options:
-                raise ConfigurationError(
-                    f"{managed} is the store's own setting (single statements autocommit, "
-                    "writes of several rows run in a transaction of their own): leave it out, "
-                    "or hand SqlStore an engine you made"
-                )
-        resolved = resolve_url(url)
-        engine = create_engine(
-            resolved,
-            timeout=timeout,
-            sqlite_synchronous=sqlite_synchronous,
-            **(store_engine_options(resolved) | engine_options),
+        engine = create_store_engine(
+            url, timeout=timeout, sqlite_synchronous=sqlite_synchronous, **engine_options
         )
         return cls(engine, owns_engine=True, timeout=timeout, ignore_leases=ignore_leases)
 
@@ -141,13 +118,10 @@ class SqlStore(StateStore):
         if_updated_at: datetime | None = None,
         if_absent: bool = False,
     ) -> None:
-        """Store ``value`` under ``key``.
-
-        Compare-and-set: with ``if_updated_at``, only if the stored snapshot is still the one
-        saved at that time (the ``updated_at`` of :meth:`load_snapshot`); with ``if_absent``,
-        only if the key does not exist. Otherwise :class:`~rustrade_store.ConflictError`,
-        naming the stored time, and nothing is written.
-        """
+        """Store ``value`` under ``key``; with ``if_updated_at``, only if the stored snapshot is
+        still the one saved at that time (the ``updated_at`` of :meth:`load_snapshot`), with
+        ``if_absent`` only if the key does not exist: otherwise nothing is written and
+        :class:`~rustrade_store.ConflictError` names the stored time."""
         check_key(key)
         row = {"key": key, "value": encode(value), "updated_at": clock.next_save_time()}
         if if_updated_at is None and not if_absent:
@@ -160,8 +134,7 @@ class SqlStore(StateStore):
 
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, as one
-        consistent snapshot (one query; on MySQL and MariaDB one per 10,000 keys, in one
-        repeatable-read transaction)."""
+        consistent snapshot."""
         wanted = check_keys(keys)
         found = await self._executor.load_keys(wanted) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
@@ -175,13 +148,7 @@ class SqlStore(StateStore):
 
     async def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
         """Write snapshots with their own times in one transaction; see :meth:`restore_stream`."""
-
-        async def one_batch() -> AsyncIterator[Iterable[Snapshot]]:
-            yield items
-
-        return await restore(
-            self._executor, one_batch(), overwrite=overwrite, report=RestoreReport(), retry=True
-        )
+        return await restore(self._executor, items, overwrite=overwrite)
 
     async def restore_stream(
         self,
@@ -193,30 +160,21 @@ class SqlStore(StateStore):
         """Write every batch of snapshots, times kept, in ONE transaction (import, copy): all
         or nothing, newer stored state kept unless ``overwrite``; ``report`` (returned) counts
         what was found and says how far it got. See :mod:`rustrade_store.restore`."""
-        report = report if report is not None else RestoreReport()
-        return await restore(
-            self._executor, batches, overwrite=overwrite, report=report, retry=False
-        )
+        return await restore_stream(self._executor, batches, overwrite=overwrite, report=report)
 
     # -- beyond the contract ---------------------------------------------------------------
 
     async def load_snapshot(self, key: str) -> Snapshot | None:
-        """Return the stored :class:`Snapshot`, or ``None`` if the key is missing.
-
-        This is how a caller tells a stored JSON ``null`` (a snapshot whose value is ``None``)
-        from a missing key (``None``).
-        """
+        """Return the stored :class:`Snapshot`, or ``None`` if the key is missing: how a caller
+        tells a stored JSON ``null`` from a missing key."""
         check_key(key)
         rows = await self._executor.fetch("load", key, self._snapshot, {"key": key})
         return Snapshot(key, decode(rows[0][0], key), rows[0][1]) if rows else None
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; return whether this call removed it.
-
-        A delete removes only a snapshot saved before it: one saved later (by a writer it raced,
-        or landing late) stays. Not retried on a lost connection, since a retry after a delete
-        whose answer was lost would find nothing: the caller gets a :class:`StorageError`.
-        """
+        """Remove ``key``, if saved before this call (a later save stays); return whether this
+        call removed it. Not retried on a lost connection, since a retry after a delete whose
+        answer was lost would find nothing: the caller gets a :class:`StorageError`."""
         check_key(key)
         return await self._executor.delete(key, clock.next_save_time())
 
@@ -232,9 +190,8 @@ class SqlStore(StateStore):
         on_lost: Callable[[LeaseLostError], object] | None = None,
     ) -> Lease:
         """A lease on the keys under ``prefix`` (one first path segment, such as ``"bot1/"``),
-        not yet taken: ``async with store.lease("bot1/") as lease:`` takes it (waiting up to
-        ``wait`` seconds for another holder to let go), renews it in the background and
-        releases it. See :class:`~rustrade_store.Lease`."""
+        not yet taken: ``async with`` takes it (waiting up to ``wait`` seconds for another
+        holder), renews it in the background and releases it. See :class:`~rustrade_store.Lease`."""
         lease = Lease(self._executor, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
         self._leases.add(lease)
         return lease
@@ -261,16 +218,14 @@ class SqlStore(StateStore):
     async def count(self, prefix: str = "") -> int:
         """How many keys start with ``prefix`` (all keys by default)."""
         rows = await self._executor.fetch("count", prefix or None, queries.count(prefix))
-        count: int = rows[0][0]
-        return count
+        return int(rows[0][0])
 
     async def is_empty(self) -> bool:
         """True when no key is stored."""
         return await self.count() == 0
 
     async def aclose(self) -> None:
-        """Release the store's leases and close it; an engine it was handed stays open for its
-        owner."""
+        """Release the store's leases and close it (a handed engine stays open for its owner)."""
         for lease in list(self._leases):
             with contextlib.suppress(StoreError):
                 await lease.release()
