@@ -5,6 +5,7 @@ commit of concurrent single-key saves and loads."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import functools
@@ -101,11 +102,16 @@ async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
 
 
 class _Waiter:
-    __slots__ = ("future", "item")
+    """A queued call: its item, the future its caller awaits, its deadline in the queue, and,
+    once a batch has taken it, that batch's end."""
 
-    def __init__(self, item: Any, future: asyncio.Future[Any]) -> None:
+    __slots__ = ("batch", "deadline", "future", "item")
+
+    def __init__(self, item: Any, future: asyncio.Future[Any], deadline: float) -> None:
         self.item = item
         self.future = future
+        self.deadline = deadline
+        self.batch: asyncio.Future[None] | None = None
 
 
 class _Batcher:
@@ -114,14 +120,17 @@ class _Batcher:
     A call waits in a queue; up to ``slots`` batches run at once, each taking every call
     queued when it holds ``gate`` (the one writer's lock, where there is one). A call cancelled
     while queued is dropped untouched; one cancelled while its batch runs waits for the batch
-    to end first. With ``shield``, a batch runs to its end even if its task is cancelled (the
-    event loop shutting down); then, and whenever no batch task is left to serve them, the
-    calls still waiting are cancelled rather than left waiting for ever.
+    to end first. A call still queued after ``timeout`` leaves the queue untouched and raises
+    what ``expired`` makes of its item: one timer, on the oldest call, serves the whole queue.
+    With ``shield``, a batch runs to its end even if the event loop shuts down; without, the
+    calls of a batch cut off, and those left queued with no batch task to serve them, are
+    cancelled rather than left waiting for ever.
     """
 
     __slots__ = (
         "_expired",
         "_gate",
+        "_idle",
         "_queue",
         "_run",
         "_running",
@@ -129,6 +138,7 @@ class _Batcher:
         "_slots",
         "_tasks",
         "_timeout",
+        "_timer",
     )
 
     def __init__(
@@ -147,61 +157,92 @@ class _Batcher:
         self._shield = shield
         self._timeout = timeout
         self._expired = expired
-        self._queue: list[_Waiter] = []
+        self._queue: collections.deque[_Waiter] = collections.deque()
         self._running = 0
+        self._idle = False
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Any) -> Any:
-        """Queue ``item`` and return its result; a call still queued after ``timeout`` leaves
-        the queue untouched and raises what ``expired`` makes of its item."""
+        """Queue ``item`` and return its result."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(item, loop.create_future())
+        waiter = _Waiter(item, loop.create_future(), loop.time() + self._timeout)
         self._queue.append(waiter)
-        if self._running < self._slots:
+        if self._timer is None:
+            self._timer = loop.call_at(waiter.deadline, self._expire, loop)
+        if self._running < self._slots and not self._idle:
+            # One batch task at a time waits to take the queue: it takes every call queued.
             self._running += 1
-            task = loop.create_task(self._drain())
+            self._idle = True
+            drain = self._drain()
+            task = _ToTheEnd(drain, loop=loop) if self._shield else loop.create_task(drain)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:
-            done, _ = await asyncio.wait([waiter.future], timeout=self._timeout)
-            if not done and waiter in self._queue:
-                self._queue.remove(waiter)
-                raise self._expired(item)
-            return await asyncio.shield(waiter.future)
+            return await waiter.future
         except asyncio.CancelledError:
-            if waiter in self._queue:
-                self._queue.remove(waiter)
+            if waiter.batch is None:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
+                if waiter.future.done():
+                    _retrieve(waiter.future)
                 raise
             # Its batch is running: the cancellation is honoured once the batch has ended, so
             # that the call's write has landed or never will.
-            while not waiter.future.done():
+            while not waiter.batch.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([waiter.future])
-            if not waiter.future.cancelled():
-                waiter.future.exception()
+                    await asyncio.shield(waiter.batch)
+            _retrieve(waiter.future)
             raise
         except GeneratorExit:  # the coroutine closed: it may not wait, but it leaves the queue
-            if waiter in self._queue:
-                self._queue.remove(waiter)
+            if waiter.batch is None:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(waiter)
             else:
                 waiter.future.add_done_callback(_retrieve)
             raise
 
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the queued calls whose deadline has passed; wait for the next one's."""
+        self._timer = None
+        now = loop.time()
+        while self._queue and self._queue[0].deadline <= now:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(self._expired(waiter.item))
+        if self._queue:
+            self._timer = loop.call_at(self._queue[0].deadline, self._expire, loop)
+
+    def _take(self) -> list[_Waiter]:
+        self._idle = False
+        batch: list[_Waiter] = []
+        while self._queue and len(batch) < BATCH_ROWS:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                batch.append(waiter)
+        return batch
+
     async def _drain(self) -> None:
         _DETACHED.set(True)
+        loop = asyncio.get_running_loop()
         batch: list[_Waiter] = []
+        took = False
         try:
             while self._queue:
                 async with self._gate or contextlib.nullcontext():
-                    batch = self._queue[:BATCH_ROWS]
-                    del self._queue[:BATCH_ROWS]
+                    batch = self._take()
+                    took = True
                     if not batch:
                         continue
-                    work = self._run([waiter.item for waiter in batch])
+                    end = loop.create_future()
+                    for waiter in batch:
+                        waiter.batch = end
                     try:
-                        results = await (_to_the_end(work) if self._shield else work)
+                        results = await self._run([waiter.item for waiter in batch])
                     except Exception as exc:
                         results = [exc] * len(batch)
+                    finally:
+                        end.set_result(None)
                 for waiter, result in zip(batch, results, strict=True):
                     if waiter.future.done():
                         continue
@@ -212,9 +253,12 @@ class _Batcher:
                 batch = []
         finally:
             self._running -= 1
-            stranded = batch if self._running else batch + self._queue
+            if not took:
+                self._idle = False
+            stranded = batch if self._running else batch + list(self._queue)
             if not self._running:
                 self._queue.clear()
+                self._idle = False
             for waiter in stranded:
                 waiter.future.cancel()
 
