@@ -291,7 +291,6 @@ class Executor:
         "_saves",
         "_schema_lock",
         "_select_stored",
-        "_select_times",
         "_select_value",
         "_select_values",
         "_timeout",
@@ -329,7 +328,6 @@ class Executor:
         self._delete = queries.delete_older(facts)
         self._select_value = queries.value(facts)
         self._select_values = queries.values(facts)
-        self._select_times = queries.times(facts)
         self._select_stored = queries.stored(facts)
         self._make_loop_state()
         if autocommit:  # an engine the store made: no one else's error handling to change
@@ -411,7 +409,9 @@ class Executor:
             if (await connection.execute(self._delete, params)).rowcount > 0:
                 return True
             execute = functools.partial(self._execute, connection)
-            return (await self.fencing.explain(execute, "delete", {key: before}))[key] or False
+            return (await self.fencing.explain(execute, "delete", {key: before})).errors[
+                key
+            ] or False
 
         outcome = await self.run("delete", key, work, retry=False)
         if isinstance(outcome, StoreError):
@@ -437,8 +437,8 @@ class Executor:
             if applied:
                 return sent
             execute = functools.partial(self._execute, connection)
-            why = (await self.fencing.explain(execute, "save", {key: sent}, guarded=True))[key]
-            return why or (await self.stored_times(connection, [key])).get(key)
+            found = await self.fencing.explain(execute, "save", {key: sent}, guarded=True)
+            return found.errors[key] or found.stored.get(key)
 
         stored = await self.run("save", key, work)
         if isinstance(stored, StoreError):
@@ -513,15 +513,6 @@ class Executor:
         return await self.run(
             "load_many", None, work, transaction=True, isolation=self._facts.snapshot_isolation
         )
-
-    async def stored_times(
-        self, connection: AsyncConnection, keys: list[str]
-    ) -> dict[str, datetime]:
-        """The stored ``updated_at`` of each of ``keys`` that is stored."""
-        params = {"keys": self._facts.keys_param(keys)}
-        return {
-            row[0]: row[1] for row in await self._execute(connection, self._select_times, params)
-        }
 
     async def stored_rows(
         self, connection: AsyncConnection, keys: list[str]
@@ -619,7 +610,7 @@ class Executor:
         if not refused:
             return {}
         execute = functools.partial(self._execute, connection)
-        return await self.fencing.explain(execute, action, refused)
+        return (await self.fencing.explain(execute, action, refused)).errors
 
     def _parts(self, rows: list[Row]) -> list[list[Row]]:
         """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least.

@@ -4,7 +4,7 @@ writer's clock, and the error (if any) a refused write is."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import clock
 from .codec import lease_key
@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
     Execute = Callable[[Executable, Any], Awaitable[list[Sequence[Any]]]]
 
-__all__ = ["Fencing", "held_error", "lease_value"]
+__all__ = ["Fencing", "Refusals", "held_error", "lease_value"]
+
+
+class Refusals(NamedTuple):
+    """What :meth:`Fencing.explain` found: each refused key's error (``None``: ordered before a
+    newer write, which stays), and the stored time of each refused key that is stored."""
+
+    errors: dict[str, StoreError | None]
+    stored: dict[str, datetime]
 
 
 class Fencing:
@@ -110,7 +118,7 @@ class Fencing:
         refused: dict[str, datetime],
         *,
         guarded: bool = False,
-    ) -> dict[str, StoreError | None]:
+    ) -> Refusals:
         """What each refused write (key to the time it carried) means: a lease held by another
         store or lost by this one, a clock skew, or ``None``: it was ordered before a newer
         write of its key (or its own earlier attempt), which stays. A write with a ``guarded``
@@ -156,7 +164,7 @@ class Fencing:
                 )
             else:
                 found[key] = None
-        return found
+        return Refusals(found, stored)
 
     def _mine(self, row_key: str | None) -> str | None:
         return self._held.get(row_key or "", self._ignore)
