@@ -154,8 +154,9 @@ def _iso_time(when: datetime) -> str:
 
 
 def _utc_text_time(when: datetime) -> str:
-    # The text SQLAlchemy stores on SQLite, and MariaDB's DATETIME(6) literal.
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The text SQLAlchemy stores on SQLite (the year in four digits), and MariaDB's DATETIME(6)
+    # literal.
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _no_hint(writing: bool, cause: BaseException) -> str:

@@ -67,6 +67,19 @@ async def test_overwrite_replaces_newer_state_at_a_time_past_it(store: SqlStore)
         assert snapshot.updated_at > now
 
 
+async def test_times_before_the_year_1000_order_as_times(store: SqlStore) -> None:
+    """A restored time with a year of fewer than four digits is kept and ordered as a time (on
+    SQLite, where times are text, it was written unpadded and the restore failed reading it)."""
+    ancient = datetime(5, 1, 2, 3, 4, 5, 6, UTC)
+    report = await store.restore([Snapshot("ancient", "old", ancient)])
+    assert report.written == 1
+    assert await store.load_snapshot("ancient") == Snapshot("ancient", "old", ancient)
+    await store.restore([Snapshot("ancient", "older", ancient - timedelta(days=1))])
+    assert await store.load("ancient") == "old"
+    await store.save("ancient", "new")
+    assert await store.load("ancient") == "new"
+
+
 async def test_a_cancelled_restore_stream_stops_at_once_and_rolls_back(store: SqlStore) -> None:
     """Cancelled while its source is slow (an import reading a file, a copy reading another
     database), a restore does not wait for the stream: it rolls back and the store works."""
