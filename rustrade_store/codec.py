@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from _json import encode_basestring, make_encoder
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
@@ -70,6 +72,12 @@ _BIG_INT_BITS = 14_000  # below this no int can reach MAX_INT_DIGITS, so no str(
 _encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
 )
+_encode_json = make_encoder(
+    None, _encoder.default, encode_basestring, None, ":", ",", False, False, False
+)
+"""The C encoder behind ``_encoder``, built once: ``_encoder.encode`` builds one on every call."""
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
 LEASE_PREFIX = "@lease/"
@@ -200,17 +208,61 @@ def _find_surrogate(value: object, path: str) -> NoReturn:
     raise AssertionError("no lone surrogate found")  # pragma: no cover - encode() found one
 
 
+def _plain(value: object, depth: int) -> bool:
+    """Whether the dict or list ``value`` at ``depth`` holds only exact JSON types under str keys,
+    with no container deeper than :data:`MAX_DEPTH` (so no cycle either)."""
+    if type(value) is dict:
+        for name, item in value.items():
+            if type(name) is not str:
+                return False
+            kind = type(item)
+            if kind in _LEAVES:
+                continue
+            if (kind is dict or kind is list) and depth < MAX_DEPTH - 1 and _plain(item, depth + 1):
+                continue
+            return False
+    else:
+        for item in cast("list[object]", value):
+            kind = type(item)
+            if kind in _LEAVES:
+                continue
+            if (kind is dict or kind is list) and depth < MAX_DEPTH - 1 and _plain(item, depth + 1):
+                continue
+            return False
+    return True
+
+
+def _encode_plain(value: object) -> str | None:
+    """The JSON text of ``value`` when the encoder's own checks are all it needs: :func:`_plain`
+    holds, and the encoder takes it (refusing non-finite floats, and ints longer than Python's
+    int-to-str limit when that is at most :data:`MAX_INT_DIGITS`); else ``None``."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        if not _plain(value, 0):
+            return None
+    elif kind not in _LEAVES:
+        return None
+    if not 0 < sys.get_int_max_str_digits() <= MAX_INT_DIGITS:
+        return None
+    try:
+        return "".join(_encode_json(value, 0))
+    except (ValueError, RecursionError):
+        return None
+
+
 def encode(value: object) -> str:
     """Return the compact JSON text of ``value``, or raise naming the offending path.
 
     Nothing is written anywhere before this succeeds, so a rejected value changes no stored state.
     """
-    try:
-        _walk(value, 0, set())
-    except _Rejected as rejected:
-        path = "value" + "".join(reversed(rejected.segments))
-        raise rejected.error(f"{path}: {rejected.reason}") from None
-    text = _encoder.encode(value)
+    text = _encode_plain(value)
+    if text is None:
+        try:
+            _walk(value, 0, set())
+        except _Rejected as rejected:
+            path = "value" + "".join(reversed(rejected.segments))
+            raise rejected.error(f"{path}: {rejected.reason}") from None
+        text = _encoder.encode(value)
     size = len(text)
     if not text.isascii():
         try:
@@ -266,6 +318,9 @@ _decoder = json.JSONDecoder(
 )
 """Built once: ``json.loads`` with these hooks would build a new decoder on every call."""
 
+_SPACE = " \t\n\r"
+"""JSON's whitespace: text that starts with none of it is read by ``raw_decode`` alone."""
+
 
 def parse(text: str) -> JSONValue:
     """Parse JSON text strictly; raise ``ValueError`` naming the fault.
@@ -276,10 +331,13 @@ def parse(text: str) -> JSONValue:
     nesting too deep to parse.
     """
     try:
-        value: JSONValue = _decoder.decode(text)
+        if text[:1] not in _SPACE:
+            value, end = _decoder.raw_decode(text)
+            if end == len(text):
+                return cast("JSONValue", value)
+        return cast("JSONValue", _decoder.decode(text))
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    return value
 
 
 def decode(text: object, key: str) -> JSONValue:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -53,6 +54,18 @@ def test_subclasses_are_refused_because_they_would_not_come_back() -> None:
 def test_a_shared_but_acyclic_value_is_fine() -> None:
     shared = [1, 2]
     assert encode({"a": shared, "b": shared}) == '{"a":[1,2],"b":[1,2]}'
+
+
+@pytest.mark.parametrize("limit", [0, 10_000])
+def test_the_int_limit_holds_when_python_s_own_is_lifted(limit: int) -> None:
+    default = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(limit)
+    try:
+        assert encode({"n": [10**4299]}) == '{"n":[1' + "0" * 4299 + "]}"
+        with pytest.raises(InvalidValueError, match=r'value\["n"\]\[0\]: integer longer than 4300'):
+            encode({"n": [10**4300]})
+    finally:
+        sys.set_int_max_str_digits(default)
 
 
 def test_depth_limit_is_exact() -> None:
