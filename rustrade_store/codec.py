@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from _json import encode_basestring, make_encoder
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
@@ -72,11 +71,6 @@ _BIG_INT_BITS = 14_000  # below this no int can reach MAX_INT_DIGITS, so no str(
 _encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
 )
-_encode_json = make_encoder(
-    None, _encoder.default, encode_basestring, None, ":", ",", False, False, False
-)
-"""The C encoder behind ``_encoder``, built once: ``_encoder.encode`` builds one on every call."""
-
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -245,7 +239,7 @@ def _encode_plain(value: object) -> str | None:
     if not 0 < sys.get_int_max_str_digits() <= MAX_INT_DIGITS:
         return None
     try:
-        return "".join(_encode_json(value, 0))
+        return _encoder.encode(value)
     except (ValueError, RecursionError):
         return None
 
