@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from . import queries
-from .engine import check_timeout
+from .engine import autocommits, check_timeout
 from .errors import (
     ConfigurationError,
     ConflictError,
@@ -309,14 +309,14 @@ class Executor:
         *,
         where: str,
         timeout: float,
-        autocommit: bool,
+        owns_engine: bool,
         ignore_leases: bool = False,
     ) -> None:
         self._engine = engine
         self._facts = facts
         self._where = where
         self._timeout = check_timeout(timeout)
-        self._autocommit = autocommit
+        self._autocommit = owns_engine and autocommits(engine.url)
         self._closed = False
         self._ready = False
         self._bind_lock = threading.Lock()
@@ -330,7 +330,7 @@ class Executor:
         self._select_values = queries.values(facts)
         self._select_stored = queries.stored(facts)
         self._make_loop_state()
-        if autocommit:  # an engine the store made: no one else's error handling to change
+        if owns_engine:  # no one else's error handling to change
             event.listen(engine.sync_engine, "handle_error", self._on_error)
 
     def _on_error(self, context: ExceptionContext) -> None:

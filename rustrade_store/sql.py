@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Self
 from . import clock, queries
 from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
 from .dialects import facts_for
-from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, autocommits, create_store_engine, masked
+from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
 from .errors import StoreError
 from .executor import Executor
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
@@ -60,7 +60,7 @@ class SqlStore(StateStore):
             facts_for(engine.url),
             where=masked(engine.url),
             timeout=timeout,
-            autocommit=owns_engine and autocommits(engine.url),
+            owns_engine=owns_engine,
             ignore_leases=ignore_leases,
         )
         self._snapshot = queries.snapshot(self._executor.facts)

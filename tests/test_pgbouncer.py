@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, event
 
-from rustrade_store import SqlStore
+from rustrade_store import SqlStore, StorageError, upgrade
 from rustrade_store.engine import engine_options, resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
-from .helpers import unavailable
+from .helpers import asyncpg_connection, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -149,3 +149,26 @@ async def test_many_connections_share_few_server_connections(pgbouncer: URL) -> 
         for index in range(40):
             await first.delete(f"bouncer/a{index}")
             await first.delete(f"bouncer/b{index}")
+
+
+async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection_behind_pgbouncer(
+    pgbouncer: URL, fresh_postgres: URL, postgres_admin_url: URL
+) -> None:
+    """Behind PgBouncer too, a server answering read-only (a standby after a failover) counts
+    as a lost connection: the store throws its connections away and retries until its
+    deadline, rather than failing at once."""
+    await upgrade(fresh_postgres)
+    admin = await asyncpg_connection(postgres_admin_url)
+    store = SqlStore.from_url(pgbouncer.set(database=fresh_postgres.database), timeout=1.0)
+    invalidated: list[object] = []
+    event.listen(store.engine.sync_engine.pool, "invalidate", lambda *_: invalidated.append(_))
+    try:
+        await admin.execute(
+            f'ALTER DATABASE "{fresh_postgres.database}" SET default_transaction_read_only = on'
+        )
+        with pytest.raises(StorageError, match="read-only"):
+            await store.save("k", "on a standby")
+        assert invalidated, "the read-only server was not taken for a lost connection"
+    finally:
+        await admin.close()
+        await store.aclose()
