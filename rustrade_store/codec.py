@@ -205,24 +205,21 @@ def _find_surrogate(value: object, path: str) -> NoReturn:
 def _plain(value: object, depth: int) -> bool:
     """Whether the dict or list ``value`` at ``depth`` holds only exact JSON types under str keys,
     with no container deeper than :data:`MAX_DEPTH` (so no cycle either)."""
-    if type(value) is dict:
-        for name, item in value.items():
-            if type(name) is not str:
-                return False
-            kind = type(item)
-            if kind in _LEAVES:
-                continue
-            if (kind is dict or kind is list) and depth < MAX_DEPTH - 1 and _plain(item, depth + 1):
-                continue
+    keyed = type(value) is dict
+    pairs: Iterable[tuple[object, object]] = (
+        cast("dict[object, object]", value).items()
+        if keyed
+        else enumerate(cast("list[object]", value))
+    )
+    for name, item in pairs:
+        if keyed and type(name) is not str:
             return False
-    else:
-        for item in cast("list[object]", value):
-            kind = type(item)
-            if kind in _LEAVES:
-                continue
-            if (kind is dict or kind is list) and depth < MAX_DEPTH - 1 and _plain(item, depth + 1):
-                continue
-            return False
+        kind = type(item)
+        if kind in _LEAVES:
+            continue
+        if (kind is dict or kind is list) and depth < MAX_DEPTH - 1 and _plain(item, depth + 1):
+            continue
+        return False
     return True
 
 

@@ -308,10 +308,9 @@ async def test_a_locked_database_times_out_once_for_a_whole_batch(store_url: URL
         holder.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
-async def test_the_writer_lock_wait_is_bounded_by_the_timeout(backend: str, store_url: URL) -> None:
-    """A save queued behind a restore that never ends gives up at its deadline."""
-    store = SqlStore.from_url(store_url, timeout=0.3)
+@contextlib.asynccontextmanager
+async def writer_stalled(store: SqlStore) -> AsyncIterator[None]:
+    """The store's one writer held, until the block ends, by a restore that never ends."""
     stalled = asyncio.Event()
 
     async def never_ending() -> AsyncIterator[list[Snapshot]]:
@@ -323,12 +322,22 @@ async def test_the_writer_lock_wait_is_bounded_by_the_timeout(backend: str, stor
     restoring = asyncio.create_task(store.restore_stream(never_ending()))
     try:
         await stalled.wait()
-        with pytest.raises(StorageError, match="timed out"):
-            await asyncio.wait_for(store.save("queued", 1), HANG_GUARD)
+        yield
     finally:
         restoring.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await restoring
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+async def test_the_writer_lock_wait_is_bounded_by_the_timeout(backend: str, store_url: URL) -> None:
+    """A save queued behind a restore that never ends gives up at its deadline."""
+    store = SqlStore.from_url(store_url, timeout=0.3)
+    try:
+        async with writer_stalled(store):
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(store.save("queued", 1), HANG_GUARD)
+    finally:
         await store.aclose()
 
 
@@ -337,30 +346,16 @@ async def test_each_queued_call_gives_up_at_its_own_deadline(backend: str, store
     """Calls queued at different moments behind a stalled writer each give up at their own
     deadline, not at the first one's; once the writer is free the queue serves again."""
     store = SqlStore.from_url(store_url, timeout=1.0)
-    stalled = asyncio.Event()
-
-    async def never_ending() -> AsyncIterator[list[Snapshot]]:
-        yield [Snapshot("first", 1, datetime.now(UTC))]
-        stalled.set()
-        await asyncio.Event().wait()
-        yield []
-
-    restoring = asyncio.create_task(store.restore_stream(never_ending()))
     try:
-        await stalled.wait()
-        early = asyncio.create_task(store.save("early", 1))
-        await asyncio.sleep(0.5)
-        late = asyncio.create_task(store.save("late", 1))
-        with pytest.raises(StorageError, match="timed out"):
-            await asyncio.wait_for(early, HANG_GUARD)
-        assert not late.done(), "the later call gave up at the earlier one's deadline"
-        with pytest.raises(StorageError, match="timed out"):
-            await asyncio.wait_for(late, HANG_GUARD)
-    finally:
-        restoring.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await restoring
-    try:
+        async with writer_stalled(store):
+            early = asyncio.create_task(store.save("early", 1))
+            await asyncio.sleep(0.5)
+            late = asyncio.create_task(store.save("late", 1))
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(early, HANG_GUARD)
+            assert not late.done(), "the later call gave up at the earlier one's deadline"
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(late, HANG_GUARD)
         await asyncio.wait_for(store.save("after", 2), HANG_GUARD)
         assert await store.load("after") == 2
         assert await store.load("early") is None
