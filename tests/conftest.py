@@ -3,8 +3,10 @@ database of this run.
 
 PostgreSQL comes from ``RUSTRADE_TEST_POSTGRES_URL``, MariaDB (or MySQL) from
 ``RUSTRADE_TEST_MARIADB_URL`` (admin URLs; default: the local servers). Each run creates its own
-databases and drops them at the end. An unreachable server skips its tests locally and fails
-them under ``CI=true``. Only fixtures live here; what tests import lives in ``helpers.py``.
+databases and drops them at the end; under pytest-xdist (``make test``) each worker is a run of
+its own, with databases named after its process. An unreachable server skips its tests locally
+and fails them under ``CI=true``. Only fixtures live here; what tests import lives in
+``helpers.py``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
 """What the tests share besides fixtures: the servers of a run, a skip that fails under CI,
-databases made and dropped, the store each backend's users get, a count of the connections a
-pool has lent, and an event loop whose clock can skip ahead."""
+databases made and dropped, a port for a server a test starts, the store each backend's users
+get, a count of the connections a pool has lent, and an event loop whose clock can skip ahead.
+
+``make test`` runs the suite in pytest-xdist workers: each worker is a session of its own, so it
+makes its own databases (named after its process id), and it takes ports for its servers from a
+block of its own (:func:`server_port`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import selectors
+import socket
 from typing import TYPE_CHECKING, NoReturn
 
 import asyncpg
@@ -39,6 +45,7 @@ __all__ = [
     "new_mariadb_database",
     "new_postgres_database",
     "open_store",
+    "server_port",
     "stop_counting_checkouts",
     "unavailable",
 ]
@@ -118,6 +125,36 @@ def new_mariadb_database(admin: URL) -> Iterator[URL]:
         yield admin.set(database=name)
     finally:
         asyncio.run(_mariadb_admin(admin, f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+# -- ports ---------------------------------------------------------------------------------
+
+_PORTS = range(20000, 30000)
+"""Where :func:`server_port` looks: below Linux's ephemeral range (32768-60999), from which the
+kernel gives ``bind`` to port 0 and the local ends of client connections."""
+
+
+def server_port() -> int:
+    """A loopback port that is free now, for a server a test starts (PgBouncer).
+
+    A port probed with ``bind`` to port 0 and closed again could go to another xdist worker's
+    probe before this worker's server binds it; so each worker looks only in its own block of
+    :data:`_PORTS` (``PYTEST_XDIST_WORKER`` of ``PYTEST_XDIST_WORKER_COUNT``), from a random
+    start, and takes the first port that a ``bind`` accepts."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    size = len(_PORTS) // workers
+    block = _PORTS[worker * size : (worker + 1) * size]
+    start = random.randrange(len(block))
+    for index in range(len(block)):
+        port = block[(start + index) % len(block)]
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError(f"no free loopback port in {block}")
 
 
 # -- stores --------------------------------------------------------------------------------

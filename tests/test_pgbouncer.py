@@ -1,10 +1,10 @@
 """The contract suite through PgBouncer in transaction pooling mode (Debian's ``pgbouncer``).
 
-The test starts its own PgBouncer on a free loopback port in front of the local server, with a
-generated configuration, and reaches it with the URL option the README documents. PgBouncer
-refuses to run as root: as root the test runs it with ``-u postgres``. A machine without
-pgbouncer skips these tests locally and fails them under ``CI=true`` (``make test`` installs it
-where it can).
+The test starts its own PgBouncer on a free loopback port (of its xdist worker's own block) in
+front of the local server, with a generated configuration, and reaches it with the URL option the
+README documents. PgBouncer refuses to run as root: as root the test runs it with ``-u postgres``.
+A machine without pgbouncer skips these tests locally and fails them under ``CI=true``
+(``make test`` installs it where it can).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rustrade_store.engine import engine_options, resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
-from .helpers import asyncpg_connection, unavailable
+from .helpers import asyncpg_connection, server_port, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -40,13 +40,6 @@ pytestmark = pytest.mark.postgres
 
 POOLER_QUERY = {"prepared_statement_cache_size": "0"}
 """The URL option for PgBouncer's transaction pooling, as the README documents it."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -73,7 +66,7 @@ def pgbouncer(postgres_url: URL) -> Iterator[URL]:
         os.chown(workdir, user.pw_uid, user.pw_gid)
         run_as = ["-u", "postgres"]
     workdir.chmod(0o755)
-    port = free_port()
+    port = server_port()  # a port of this xdist worker's own
     log = workdir / "pgbouncer.log"
     users = workdir / "userlist.txt"
     users.write_text(f'"{postgres_url.username}" ""\n')
