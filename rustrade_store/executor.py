@@ -409,9 +409,8 @@ class Executor:
             if (await connection.execute(self._delete, params)).rowcount > 0:
                 return True
             execute = functools.partial(self._execute, connection)
-            return (await self.fencing.explain(execute, "delete", {key: before})).errors[
-                key
-            ] or False
+            found = await self.fencing.explain(execute, "delete", {key: before})
+            return found.errors[key] or False
 
         outcome = await self.run("delete", key, work, retry=False)
         if isinstance(outcome, StoreError):
