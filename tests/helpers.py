@@ -1,6 +1,7 @@
 """What the tests share besides fixtures: the servers of a run, a skip that fails under CI,
 databases made and dropped, a port for a server a test starts, the store each backend's users
-get, a count of the connections a pool has lent, and an event loop whose clock can skip ahead.
+get, a count of the connections a pool has lent, an event loop whose clock can skip ahead, and
+the output of a command run on a terminal.
 
 ``make test`` runs the suite in pytest-xdist workers: each worker is a session of its own, so it
 makes its own databases (named after its process id), and it takes ports for its servers from a
@@ -13,6 +14,7 @@ import contextlib
 import os
 import random
 import secrets
+import select
 import selectors
 import socket
 from typing import TYPE_CHECKING, NoReturn
@@ -47,6 +49,7 @@ __all__ = [
     "open_store",
     "server_port",
     "stop_counting_checkouts",
+    "terminal_output",
     "unavailable",
 ]
 
@@ -155,6 +158,21 @@ def server_port() -> int:
                 continue
         return port
     raise OSError(f"no free loopback port in {block}")
+
+
+# -- terminals -------------------------------------------------------------------------------
+
+
+def terminal_output(fd: int, timeout: float) -> bytes | None:
+    """What a command wrote next to the terminal whose other end is ``fd``: ``b""`` if nothing
+    came within ``timeout`` seconds, ``None`` once the command has closed the terminal."""
+    if not select.select([fd], [], [], timeout)[0]:
+        return b""
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:  # EIO: the command exited and closed the terminal
+        return None
+    return chunk or None
 
 
 # -- stores --------------------------------------------------------------------------------

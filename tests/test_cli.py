@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,8 @@ from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
 from rustrade_store.schema import VERSION_TABLE
 from rustrade_store.testing import EXACT_VALUES, assert_same_json
 from rustrade_store.transfer import format_line
+
+from .helpers import terminal_output
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -417,15 +418,8 @@ def on_terminal(
         os.close(terminal)
         seen = b""
         answered = False
-        while True:
-            ready, _, _ = select.select([main_fd], [], [], 60)
-            assert ready, f"no output for 60 s: {seen!r}"
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:  # EIO: the command exited and closed the terminal
-                break
-            if not chunk:
-                break
+        while (chunk := terminal_output(main_fd, 60)) is not None:
+            assert chunk, f"no output for 60 s: {seen!r}"
             seen += chunk
             if not answered and b"[y/N]" in seen:
                 os.write(main_fd, answer.encode() + b"\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import select
 import signal
 import subprocess
 from datetime import timedelta
@@ -20,6 +19,7 @@ from rustrade_store.commands import _interrupted
 from rustrade_store.engine import ENV_VAR, resolve_url
 from rustrade_store.transfer import ExportWriter
 
+from .helpers import terminal_output
 from .test_cli import COMMAND, T0, cli, ok
 
 if TYPE_CHECKING:
@@ -61,18 +61,12 @@ def interrupt_once_writing(args: list[str], env: dict[str, str], started: bytes)
         os.close(terminal)
         seen = b""
         while started not in seen:
-            ready, _, _ = select.select([main_fd], [], [], 120)
-            assert ready, f"no progress within 120 s: {seen!r}"
-            seen += os.read(main_fd, 4096)
+            chunk = terminal_output(main_fd, 120)
+            assert chunk, f"no progress within 120 s: {seen!r}"
+            seen += chunk
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=120)
-        while select.select([main_fd], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:  # EIO: the command exited and closed the terminal
-                break
-            if not chunk:
-                break
+        while chunk := terminal_output(main_fd, 0.5):
             seen += chunk
     os.close(main_fd)
     return code, seen.decode("utf-8", "replace")
