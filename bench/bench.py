@@ -779,54 +779,42 @@ def compare(results: Results) -> list[Line]:
         None if bound is None else (">=", bound),
     )
 
-    mine, sequential, driver = (
-        timings[f"{TASKS} savers"]["store"],
-        timings["save"]["store"],
-        timings[f"{TASKS} savers"][raw],
-    )
-    bound = SAVERS_TARGET.get(backend)
-    figure, value = f"{TASKS} savers: rate", per_s(mine.median_rate)
-    add(
-        figure,
-        value,
-        f"store sequential {per_s(sequential.median_rate)}",
-        mine.median_rate / sequential.median_rate,
-        None if bound is None else (">=", bound),
-    )
-    add(
-        figure,
-        value,
-        f"{shared} {per_s(driver.median_rate)}",
-        mine.median_rate / driver.median_rate,
-        None if bound is None else (">=", 1.0),
-    )
-    add(f"{TASKS} savers: p99", us(mine.p99), f"{shared} {us(driver.p99)}", mine.p99 / driver.p99)
+    def crowd(
+        operation: str, single: str, label: str, against_sequential: float | None, *, vs_raw: bool
+    ) -> None:
+        """The rate of a crowd of calls against one caller alone and against the raw driver,
+        then its p99 against the driver's."""
+        mine, sequential, driver = (
+            timings[operation]["store"],
+            timings[single]["store"],
+            timings[operation][raw],
+        )
+        value = per_s(mine.median_rate)
+        add(
+            f"{label}: rate",
+            value,
+            f"store sequential {per_s(sequential.median_rate)}",
+            mine.median_rate / sequential.median_rate,
+            None if against_sequential is None else (">=", against_sequential),
+        )
+        add(
+            f"{label}: rate",
+            value,
+            f"{shared} {per_s(driver.median_rate)}",
+            mine.median_rate / driver.median_rate,
+            (">=", 1.0) if vs_raw else None,
+        )
+        add(f"{label}: p99", us(mine.p99), f"{shared} {us(driver.p99)}", mine.p99 / driver.p99)
 
-    boot, sequential, driver = (
-        timings["boot"]["store"],
-        timings["load"]["store"],
-        timings["boot"][raw],
+    savers_target = SAVERS_TARGET.get(backend)
+    crowd(
+        f"{TASKS} savers",
+        "save",
+        f"{TASKS} savers",
+        savers_target,
+        vs_raw=savers_target is not None,
     )
-    figure, value = f"boot, {TASKS} loads: rate", per_s(boot.median_rate)
-    add(
-        figure,
-        value,
-        f"store sequential {per_s(sequential.median_rate)}",
-        boot.median_rate / sequential.median_rate,
-        (">=", BOOT_TARGET),
-    )
-    add(
-        figure,
-        value,
-        f"{shared} {per_s(driver.median_rate)}",
-        boot.median_rate / driver.median_rate,
-    )
-    add(
-        f"boot, {TASKS} loads: p99",
-        us(boot.p99),
-        f"{shared} {us(driver.p99)}",
-        boot.p99 / driver.p99,
-    )
+    crowd("boot", "load", f"boot, {TASKS} loads", BOOT_TARGET, vs_raw=False)
     return lines
 
 
