@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from .migrate import SchemaStatus
     from .store import Snapshot
 
-__all__ = ["Console", "hosts_of", "replication_report", "same_database"]
+__all__ = ["Console", "hosts_of", "interrupted_line", "replication_report", "same_database"]
 
 
 # -- output --------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def _diff(before: str, after: str, old: str, new: str) -> str:
     return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), old, new))
 
 
-def _interrupted(report: RestoreReport, action: str, where: str) -> str:
+def interrupted_line(report: RestoreReport, action: str, where: str) -> str:
     """The last line of an import or copy stopped by Ctrl-C: what became of its transaction."""
     match report.state:
         case "writing" | "rolled back":
@@ -250,11 +250,11 @@ def _stopped_by_ctrl_c(
 ) -> Iterator[None]:
     """Turn the cancellation Ctrl-C sends the command's task into exit code 130 naming the
     outcome: rolled back, committed, or unknown (Ctrl-C while the COMMIT was in flight)."""
-    console.on_interrupt = lambda: _interrupted(report, action, where)
+    console.on_interrupt = lambda: interrupted_line(report, action, where)
     try:
         yield
     except asyncio.CancelledError:
-        raise Failure(EXIT_INTERRUPTED, _interrupted(report, action, where)) from None
+        raise Failure(EXIT_INTERRUPTED, interrupted_line(report, action, where)) from None
 
 
 def _restore_counts(report: RestoreReport, overwrite: bool, there: str) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 from rustrade_store import RestoreReport, Snapshot, SqlStore, upgrade
-from rustrade_store.commands import _interrupted
+from rustrade_store.commands import interrupted_line
 from rustrade_store.engine import ENV_VAR, resolve_url
 from rustrade_store.transfer import ExportWriter
 
@@ -137,7 +137,7 @@ def test_the_interrupt_message_names_the_outcome() -> None:
     )
     for state in states:
         report.state = state
-        said[state] = _interrupted(report, "import", "db")
+        said[state] = interrupted_line(report, "import", "db")
     assert (
         said["writing"]
         == said["rolled back"]
