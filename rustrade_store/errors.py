@@ -20,6 +20,7 @@ __all__ = [
     "LeaseError",
     "LeaseHeldError",
     "LeaseLostError",
+    "OutcomeUnknownError",
     "SchemaError",
     "StorageError",
     "StoreError",
@@ -47,6 +48,15 @@ class ClockSkewError(StorageError):
 
     Writes are ordered by their save times, so a writer whose clock is behind another's cannot
     replace what that writer saved until its clock passes the stored time.
+    """
+
+
+class OutcomeUnknownError(StorageError):
+    """A write whose answer was lost (the connection dropped during or after its COMMIT), and
+    whose retry could not tell whether that attempt applied: it may or may not be stored.
+
+    Never raised where the store can tell: a retry that finds its own earlier attempt stored
+    reports it as applied. Load the key (or the lease) to see what is there before redoing it.
     """
 
 
