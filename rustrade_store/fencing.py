@@ -4,6 +4,7 @@ leases it lost, whose writes fail before they are sent."""
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import clock
@@ -26,7 +27,7 @@ class Fencing:
     once lost), the leases it lost, and the :class:`~rustrade_store._outcome.Write` of each row
     it sends, with the parameters that carry them."""
 
-    __slots__ = ("_facts", "_held", "_ignore", "_lost", "_on_lost")
+    __slots__ = ("_facts", "_held", "_ignore", "_lost", "_on_lost", "_valid_until")
 
     def __init__(self, facts: DialectFacts, *, ignore_leases: bool) -> None:
         self._facts = facts
@@ -34,6 +35,7 @@ class Fencing:
         self._held: dict[str, str] = {}
         self._lost: dict[str, LeaseLostError] = {}
         self._on_lost: dict[str, Callable[[LeaseLostError], object]] = {}
+        self._valid_until: dict[str, float] = {}
 
     def hold(self, row_key: str, text: str, on_lost: Callable[[LeaseLostError], object]) -> None:
         """Fence writes under ``row_key`` with ``text``; ``on_lost`` hears if a write finds
@@ -41,11 +43,18 @@ class Fencing:
         self._lost.pop(row_key, None)
         self._held[row_key] = text
         self._on_lost[row_key] = on_lost
+        self._valid_until[row_key] = float("inf")
+
+    def valid_until(self, row_key: str, deadline: float) -> None:
+        """Refuse writes under ``row_key`` from ``deadline`` on (by ``time.monotonic``) unless
+        extended: the holder's own count of its lease's life."""
+        self._valid_until[row_key] = deadline
 
     def drop(self, row_key: str) -> None:
         self._held.pop(row_key, None)
         self._lost.pop(row_key, None)
         self._on_lost.pop(row_key, None)
+        self._valid_until.pop(row_key, None)
 
     def lose(self, row_key: str, error: LeaseLostError) -> None:
         """From now on every write under the lease fails at once with ``error``. Its text stays
@@ -57,7 +66,20 @@ class Fencing:
 
     def check(self, key: str) -> None:
         """Raise at once if ``key`` is under a lease this store lost."""
-        lost = self._lost.get(lease_key(key) or "")
+        row_key = lease_key(key) or ""
+        if (
+            row_key in self._held
+            and row_key not in self._lost
+            and time.monotonic() >= self._valid_until[row_key]
+        ):
+            self.lose(
+                row_key,
+                LeaseLostError(
+                    f"the lease on {row_key.partition('/')[2]!r} is lost: no renewal succeeded "
+                    "within its ttl"
+                ),
+            )
+        lost = self._lost.get(row_key)
         if lost is not None:
             raise LeaseLostError(f"write of {key!r} refused: {lost}")
 

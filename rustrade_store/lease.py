@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL = 30.0
 """Seconds a lease lives without renewal."""
 
+CLOCK_MARGIN = 0.01
+"""The share of ``ttl`` by which a holder counts its lease lost before the database would let
+a rival take it: room for this host's clock and the database server's to run at rates up to 1%
+apart over one ttl."""
+
 
 def check_prefix(prefix: object) -> str:
     """Return ``prefix`` if a lease can cover it: one first path segment with its ``/``."""
@@ -65,14 +72,19 @@ class Lease:
 
     Use it as ``async with store.lease("bot1/") as lease:``, or call :meth:`acquire`,
     :meth:`renew` and :meth:`release`. While held it is renewed in the background every third
-    of ``ttl``; if a renewal finds it gone, or none succeeds before it expires, the lease is
-    lost: every write under the prefix fails at once with :class:`LeaseLostError`, and
-    ``on_lost`` is called (stop trading there).
+    of ``ttl``. If a renewal finds it gone, or none succeeds in time, the lease is lost: every
+    write under the prefix fails at once with :class:`LeaseLostError`, and ``on_lost`` is
+    called (a coroutine function is run as a task): stop trading there. "In time" is by this
+    host's monotonic clock, whatever a renewal in flight is doing: the lease counts as lost
+    ``ttl`` less :data:`CLOCK_MARGIN` after the start of its last successful renewal (or take),
+    before the database's clock lets any rival take it over.
     """
 
     __slots__ = (
         "__weakref__",
+        "_callbacks",
         "_executor",
+        "_expiry",
         "_fencing",
         "_lost",
         "_new",
@@ -82,6 +94,7 @@ class Lease:
         "_renewer",
         "_row_key",
         "_text",
+        "_valid_until",
         "expires_at",
         "holder",
         "prefix",
@@ -115,6 +128,9 @@ class Lease:
         self._text: str | None = None
         self._lost: LeaseLostError | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._valid_until = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
+        self._callbacks: set[asyncio.Task[Any]] = set()
         self.token = 0
         """The fencing token: it strictly increases each time the lease changes hands."""
         self.holder: dict[str, Any] = {}
@@ -124,7 +140,9 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        return self._text is not None
+        """Whether this store holds the lease: taken, not lost, and within its ttl (less the
+        margin) of its last successful renewal by this host's monotonic clock."""
+        return self._text is not None and time.monotonic() < self._valid_until
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self._lost else "not held"
@@ -154,9 +172,12 @@ class Lease:
         """Push the expiry ``ttl`` seconds past now; raise :class:`LeaseLostError` if the lease
         is no longer this store's."""
         text = self._text
-        if text is None:
+        if text is not None and time.monotonic() >= self._valid_until:
+            self._mark_lost("no renewal succeeded within its ttl")
+        if self._text is None:
             raise self._lost or LeaseLostError(f"lease on {self.prefix!r} is not held")
         executor = self._executor
+        started = time.monotonic()
 
         async def work(connection: AsyncConnection) -> bool:
             until = await _server_now(executor, connection) + timedelta(seconds=self.ttl)
@@ -168,13 +189,18 @@ class Lease:
 
         if not await executor.run("renew lease", self.prefix, work, attempt=Attempt()):
             self._mark_lost("a renewal found it gone (it expired and another store took it)")
+        if self._text is None:  # lost meanwhile, by the database or by this host's clock
             assert self._lost is not None
             raise self._lost
+        self._valid_for(started)
 
     async def release(self) -> None:
         """Give the lease up (it expires at once); the fencing token stays in its row, so the
         next holder's is higher."""
         await self._stop_renewing()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         text, self._text = self._text, None
         if text is None:
             return
@@ -231,6 +257,7 @@ class Lease:
             return text, token, until, holder
 
         attempt = Attempt()
+        started = time.monotonic()
         while True:
             try:
                 taken = await executor.run(
@@ -243,28 +270,47 @@ class Lease:
         self._text, self.token, self.expires_at, self.holder = text, token, until, holder
         self._lost = None
         self._fencing.hold(self._row_key, text, self._found_lost)
+        self._valid_for(started)
+
+    def _valid_for(self, started: float) -> None:
+        """Count the lease held until ``ttl`` less the margin after ``started`` (the monotonic
+        start of the take or renewal that just succeeded): the database read its clock for the
+        new expiry after that start."""
+        self._valid_until = started + self.ttl * (1 - CLOCK_MARGIN)
+        self._fencing.valid_until(self._row_key, self._valid_until)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(self._valid_until - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._text is None:
+            return
+        left = self._valid_until - time.monotonic()
+        if left > 0:  # the loop's clock ran ahead of time.monotonic()
+            self._expiry = asyncio.get_running_loop().call_later(left, self._expire)
+            return
+        self._mark_lost("no renewal succeeded within its ttl")
 
     def _unheld(self) -> dict[str, Any]:
         return {"key": self._row_key, "value": unheld_text(self.prefix), "updated_at": UNHELD_SINCE}
 
     async def _renew_in_background(self) -> None:
-        loop = asyncio.get_running_loop()
         every = self.ttl / 3
-        last_ok = loop.time()
+        pause = every
         while self._text is not None:
-            await asyncio.sleep(every if loop.time() - last_ok < every else every / 4)
-            started = loop.time()
+            await asyncio.sleep(pause)
             try:
                 await self.renew()
             except LeaseLostError:
                 return
             except Exception as exc:
-                if loop.time() - last_ok >= self.ttl:
-                    self._mark_lost(f"no renewal succeeded within its ttl ({exc})")
-                    return
+                # Tried again sooner; if none succeeds in time, the expiry timer ends the lease.
                 logger.warning("renewal of the lease on %r failed, retrying: %s", self.prefix, exc)
+                pause = every / 4
             else:
-                last_ok = started
+                pause = every
 
     def _mark_lost(self, why: str) -> None:
         if self._text is not None:
@@ -277,13 +323,31 @@ class Lease:
         """The fence found the lease gone (a write or a renewal): stop, and tell the bot."""
         self._text = None
         self._lost = error
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._renewer is not None and self._renewer is not asyncio.current_task():
             self._renewer.cancel()
-        if self._on_lost is not None:
-            try:
-                self._on_lost(error)
-            except Exception:
-                logger.exception("on_lost callback of the lease on %r failed", self.prefix)
+        if self._on_lost is None:
+            return
+        try:
+            result = self._on_lost(error)
+        except Exception:
+            logger.exception("on_lost callback of the lease on %r failed", self.prefix)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._callbacks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "on_lost callback of the lease on %r failed",
+                self.prefix,
+                exc_info=task.exception(),
+            )
 
     async def _stop_renewing(self) -> None:
         renewer, self._renewer = self._renewer, None
