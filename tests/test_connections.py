@@ -272,13 +272,11 @@ async def test_a_call_through_a_frozen_link_ends_at_its_deadline(
         store = SqlStore.from_url(store_url.set(port=proxy.port), timeout=timeout)
         try:
             await store.save("deadline/k", 1)
+            call = store.save("deadline/k", 2) if operation == "save" else store.load("deadline/k")
             proxy.freeze()
             started = time.monotonic()
             with pytest.raises(StorageError, match="timed out"):
-                if operation == "save":
-                    await asyncio.wait_for(store.save("deadline/k", 2), HANG_GUARD)
-                else:
-                    await asyncio.wait_for(store.load("deadline/k"), HANG_GUARD)
+                await asyncio.wait_for(call, HANG_GUARD)
             elapsed = time.monotonic() - started
             print(f"\n{backend} {operation}: raised {elapsed - timeout:+.3f} s from its deadline")
             assert elapsed < DEADLINE_SLACK * timeout
