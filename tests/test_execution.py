@@ -57,12 +57,14 @@ CREATES = {
     "sqlite": [SQLITE_TRIGGER],
     "postgres": POSTGRES_TRIGGER,
     "mariadb": [MARIADB_TRIGGER],
+    "mariadb_scheme": [MARIADB_TRIGGER],
 }
 DROPS = {
     "memory": ["DROP TRIGGER refuse_boom"],
     "sqlite": ["DROP TRIGGER refuse_boom"],
     "postgres": ["DROP TRIGGER refuse_boom ON snapshots", "DROP FUNCTION refuse_boom()"],
     "mariadb": ["DROP TRIGGER refuse_boom"],
+    "mariadb_scheme": ["DROP TRIGGER refuse_boom"],
 }
 
 
