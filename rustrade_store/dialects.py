@@ -28,7 +28,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
-from .codec import LEASE_PREFIX, MAX_KEY_LENGTH
 from .engine import MYSQL_BACKENDS, is_memory_url
 from .schema import UtcTimestamp
 
@@ -83,9 +82,6 @@ def _sqlite_rows() -> RowSource:
 
 
 _MYSQL_KEY = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
-_MYSQL_LEASE_KEY = _MYSQL_KEY.replace("255", str(len(LEASE_PREFIX) + MAX_KEY_LENGTH))
-"""A lease row key as a write names it, longer than any key when the first segment is (no
-lease row can then exist): cut to 255, MariaDB printed "Data truncated" at each write."""
 _MYSQL_TEXT = "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 
 
@@ -94,7 +90,7 @@ def _mysql_rows() -> RowSource:
     rows = text(
         f"JSON_TABLE(:rows, '$[*]' COLUMNS (k {_MYSQL_KEY} PATH '$.key', "
         f"val {_MYSQL_TEXT} PATH '$.value', t DATETIME(6) PATH '$.updated_at', "
-        f"lk {_MYSQL_LEASE_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
+        f"lk {_MYSQL_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
     )
     c = literal_column
     return RowSource(rows, c("v.k"), c("v.val"), c("v.t"), c("v.lk"), c("v.mine"))  # type: ignore[arg-type]
