@@ -10,6 +10,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     delete,
     exists,
     false,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     literal,
     not_,
     select,
+    table,
     true,
     update,
 )
@@ -38,7 +40,9 @@ __all__ = [
     "lease_rows",
     "page",
     "prefix_end",
+    "server_replication",
     "snapshot",
+    "standbys",
     "stored",
     "times",
     "update_if_at",
@@ -203,3 +207,22 @@ def page(facts: DialectFacts, prefix: str, *, values: bool) -> Select[Any]:
         .order_by(_table.c.key)
         .limit(PAGE_SIZE)
     )
+
+
+def server_replication() -> Select[Any]:
+    """PostgreSQL: what decides whether an acknowledged commit survives a failover, and which
+    server answered: ``synchronous_standby_names``, whether it is in recovery, its address and
+    port (null over a local socket)."""
+    return select(
+        func.current_setting("synchronous_standby_names"),
+        func.pg_is_in_recovery(),
+        func.host(func.inet_server_addr()),
+        func.inet_server_port(),
+    )
+
+
+def standbys() -> Select[Any]:
+    """PostgreSQL: each attached standby's ``application_name`` and ``sync_state``, by name
+    (without pg_monitor, each WAL sender's row is there, its state null)."""
+    view = table("pg_stat_replication", column("application_name"), column("sync_state"))
+    return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)

@@ -4,7 +4,6 @@ completion, and a --version that loads no database library."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store.cli import build_parser
+from rustrade_store.cli import main
+from rustrade_store.cli.parser import COMMANDS
 
 from .test_cli import COMMAND, cli, ok, on_terminal, one_line_error
 
@@ -46,15 +46,20 @@ def test_hints_for_likely_mistakes(sqlite_url: URL, tmp_path: Path) -> None:
     assert ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out == ""
 
 
-def test_every_command_has_an_example_in_its_help(tmp_path: Path) -> None:
+def test_every_command_has_an_example_in_its_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shown = ok(cli("ls", "--help", cwd=tmp_path)).out
     assert "example:\n  rustrade-store ls bot1/ --where '$.halted == true'" in shown
     assert 'path       := "$"' in shown  # the --where grammar
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
-        assert "example:\n  " in sub.format_help(), name
-        assert "rustrade-store" in sub.format_help().split("example:\n  ")[1].splitlines()[0]
+    names = [[command.name] for command in COMMANDS]
+    names += [[command.name, action.name] for command in COMMANDS for action in command.actions]
+    for name in names:
+        with pytest.raises(SystemExit):
+            main([*name, "--help"])
+        shown = capsys.readouterr().out
+        assert "example:\n  " in shown, name
+        assert "rustrade-store" in shown.split("example:\n  ")[1].splitlines()[0]
 
 
 def test_rm_and_export_over_a_file_need_confirming(sqlite_url: URL, tmp_path: Path) -> None:

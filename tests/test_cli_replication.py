@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import URL, text
 
-from rustrade_store.commands import hosts_of, replication_report, same_database
+from rustrade_store.cli.doctor import Replication, replication_report
+from rustrade_store.cli.moving import same_database
+from rustrade_store.cli.opening import hosts_of
 from rustrade_store.engine import create_engine, resolve_url
 from rustrade_store.migrate import upgrade
 
@@ -94,35 +96,33 @@ def test_replication_report_says_what_it_cannot_see() -> None:
     """The verdicts on standbys this machine's server cannot show (a pair of clusters costs
     about 14 s to build; the failover tests build one, see the docs)."""
     sync = [("s1", "sync"), ("s2", "potential")]
-    assert replication_report(
-        "on", "FIRST 1 (s1, s2)", in_recovery=False, standbys=sync, user="u"
-    ) == (
+    assert replication_report(Replication("FIRST 1 (s1, s2)", False, sync), "on", user="u") == (
         "s1 (sync), s2 (potential)",
         True,
         [],
     )
     # Without pg_monitor every WAL sender's row is there, its sync_state null: unknown.
     found, attached, warnings = replication_report(
-        "on", "s1", in_recovery=False, standbys=[("s1", None)], user="trader"
+        Replication("s1", False, [("s1", None)]), "on", user="trader"
     )
     assert attached is None
     assert warnings == []
     assert found == "s1 (sync_state hidden from this role: GRANT pg_monitor TO trader shows it)"
     # Named but not attached: commits wait (no loss, but every save times out).
     found, attached, warnings = replication_report(
-        "remote_apply", "s1", in_recovery=False, standbys=[("s2", "async")], user="u"
+        Replication("s1", False, [("s2", "async")]), "remote_apply", user="u"
     )
     assert attached is False
     [waiting] = warnings
     assert "no synchronous standby is attached (standbys: s2 (async))" in waiting
     # A standby set and attached, but commits acknowledged locally all the same.
     _, attached, [early] = replication_report(
-        "off", "s1", in_recovery=False, standbys=[("s1", "sync")], user="u"
+        Replication("s1", False, [("s1", "sync")]), "off", user="u"
     )
     assert attached is True
     assert "(synchronous_commit = off)" in early
     assert UNLESS not in early
-    _, _, [standby] = replication_report("on", "", in_recovery=True, standbys=[], user="u")
+    _, _, [standby] = replication_report(Replication("", True, []), "on", user="u")
     assert "standby in recovery and takes no writes" in standby
 
 

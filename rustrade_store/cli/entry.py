@@ -1,0 +1,109 @@
+"""The ``rustrade-store`` command's entry point: parse the command line, run the command's
+handler, and turn what it raised into one line on stderr and an exit code.
+
+Errors are one line on stderr; ``--debug`` adds the traceback. Results go to stdout,
+confirmations and progress to stderr. The commands raise :class:`~.exits.CommandError` (or the
+package's own errors); this module alone decides the exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING
+
+from ..errors import ConflictError, LeaseError, StorageError, StoreError
+from .exits import (
+    EXIT_BAD_INPUT,
+    EXIT_BROKEN_PIPE,
+    EXIT_CONFLICT,
+    EXIT_INTERRUPTED,
+    EXIT_LEASED,
+    EXIT_OK,
+    EXIT_STORAGE,
+    FORCE_HINT,
+    PROG,
+    CommandError,
+)
+from .parser import build_parser
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Coroutine, Sequence
+    from typing import Any
+
+    from .output import Console
+
+__all__ = ["main"]
+
+
+def _handler(name: str) -> Callable[[argparse.Namespace, Console], Coroutine[Any, Any, int]]:
+    """The function a ``module:function`` entry of the command table names."""
+    module, function = name.split(":")
+    found: Callable[[argparse.Namespace, Console], Coroutine[Any, Any, int]] = getattr(
+        importlib.import_module(f"{__package__}.{module}"), function
+    )
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit code (the console script exits with it)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments == ["--version"]:  # answered before SQLAlchemy is imported: ~0.3 s sooner
+        from .. import __version__
+
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        return EXIT_OK
+    import asyncio
+
+    from ..engine import DEFAULT_TIMEOUT
+    from .output import Console
+
+    args = build_parser().parse_args(arguments)
+    args.url = getattr(args, "url", None)
+    args.timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    debug = getattr(args, "debug", False)
+    console = Console(sys.stdout, sys.stderr)
+    try:
+        code: int = asyncio.run(_handler(args.handler)(args, console))
+        return code
+    except (CommandError, StoreError) as exc:
+        return _fail(console, *_outcome(exc), debug)
+    except KeyboardInterrupt:
+        said = (
+            console.on_interrupt() if console.on_interrupt else "interrupted; nothing half-written"
+        )
+        return _fail(console, EXIT_INTERRUPTED, said, debug)
+    except BrokenPipeError:
+        # The reader went away (`ls | head`): stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:
+        hint = "" if debug else " (--debug shows the traceback)"
+        detail = f"unexpected error: {type(exc).__name__}: {exc}{hint}"
+        return _fail(console, EXIT_STORAGE, detail, debug)
+
+
+def _outcome(exc: CommandError | StoreError) -> tuple[int, str]:
+    """The exit code and the line of a command's error, or of the package's."""
+    if isinstance(exc, CommandError):
+        return exc.code, str(exc)
+    if isinstance(exc, ConflictError):
+        return EXIT_CONFLICT, f"{exc} (`{PROG} get` shows what is stored)"
+    if isinstance(exc, LeaseError):  # its message names the holder and what to do but --force
+        return EXIT_LEASED, f"{exc}; {FORCE_HINT}"
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE, str(exc)
+    return EXIT_BAD_INPUT, str(exc)  # every other error of the package is bad input
+
+
+def _fail(console: Console, code: int, message: str, debug: bool) -> int:
+    if debug:
+        console.err.write(console.scrub(traceback.format_exc()))
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    console.say(f"{PROG}: {first}")
+    return code

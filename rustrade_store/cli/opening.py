@@ -1,0 +1,115 @@
+"""What every command opens: the database its URL names, a connection or a store on it, and
+the keys and times it was given, each refused with a usage error when it cannot be used."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..codec import check_key
+from ..engine import create_engine, is_memory_url, masked, resolve_url
+from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError, storage_error
+from ..sql import SqlStore
+from ..transfer import parse_time
+from .exits import EXIT_BAD_INPUT, EXIT_STORAGE, PROG, CommandError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import datetime
+
+    from sqlalchemy import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from .output import Console
+
+__all__ = [
+    "checked_key",
+    "connection",
+    "database_url",
+    "hosts_of",
+    "open_store",
+    "option_time",
+]
+
+
+def database_url(console: Console, raw: str | None, *, must_exist: bool = True) -> URL:
+    """Resolve a URL; an SQLite file must already exist unless the command creates it."""
+    try:
+        url = resolve_url(raw)
+    except ValueError as exc:
+        raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
+    console.hide(url)
+    if (
+        must_exist
+        and url.get_backend_name() == "sqlite"
+        and not is_memory_url(url)
+        and not url.query.get("uri")
+        and not Path(url.database or "").exists()
+    ):
+        raise CommandError(
+            EXIT_STORAGE,
+            f"no SQLite database at {url.database} (is the path right? "
+            f"`{PROG} --url {masked(url)} upgrade` creates it)",
+        )
+    return url
+
+
+@contextlib.asynccontextmanager
+async def connection(url: URL, wait: float, action: str) -> AsyncIterator[AsyncConnection]:
+    """A plain connection for the schema command ``action``; driver failures become
+    StorageError."""
+    engine = create_engine(url, timeout=wait)
+    try:
+        async with engine.connect() as connected:
+            yield connected
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise storage_error(action, None, masked(url), exc) from exc
+    finally:
+        await engine.dispose()
+
+
+def open_store(url: URL, timeout: float, *, force: bool = False) -> SqlStore:
+    """The command's store; ``force`` (``--force``) writes under other stores' live leases."""
+    return SqlStore.from_url(url, timeout=timeout, ignore_leases=force)
+
+
+def checked_key(raw: str) -> str:
+    """A key given on the command line, or a usage error naming what is wrong with it."""
+    try:
+        return check_key(raw)
+    except (InvalidKeyError, KeyTypeError) as exc:
+        raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
+
+
+def option_time(option: str, text: str) -> datetime:
+    """A save time given to ``option``, exactly as ``ls`` and ``get`` print it."""
+    try:
+        return parse_time(text)
+    except InvalidValueError as exc:
+        raise CommandError(
+            EXIT_BAD_INPUT,
+            f"{option}: {exc}; give the time exactly as `{PROG} ls` prints it, "
+            "e.g. 2026-11-26T12:22:53.277123+00:00",
+        ) from None
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def hosts_of(url: URL) -> list[str]:
+    """Every ``host:port`` a server URL names, in order: its host, then those of a multi-host
+    URL's ``?host=`` (the default port where none is given); empty for SQLite, or when the URL
+    leaves the host to the driver."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return []
+    port = url.port or _DEFAULT_PORTS.get(backend)
+    listed = [f"{url.host}:{port}"] if url.host else []
+    given = url.query.get("host", ())
+    for host in (given,) if isinstance(given, str) else given:
+        listed.append(host if re.search(r":\d+$", host) else f"{host}:{port}")
+    return listed
