@@ -40,7 +40,9 @@ __all__ = [
     "lease_rows",
     "page",
     "prefix_end",
+    "reset_if_at",
     "server_replication",
+    "server_time",
     "snapshot",
     "standbys",
     "stored",
@@ -226,3 +228,24 @@ def standbys() -> Select[Any]:
     (without pg_monitor, each WAL sender's row is there, its state null)."""
     view = table("pg_stat_replication", column("application_name"), column("sync_state"))
     return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)
+
+
+def reset_if_at(facts: DialectFacts) -> Update:
+    """Compare-and-set that may set the time back: write ``new_value`` at ``new_time`` over the
+    key bound as ``at_key`` only if it is stored at exactly ``expected`` (earlier or later than
+    ``new_time``) and its lease allows (bound as ``lease_key`` and ``mine``): the repair of a
+    snapshot stamped by a clock that ran ahead, which every later save refuses."""
+    return (
+        update(_table)
+        .where(
+            _table.c.key == bindparam("at_key"),
+            _table.c.updated_at == bindparam("expected"),
+            _key_fence(facts),
+        )
+        .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
+    )
+
+
+def server_time(facts: DialectFacts) -> Select[Any]:
+    """The database server's clock now (SQLite has none: the host's, bound as ``now``)."""
+    return select(facts.server_now())

@@ -22,9 +22,10 @@ from .exits import (
     CommandError,
 )
 from .leases import refuse_if_leased
-from .opening import checked_key, database_url, open_store, option_time
+from .opening import checked_key, database_url, option_time
 from .output import diff, pretty, size
 from .prompts import EditFile, confirm, run_editor
+from .reaching import open_store
 
 if TYPE_CHECKING:
     import argparse
@@ -66,8 +67,21 @@ async def cmd_put(args: argparse.Namespace, console: Console) -> int:
         if args.if_updated_at is not None
         else None
     )
+    if args.reset_time and expected is None:
+        raise CommandError(
+            EXIT_BAD_INPUT,
+            "--reset-time goes with --if-updated-at TIME, the stored time exactly as "
+            f"`{PROG} ls` prints it",
+        )
     url = database_url(console, args.url)
     async with open_store(url, args.timeout, force=args.force) as store:
+        if expected is not None and args.reset_time:
+            written = await store.reset_time(key, value, stored_at=expected)
+            console.say(
+                f"saved {key!r} ({size(value):,} bytes) at {format_time(written)}, its time set "
+                f"back from {format_time(expected)}: saves of it apply again"
+            )
+            return EXIT_OK
         if expected is not None:
             await store.save(key, value, if_updated_at=expected)
         elif args.if_absent:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import __version__, queries
 from ..engine import masked, read_settings
-from ..errors import StorageError
+from ..errors import SchemaError, StorageError
 from ..migrate import schema_status
 from .exits import EXIT_OK
-from .opening import connection, database_url, hosts_of
+from .opening import database_url, hosts_of
+from .reaching import connection
 from .schema import count_snapshots, revision_line
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Findings:
     url: URL
     report: dict[str, Any]
     lines: list[tuple[str, str]]
-    problem: str | None = None
+    problem: StorageError | None = None
     replication: Replication | None = None
     """PostgreSQL's replication rows, read first, judged once the settings are known."""
 
@@ -70,7 +71,7 @@ class Findings:
     def write(self, console: Console, *, as_json: bool) -> None:
         if as_json:
             self.report["status"] = "ok" if self.problem is None else "error"
-            self.report["problem"] = self.problem
+            self.report["problem"] = None if self.problem is None else str(self.problem)
             console.out.write(console.scrub(json.dumps(self.report, ensure_ascii=False)) + "\n")
             return
         lines = self.lines + [("warning", warning) for warning in self.report["warnings"]]
@@ -101,7 +102,7 @@ async def _schema(connected: AsyncConnection, found: Findings) -> None:
     }
     found.lines.append(("schema revision", revision_line(status)))
     if status.state != "current":
-        found.problem = status.message
+        found.problem = SchemaError(status.message)
 
 
 async def _settings(connected: AsyncConnection, found: Findings) -> None:
@@ -156,10 +157,10 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
             for check in CHECKS:
                 await check(connected, found)
     except StorageError as exc:
-        found.problem = str(exc)
+        found.problem = exc
     found.write(console, as_json=args.json)
     if found.problem is not None:
-        raise StorageError(found.problem)
+        raise found.problem
     return EXIT_OK
 
 

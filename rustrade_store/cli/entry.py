@@ -15,7 +15,14 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from ..errors import ConflictError, LeaseError, StorageError, StoreError
+from ..errors import (
+    ClockSkewError,
+    ConflictError,
+    LeaseError,
+    SchemaError,
+    StorageError,
+    StoreError,
+)
 from .exits import (
     EXIT_BAD_INPUT,
     EXIT_BROKEN_PIPE,
@@ -38,6 +45,14 @@ if TYPE_CHECKING:
     from .output import Console
 
 __all__ = ["main"]
+
+
+CLOCK_AHEAD_HINT = (
+    f"if the stored time is itself wrong (stamped by a clock that ran ahead), `{PROG} put KEY - "
+    "--if-updated-at STORED --reset-time < value.json` writes the value back at the time now, "
+    "after which saves and rm apply again"
+)
+"""The way out of a clock skew that syncing the clocks cannot cure: the bad time is in the data."""
 
 
 def _handler(name: str) -> Callable[[argparse.Namespace, Console], Coroutine[Any, Any, int]]:
@@ -70,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = asyncio.run(_handler(args.handler)(args, console))
         return code
+    except SchemaError as exc:
+        return _fail(console, EXIT_STORAGE, f"{exc}{_schema_hint(args)}", debug)
     except (CommandError, StoreError) as exc:
         return _fail(console, *_outcome(exc), debug)
     except KeyboardInterrupt:
@@ -88,6 +105,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(console, EXIT_STORAGE, detail, debug)
 
 
+def _schema_hint(args: argparse.Namespace) -> str:
+    """The upgrade command that cures a schema error, for a command of one database."""
+    if args.handler.startswith("moving:cmd_copy"):
+        return ""
+    import asyncio
+
+    from .reaching import upgrade_hint
+
+    return asyncio.run(upgrade_hint(args.url, args.timeout))
+
+
 def _outcome(exc: CommandError | StoreError) -> tuple[int, str]:
     """The exit code and the line of a command's error, or of the package's."""
     if isinstance(exc, CommandError):
@@ -96,6 +124,8 @@ def _outcome(exc: CommandError | StoreError) -> tuple[int, str]:
         return EXIT_CONFLICT, f"{exc} (`{PROG} get` shows what is stored)"
     if isinstance(exc, LeaseError):  # its message names the holder and what to do but --force
         return EXIT_LEASED, f"{exc}; {FORCE_HINT}"
+    if isinstance(exc, ClockSkewError):
+        return EXIT_STORAGE, f"{exc}; {CLOCK_AHEAD_HINT}"
     if isinstance(exc, StorageError):
         return EXIT_STORAGE, str(exc)
     return EXIT_BAD_INPUT, str(exc)  # every other error of the package is bad input

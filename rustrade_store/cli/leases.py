@@ -20,8 +20,9 @@ from .exits import (
     PROG,
     CommandError,
 )
-from .opening import database_url, open_store
+from .opening import database_url
 from .prompts import confirm
+from .reaching import open_store
 
 if TYPE_CHECKING:
     import argparse

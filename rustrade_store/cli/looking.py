@@ -11,8 +11,9 @@ from ..condition import compile_condition
 from ..engine import masked
 from ..transfer import format_line, format_time
 from .exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, PROG, CommandError
-from .opening import checked_key, database_url, open_store
+from .opening import checked_key, database_url
 from .output import pretty, shown_key, size
+from .reaching import open_store
 
 if TYPE_CHECKING:
     import argparse

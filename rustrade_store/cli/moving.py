@@ -8,16 +8,18 @@ import contextlib
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine import is_memory_url, masked
 from ..errors import InvalidValueError
 from ..restore import RestoreReport
-from ..transfer import copy, export, import_lines
+from ..transfer import copy, export, format_time, import_lines
 from .exits import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, PROG, CommandError
-from .opening import checked_key, database_url, hosts_of, open_store
+from .opening import checked_key, database_url, hosts_of
 from .prompts import confirm
+from .reaching import open_store
 
 if TYPE_CHECKING:
     import argparse
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from ..sql import SqlStore
+    from ..store import Snapshot
     from .output import Console
 
 __all__ = ["cmd_copy", "cmd_export", "cmd_import", "interrupted_line", "same_database"]
@@ -154,6 +157,7 @@ async def cmd_import(args: argparse.Namespace, console: Console) -> int:
             report = RestoreReport()
             with _stopped_by_ctrl_c(console, report, "import", masked_url):
                 async with open_store(url, args.timeout, force=args.force) as store:
+                    vet = None if args.allow_future_times else await _not_ahead(store)
                     counts = await import_lines(
                         store,
                         lines,
@@ -162,6 +166,7 @@ async def cmd_import(args: argparse.Namespace, console: Console) -> int:
                         overwrite=args.overwrite,
                         check_trailer=check,
                         report=report,
+                        vet=vet,
                     )
         except InvalidValueError as exc:
             raise CommandError(EXIT_BAD_INPUT, f"{name}: {exc}") from None
@@ -171,6 +176,29 @@ async def cmd_import(args: argparse.Namespace, console: Console) -> int:
     )
     _note_kept(console, report, args.overwrite, "in the database")
     return EXIT_OK
+
+
+FUTURE_TOLERANCE = timedelta(minutes=1)
+"""How far past the database server's clock an imported time may be: clocks synchronised by NTP
+differ by far less, a clock that ran ahead by more."""
+
+
+async def _not_ahead(store: SqlStore) -> Callable[[Snapshot], None]:
+    """``import``'s check of each snapshot's time against the database server's clock: a time
+    past it would make every later save of the key refused until then."""
+    latest = await store.server_time() + FUTURE_TOLERANCE
+
+    def vet(snapshot: Snapshot) -> None:
+        if snapshot.updated_at > latest:
+            raise InvalidValueError(
+                f"key {snapshot.key!r}: updated_at {format_time(snapshot.updated_at)} is later "
+                f"than the database server's clock plus {FUTURE_TOLERANCE.seconds} s "
+                f"({format_time(latest)}): stamped by a clock that ran ahead? every save of the "
+                "key would be refused until then; fix the time in the file, or add "
+                "--allow-future-times to import it as it is"
+            )
+
+    return vet
 
 
 async def cmd_copy(args: argparse.Namespace, console: Console) -> int:

@@ -3,35 +3,27 @@ the keys and times it was given, each refused with a usage error when it cannot 
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from ..codec import check_key
-from ..engine import create_engine, is_memory_url, masked, resolve_url
-from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError, storage_error
-from ..sql import SqlStore
+from ..engine import is_memory_url, masked, resolve_url
+from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError
 from ..transfer import parse_time
 from .exits import EXIT_BAD_INPUT, EXIT_STORAGE, PROG, CommandError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from datetime import datetime
 
     from sqlalchemy import URL
-    from sqlalchemy.ext.asyncio import AsyncConnection
 
     from .output import Console
 
 __all__ = [
     "checked_key",
-    "connection",
     "database_url",
     "hosts_of",
-    "open_store",
     "option_time",
 ]
 
@@ -43,6 +35,16 @@ def database_url(console: Console, raw: str | None, *, must_exist: bool = True) 
     except ValueError as exc:
         raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
     console.hide(url)
+    if url.get_backend_name() != "sqlite" and not url.database:
+        example = url.set(database="rustrade", password=None).render_as_string()
+        default = "PostgreSQL would use the one named after the user, or 'postgres'"
+        if url.get_backend_name() != "postgresql":
+            default = "the tables would go in no database"
+        raise CommandError(
+            EXIT_BAD_INPUT,
+            f"{masked(url)} names no database ({default}): add its name to the URL, such as "
+            f"{example}",
+        )
     if (
         must_exist
         and url.get_backend_name() == "sqlite"
@@ -56,25 +58,6 @@ def database_url(console: Console, raw: str | None, *, must_exist: bool = True) 
             f"`{PROG} --url {masked(url)} upgrade` creates it)",
         )
     return url
-
-
-@contextlib.asynccontextmanager
-async def connection(url: URL, wait: float, action: str) -> AsyncIterator[AsyncConnection]:
-    """A plain connection for the schema command ``action``; driver failures become
-    StorageError."""
-    engine = create_engine(url, timeout=wait)
-    try:
-        async with engine.connect() as connected:
-            yield connected
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise storage_error(action, None, masked(url), exc) from exc
-    finally:
-        await engine.dispose()
-
-
-def open_store(url: URL, timeout: float, *, force: bool = False) -> SqlStore:
-    """The command's store; ``force`` (``--force``) writes under other stores' live leases."""
-    return SqlStore.from_url(url, timeout=timeout, ignore_leases=force)
 
 
 def checked_key(raw: str) -> str:

@@ -166,6 +166,12 @@ COMMANDS: tuple[Command, ...] = (
                 action="store_true",
                 help="only if KEY does not exist",
             ),
+            _arg(
+                "--reset-time",
+                action="store_true",
+                help="with --if-updated-at: write at the time now even if TIME is later (a key "
+                "stamped by a clock that ran ahead, which every save refuses)",
+            ),
             _arg("--force", action="store_true", help=_FORCE),
         ),
         completes="keys",
@@ -223,6 +229,12 @@ COMMANDS: tuple[Command, ...] = (
                 "--no-trailer-check",
                 action="store_true",
                 help="import a file without an export's last line (count and SHA-256), unchecked",
+            ),
+            _arg(
+                "--allow-future-times",
+                action="store_true",
+                help="import times later than the database server's clock plus a minute (every "
+                "save of such a key is refused until then)",
             ),
             _arg("--force", action="store_true", help=_FORCE),
         ),

@@ -13,8 +13,9 @@ from ..errors import SchemaError
 from ..migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
 from ..schema import snapshots
 from .exits import EXIT_BAD_INPUT, EXIT_OK, PROG, CommandError
-from .opening import connection, database_url
+from .opening import database_url
 from .prompts import confirm
+from .reaching import connection
 
 if TYPE_CHECKING:
     import argparse

@@ -1,28 +1,76 @@
-"""The command line on replicated PostgreSQL: ``doctor`` reports the settings that decide whether
-a failover keeps acknowledged saves, whether a synchronous standby is attached, and every host of
-a multi-host URL; ``copy`` tells two multi-host URLs apart by their hosts."""
+"""The schema commands and ``doctor``: a MariaDB upgrade prints no server warning, version
+skew is reported by ``doctor``, ``current`` and every command, ``doctor --json`` reports a
+problem with exit 3, and on PostgreSQL ``doctor`` reports what decides whether a failover keeps
+acknowledged saves and every host of a multi-host URL."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import URL, text
 
+from rustrade_store import head_revision
 from rustrade_store.cli.doctor import Replication, replication_report
-from rustrade_store.cli.moving import same_database
 from rustrade_store.cli.opening import hosts_of
 from rustrade_store.engine import create_engine, resolve_url
 from rustrade_store.migrate import upgrade
+from rustrade_store.schema import VERSION_TABLE
 
-from .test_cli import cli, ok, one_line_error
+from .commandline import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+
+@pytest.mark.mariadb
+def test_a_mariadb_upgrade_prints_no_server_warning(fresh_mariadb: URL, tmp_path: Path) -> None:
+    """MariaDB warned "Name 'rustrade_store_alembic_version_pkc' ignored for PRIMARY key"."""
+    run = ok(cli("upgrade", url=fresh_mariadb, cwd=tmp_path))
+    assert run.err.splitlines() == [
+        f"{fresh_mariadb.render_as_string()}: schema revision 0001 (head)"
+    ]
+
+
+def test_version_skew_is_reported_by_doctor_current_and_every_command(tmp_path: Path) -> None:
+    url = resolve_url(f"sqlite:///{tmp_path / 'newer.db'}")
+    ok(cli("upgrade", url=url, cwd=tmp_path))
+
+    async def from_the_future() -> None:
+        engine = create_engine(url)
+        async with engine.begin() as connection:
+            await connection.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0999'"))
+        await engine.dispose()
+
+    asyncio.run(from_the_future())
+    head = head_revision()
+    for args in (["doctor"], ["current"], ["get", "k"], ["upgrade"]):
+        run = cli(*args, url=url, cwd=tmp_path)
+        one_line_error(run, 3, "0999", head)
+    assert "0999: unknown to rustrade-store" in cli("doctor", url=url, cwd=tmp_path).out
+    missing = cli("ls", url=f"sqlite:///{tmp_path / 'typo.db'}", cwd=tmp_path)
+    one_line_error(missing, 3, "no SQLite database", "upgrade")
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_doctor_json_reports_a_problem_with_exit_3(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    (tmp_path / "never.db").touch()
+    run = cli("doctor", "--json", url=url, cwd=tmp_path)
+    assert run.code == 3, run
+    report = json.loads(run.out)
+    assert report["status"] == "error"
+    assert report["schema"]["state"] == "missing"
+    assert "upgrade" in report["problem"]
+
+
 UNLESS = "unless your provider replicates storage synchronously"
+
+
 NOBODY = "127.0.0.1:1"
 """A host where nothing listens: refused at once, so asyncpg tries the next."""
 
@@ -126,50 +174,38 @@ def test_replication_report_says_what_it_cannot_see() -> None:
     assert "standby in recovery and takes no writes" in standby
 
 
-def test_copy_tells_multi_host_urls_apart_by_their_hosts(tmp_path: Path) -> None:
-    """Two multi-host URLs have no host and no port of their own: the database name alone made
-    every pair of them "the same database". Any host in common does (either may connect to it);
-    none in common does not, so this copy goes on to connect (and fails: nothing listens)."""
-    same = cli(
-        "copy",
-        "--from",
-        "postgresql://u@/state?host=127.0.0.1:1&host=127.0.0.1:2",
-        "--to",
-        "postgresql://u@/state?host=127.0.0.1:3&host=127.0.0.1:1",
-        cwd=tmp_path,
-    )
-    one_line_error(same, 2, "the same database, 'state' on 127.0.0.1:1", "another --to")
-    other = cli(
-        "--timeout",
-        "1",
-        "copy",
-        "--from",
-        "postgresql://u@/state?host=127.0.0.1:1&host=127.0.0.1:2",
-        "--to",
-        "postgresql://u@/state?host=127.0.0.1:3&host=127.0.0.1:4",
-        cwd=tmp_path,
-    )
-    one_line_error(other, 3, "failed on postgresql+asyncpg://u@/state?host=", "Connect call failed")
-
-
-@pytest.mark.parametrize(
-    ("first", "second", "same"),
-    [
-        ("postgresql://u@/db?host=a:5432&host=b:5432", "postgresql://u@/db?host=b:5432", True),
-        ("postgresql://u@/db?host=a:5432&host=b:5432", "postgresql://u@/db?host=c:5432", False),
-        ("postgresql://u@/db?host=a:5432", "postgresql://u@a/db", True),  # the default port
-        ("postgresql://u@a:5433/db", "postgresql://u@a/db", False),
-        ("postgresql://u@/db?host=a:5432", "postgresql://u@/other?host=a:5432", False),
-        ("postgresql://u@a/db", "mysql://u@a/db", False),
-        ("sqlite:///x.db", "sqlite:///./x.db", True),
-    ],
-)
-def test_same_database(first: str, second: str, same: bool) -> None:
-    assert same_database(resolve_url(first), resolve_url(second)) is same
-
-
 def test_hosts_of_lists_every_host_with_its_port() -> None:
     multi = resolve_url("postgresql://u@/db?host=a:5433&host=b&target_session_attrs=read-write")
     assert hosts_of(multi) == ["a:5433", "b:5432"]
     assert hosts_of(resolve_url("mysql://u@m/db")) == ["m:3306"]
     assert hosts_of(resolve_url("sqlite:///x.db")) == []
+
+
+@pytest.mark.postgres
+def test_the_no_schema_hint_is_a_command_that_works_as_printed(
+    fresh_postgres: URL, tmp_path: Path
+) -> None:
+    """The hint kept no ``--url``: run literally, it upgraded another database (the default
+    SQLite file here). It names the URL the command was given, and runs as printed."""
+    given = fresh_postgres.render_as_string(hide_password=False)
+    refused = cli("--url", given, "ls", cwd=tmp_path)
+    one_line_error(
+        refused, 3, "no rustrade-store schema", f"`rustrade-store --url {given} upgrade`"
+    )
+    found = re.search(r"from here: `([^`]+)`", refused.err)
+    assert found is not None
+    ok(cli(*shlex.split(found[1])[1:], cwd=tmp_path))
+    assert not (tmp_path / "rustrade_state.db").exists()
+    assert ok(cli("--url", given, "ls", cwd=tmp_path)).out == ""
+
+
+def test_the_no_schema_hint_from_the_environment_needs_no_url(tmp_path: Path) -> None:
+    """With the URL in $RUSTRADE_STORE_URL, the plain command upgrades the same database."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    ok(cli("upgrade", url=url, cwd=tmp_path))
+    ok(cli("downgrade", "base", url=url, cwd=tmp_path))
+    refused = cli("doctor", url=url, cwd=tmp_path)
+    assert refused.code == 3, refused
+    assert "(from here: `rustrade-store upgrade`)" in refused.err.splitlines()[-1]
+    ok(cli("upgrade", url=url, cwd=tmp_path))
+    assert ok(cli("current", url=url, cwd=tmp_path)).out.endswith("(head)\n")

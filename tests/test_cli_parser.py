@@ -1,6 +1,5 @@
-"""The command's rough edges, smoothed: no server warning on a MariaDB upgrade, hints for the
-likely mistakes, an example in every --help, confirmation before removing or replacing, shell
-completion, and a --version that loads no database library."""
+"""The command line itself: an example in every ``--help``, shell completion of commands,
+options and keys, and a ``--version`` that loads no database library."""
 
 from __future__ import annotations
 
@@ -16,34 +15,10 @@ import pytest
 from rustrade_store.cli import main
 from rustrade_store.cli.parser import COMMANDS
 
-from .test_cli import COMMAND, cli, ok, on_terminal, one_line_error
+from .commandline import COMMAND, cli, ok
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
-
-
-@pytest.mark.mariadb
-def test_a_mariadb_upgrade_prints_no_server_warning(fresh_mariadb: URL, tmp_path: Path) -> None:
-    """MariaDB warned "Name 'rustrade_store_alembic_version_pkc' ignored for PRIMARY key"."""
-    run = ok(cli("upgrade", url=fresh_mariadb, cwd=tmp_path))
-    assert run.err.splitlines() == [
-        f"{fresh_mariadb.render_as_string()}: schema revision 0001 (head)"
-    ]
-
-
-def test_hints_for_likely_mistakes(sqlite_url: URL, tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text('{"halted": false}', encoding="utf-8")
-    one_line_error(
-        cli("put", "bot1/BTCUSDT", "state.json", url=sqlite_url, cwd=tmp_path),
-        2,
-        "not a file name",
-        "rustrade-store put bot1/BTCUSDT - < state.json",
-    )
-    one_line_error(
-        cli("put", "bot1/BTCUSDT", "-", stdin="", url=sqlite_url, cwd=tmp_path), 2, "stdin is empty"
-    )
-    one_line_error(cli("gte", "bot1/BTCUSDT", cwd=tmp_path), 2, "unknown command 'gte'", "'get'")
-    assert ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out == ""
 
 
 def test_every_command_has_an_example_in_its_help(
@@ -60,30 +35,6 @@ def test_every_command_has_an_example_in_its_help(
         shown = capsys.readouterr().out
         assert "example:\n  " in shown, name
         assert "rustrade-store" in shown.split("example:\n  ")[1].splitlines()[0]
-
-
-def test_rm_and_export_over_a_file_need_confirming(sqlite_url: URL, tmp_path: Path) -> None:
-    for key in ("bot1/A", "bot1/B", "bot1/C"):
-        ok(cli("put", key, "1", url=sqlite_url, cwd=tmp_path))
-    # No terminal and no --yes: refused, saying how.
-    one_line_error(cli("rm", "bot1/A", url=sqlite_url, cwd=tmp_path), 2, "for good", "--yes")
-    (tmp_path / "backup.jsonl").write_text("precious\n", encoding="utf-8")
-    refused = cli("export", "backup.jsonl", url=sqlite_url, cwd=tmp_path)
-    one_line_error(refused, 2, "backup.jsonl, which exists", "--yes")
-    assert (tmp_path / "backup.jsonl").read_text(encoding="utf-8") == "precious\n"
-
-    ok(cli("rm", "bot1/A", "--yes", url=sqlite_url, cwd=tmp_path))
-    ok(cli("export", "backup.jsonl", "--yes", url=sqlite_url, cwd=tmp_path))
-    assert (tmp_path / "backup.jsonl").read_text(encoding="utf-8").count("\n") == 3
-
-    # On a terminal, the person answers.
-    code, said = on_terminal("rm", "bot1/B", url=sqlite_url, cwd=tmp_path, answer="n")
-    assert code == 2, said
-    assert "remove 'bot1/B' (saved at " in said
-    assert "not confirmed" in said
-    code, said = on_terminal("rm", "bot1/B", url=sqlite_url, cwd=tmp_path, answer="y")
-    assert code == 0, said
-    assert ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out == "bot1/C\n"
 
 
 def test_bash_completion_completes_commands_options_and_keys(
