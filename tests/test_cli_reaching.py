@@ -14,9 +14,12 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import text
+
+from rustrade_store.engine import create_engine
 
 from .commandline import Run, cli, ok, one_line_error
-from .helpers import _mariadb_admin, _postgres_admin, server_port
+from .helpers import server_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,6 +29,15 @@ if TYPE_CHECKING:
 PATIENCE = "60"
 """The --timeout given where a failure must not wait for the retries: a run shorter than it
 was not retried to its end."""
+
+
+async def _as_admin(admin: URL, statement: str) -> None:
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
 
 
 def timed(*args: str, cwd: Path) -> tuple[Run, float]:
@@ -82,14 +94,13 @@ def test_a_missing_database_gets_its_create_database_command(
     one_line_error(run, 3, f"database {name!r} does not exist", "CREATE DATABASE")
     assert took < float(PATIENCE)
     statement, upgrade = re.findall(r"`([^`]+)`", run.err)
-    run_admin = _postgres_admin if backend == "postgres" else _mariadb_admin
-    asyncio.run(run_admin(admin, statement))
+    asyncio.run(_as_admin(admin, statement))
     try:
         ok(cli(*shlex.split(upgrade)[1:], cwd=tmp_path))
         assert ok(cli("--url", given, "ls", cwd=tmp_path)).out == ""
     finally:
         drop = f'DROP DATABASE "{name}" WITH (FORCE)' if backend == "postgres" else None
-        asyncio.run(run_admin(admin, drop or f"DROP DATABASE `{name}`"))
+        asyncio.run(_as_admin(admin, drop or f"DROP DATABASE `{name}`"))
 
 
 @pytest.mark.parametrize("url", ["postgresql://u@h:5432", "postgresql://u@h/", "mysql://u@h"])

@@ -201,7 +201,8 @@ class Verdict(NamedTuple):
 
 def replication_report(rows: Replication, synchronous_commit: str, *, user: str) -> Verdict:
     """Whether an acknowledged save survives a failover, from the rows read: the first warning
-    says when a failover can lose them."""
+    says when a failover can lose them. A server with no standby, and none named, has no
+    failover to fear (a managed provider's own standby shows up in neither)."""
     if rows.in_recovery:
         return Verdict(
             "this server is itself a standby (in recovery)",
@@ -212,7 +213,19 @@ def replication_report(rows: Replication, synchronous_commit: str, *, user: str)
             ],
         )
     found, attached = _standbys_line(rows.standbys, user)
+    if not rows.standbys and not rows.standby_names.strip():  # a single server: no failover
+        return Verdict(found, attached, _single_server_warnings(synchronous_commit))
     return Verdict(found, attached, _failover_warnings(rows, synchronous_commit, found, attached))
+
+
+def _single_server_warnings(synchronous_commit: str) -> list[str]:
+    """A server with no standby has no failover to lose saves to; only a crash can."""
+    if synchronous_commit != "off":
+        return []
+    return [
+        "synchronous_commit = off: commits are acknowledged before they reach the disk, so a "
+        "crash of the server can lose acknowledged saves"
+    ]
 
 
 def _standbys_line(
