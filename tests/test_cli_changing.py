@@ -106,19 +106,17 @@ def test_edit_shows_the_diff_and_saves_only_over_what_it_read(
         environment = {"EDITOR": str(editor)} | env
         return cli("edit", key, *extra, url=sqlite_url, cwd=tmp_path, env=environment)
 
-    # Not confirmed (no terminal, no --yes): the diff is shown, nothing is written.
+    # No terminal and no --yes: refused before the editor opens (vi printed screens of escape
+    # codes, then "Vim: Error reading input"), naming --yes.
     unhalt = json.dumps({"halted": False, "loss_streak": 0})
-    refused = edit(EDIT_SET=unhalt)
-    assert refused.code == 2, refused
-    assert '-  "halted": true' in refused.err
-    assert '+  "halted": false' in refused.err
-    assert "add --yes" in refused.err.splitlines()[-1]
-    kept = Path(refused.err.split("the edit is in ")[1].split()[0])
-    assert json.loads(kept.read_text())["halted"] is False  # the typing is not lost
+    marker = tmp_path / "editor-ran"
+    refused = cli("edit", key, url=sqlite_url, cwd=tmp_path, env={"EDITOR": f"touch {marker}"})
+    one_line_error(refused, 2, "no terminal", "add --yes", "nothing was opened")
+    assert not marker.exists()
     assert snapshot(sqlite_url, key) == read
 
     # An editor that changes nothing, or reformats only, writes nothing.
-    assert ok(edit()).err.startswith("no change")
+    assert ok(edit("--yes")).err.startswith("no change")
     assert snapshot(sqlite_url, key) == read
 
     # Invalid JSON: refused by the strict decoder, nothing written.
@@ -146,7 +144,9 @@ def test_edit_shows_the_diff_and_saves_only_over_what_it_read(
     assert after.value == bot | {"halted": False, "loss_streak": 0}
     assert after.updated_at > now.updated_at
 
-    missing = cli("edit", "bot9/none", url=sqlite_url, cwd=tmp_path, env={"EDITOR": "false"})
+    missing = cli(
+        "edit", "bot9/none", "--yes", url=sqlite_url, cwd=tmp_path, env={"EDITOR": "false"}
+    )
     one_line_error(missing, 1, "not found", "--if-absent")
 
 
@@ -154,6 +154,10 @@ def test_edit_asks_on_a_terminal(sqlite_url: URL, tmp_path: Path) -> None:
     key = "bot1/BTCUSDT"
     ok(cli("put", key, json.dumps(HALTED), url=sqlite_url, cwd=tmp_path))
     sed = {"EDITOR": 'sed -i \'s/"halted": true/"halted": false/\''}
+    code, output = on_terminal("edit", key, url=sqlite_url, cwd=tmp_path, answer="n", env=sed)
+    assert code == 2, output
+    assert "not confirmed; nothing was changed" in output
+    assert snapshot(sqlite_url, key) is not None
     code, output = on_terminal("edit", key, url=sqlite_url, cwd=tmp_path, answer="y", env=sed)
     assert code == 0, output
     assert f"save this to '{key}'? [y/N]" in output

@@ -94,6 +94,13 @@ async def cmd_put(args: argparse.Namespace, console: Console) -> int:
 
 async def cmd_edit(args: argparse.Namespace, console: Console) -> int:
     key = checked_key(args.key)
+    if not args.yes and not console.interactive:  # the editor and the question need one
+        raise CommandError(
+            EXIT_BAD_INPUT,
+            "edit opens an editor and asks before saving, and there is no terminal here: run "
+            "it on one, or add --yes to save the edit without asking (with VISUAL or EDITOR "
+            "set to a program that edits the file); nothing was opened",
+        )
     url = database_url(console, args.url)
     async with open_store(url, args.timeout) as store:
         read = await store.load_snapshot(key)
