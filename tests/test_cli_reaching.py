@@ -10,6 +10,8 @@ import asyncio
 import re
 import secrets
 import shlex
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -107,3 +109,19 @@ def test_a_missing_database_gets_its_create_database_command(
 def test_a_url_naming_no_database_is_refused(url: str, tmp_path: Path) -> None:
     """PostgreSQL would quietly use the database named after the user, or ``postgres``."""
     one_line_error(cli("--url", url, "upgrade", cwd=tmp_path), 2, "names no database", "/rustrade")
+
+
+def test_a_missing_driver_is_a_configuration_error(tmp_path: Path) -> None:
+    """It was "unexpected error: ModuleNotFoundError", exit 3."""
+    program = (
+        "import sys; sys.modules['asyncmy'] = None; from rustrade_store.cli import main; "
+        "sys.exit(main(['--url', 'mysql://u@h/state', 'ls']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert run.returncode == 2, run
+    [line] = run.stderr.splitlines()
+    assert "needs the asyncmy driver, which is not installed" in line
+    assert "pip install 'rustrade-store[mysql]'" in line
+    assert "unexpected" not in line

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
+DRIVERS = frozenset({"aiosqlite", "asyncpg", "asyncmy"})
+"""The database drivers a URL may need: one not installed is a configuration problem."""
+
 CLOCK_AHEAD_HINT = (
     f"if the stored time is itself wrong (stamped by a clock that ran ahead), `{PROG} put KEY - "
     "--if-updated-at STORED --reset-time < value.json` writes the value back at the time now, "
@@ -89,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(console, EXIT_STORAGE, f"{exc}{_schema_hint(args)}", debug)
     except (CommandError, StoreError) as exc:
         return _fail(console, *_outcome(exc), debug)
+    except ModuleNotFoundError as exc:
+        if exc.name in DRIVERS:  # its message names the pip install
+            return _fail(console, EXIT_BAD_INPUT, str(exc), debug)
+        return _fail(console, EXIT_STORAGE, _unexpected(exc, debug), debug)
     except KeyboardInterrupt:
         said = (
             console.on_interrupt() if console.on_interrupt else "interrupted; nothing half-written"
@@ -100,9 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as exc:
-        hint = "" if debug else " (--debug shows the traceback)"
-        detail = f"unexpected error: {type(exc).__name__}: {exc}{hint}"
-        return _fail(console, EXIT_STORAGE, detail, debug)
+        return _fail(console, EXIT_STORAGE, _unexpected(exc, debug), debug)
+
+
+def _unexpected(exc: Exception, debug: bool) -> str:
+    hint = "" if debug else " (--debug shows the traceback)"
+    return f"unexpected error: {type(exc).__name__}: {exc}{hint}"
 
 
 def _schema_hint(args: argparse.Namespace) -> str:
