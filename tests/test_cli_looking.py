@@ -85,6 +85,17 @@ def test_a_bad_where_is_a_usage_error(tmp_path: Path) -> None:
     """Refused before any database is opened (none exists here), with the column at fault."""
     run = cli("ls", "--where", "$.halted = true", url="sqlite:///none.db", cwd=tmp_path)
     one_line_error(run, 2, "--where", "unexpected '=' (equality is ==) at column 10", "--help")
+    deep = "(" * 300 + "$.halted" + ")" * 300  # was "unexpected error: RecursionError"
+    run = cli("ls", "--where", deep, url="sqlite:///none.db", cwd=tmp_path)
+    one_line_error(run, 2, "--where: nested deeper than 100 levels", "--help")
+    run = cli("ls", "--where", "not " * 999 + "$.halted", url="sqlite:///none.db", cwd=tmp_path)
+    one_line_error(run, 2, "--where: nested deeper than 100 levels", "--help")
+
+
+def test_a_condition_nested_as_deep_as_allowed_holds() -> None:
+    condition = compile_condition("not (" * 50 + "$.halted" + ")" * 50)
+    assert condition({"halted": True}) is True  # an even number of nots
+    assert condition({"halted": False}) is False
 
 
 @pytest.mark.parametrize(
@@ -147,3 +158,32 @@ def test_where_conditions(condition: str, holds: bool | None) -> None:
             compile_condition(condition)
     else:
         assert compile_condition(condition)(VALUE) is holds
+
+
+def test_keys_that_would_look_alike_are_shown_apart(sqlite_url: URL, tmp_path: Path) -> None:
+    """`" bot1/BTCUSDT"` was listed as `bot1/BTCUSDT`: ls quotes a key that a space at either
+    end, a character that prints as nothing, or a leading quote would disguise."""
+    keys = ["bot1/BTCUSDT", " bot1/BTCUSDT", "bot1/BTCUSDT ", "bot1/\u00a0BTC", "bot1/\u200bBTC"]
+    keys += ['"bot1/BTCUSDT"', "bot1/a\tb", "bot1/é"]
+    for key in keys:
+        ok(cli("put", "--", key, "1", url=sqlite_url, cwd=tmp_path))
+    shown = [
+        line.split("  ")[0] for line in ok(cli("ls", url=sqlite_url, cwd=tmp_path)).out.splitlines()
+    ]
+    assert len(set(shown)) == len(keys)
+    assert sorted(shown) == sorted(
+        [
+            "bot1/BTCUSDT",
+            '" bot1/BTCUSDT"',
+            '"bot1/BTCUSDT "',
+            '"bot1/\\u00a0BTC"',
+            '"bot1/\\u200bBTC"',
+            '"\\"bot1/BTCUSDT\\""',
+            '"bot1/a\\tb"',
+            "bot1/é",
+        ]
+    )
+    # --keys piped is for programs: the keys exactly as stored, one a line.
+    assert sorted(
+        ok(cli("ls", "--keys", url=sqlite_url, cwd=tmp_path)).out.split("\n")[:-1]
+    ) == sorted(keys)
