@@ -385,10 +385,11 @@ async def import_lines(
     empty, or (with ``check_trailer``) its trailer is missing or does not match the lines
     before it, nothing is written and :class:`BadFileError` is raised after the whole file was
     checked. Without a store (a dry run) the lines are only checked. A key given twice keeps
-    the line with the later ``updated_at``. A stored snapshot newer than the file's, or of the same time with
-    another value, is kept unless ``overwrite`` (see :meth:`SqlStore.restore_stream`); the
-    counts are in ``report`` (pass one to read it while the import runs). ``vet(snapshot)``
-    checks each snapshot further: an :class:`InvalidValueError` it raises makes a bad line.
+    the line with the later ``updated_at``. A stored snapshot newer than the file's, or of the
+    same time with another value, is kept unless ``overwrite`` (see
+    :meth:`SqlStore.restore_stream`); the counts are in ``report`` (pass one to read it while
+    the import runs). ``vet(snapshot)`` checks each snapshot further: an
+    :class:`InvalidValueError` it raises makes a bad line.
     """
     counts = ImportCounts(report=report if report is not None else RestoreReport())
     reader = _Reader(lines, counts, on_bad, check_trailer, vet)

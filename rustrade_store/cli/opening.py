@@ -35,16 +35,7 @@ def database_url(console: Console, raw: str | None, *, must_exist: bool = True) 
     except ValueError as exc:
         raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
     console.hide(url)
-    if url.get_backend_name() != "sqlite" and not url.database:
-        example = url.set(database="rustrade", password=None).render_as_string()
-        default = "PostgreSQL would use the one named after the user, or 'postgres'"
-        if url.get_backend_name() != "postgresql":
-            default = "the tables would go in no database"
-        raise CommandError(
-            EXIT_BAD_INPUT,
-            f"{masked(url)} names no database ({default}): add its name to the URL, such as "
-            f"{example}",
-        )
+    _refuse_no_database(url)
     if (
         must_exist
         and url.get_backend_name() == "sqlite"
@@ -58,6 +49,21 @@ def database_url(console: Console, raw: str | None, *, must_exist: bool = True) 
             f"`{PROG} --url {masked(url)} upgrade` creates it)",
         )
     return url
+
+
+def _refuse_no_database(url: URL) -> None:
+    """A server URL must name its database: PostgreSQL would quietly use the one named after
+    the user (or ``postgres``), and the hint to create the table there would follow."""
+    if url.get_backend_name() == "sqlite" or url.database:
+        return
+    example = url.set(database="rustrade", password=None).render_as_string()
+    default = "PostgreSQL would use the one named after the user, or 'postgres'"
+    if url.get_backend_name() != "postgresql":
+        default = "the tables would go in no database"
+    raise CommandError(
+        EXIT_BAD_INPUT,
+        f"{masked(url)} names no database ({default}): add its name to the URL, such as {example}",
+    )
 
 
 def checked_key(raw: str) -> str:
