@@ -335,10 +335,7 @@ def _run(
     ok: Sequence[int] = (0,),
     timeout: float = COMMAND_TIMEOUT,
 ) -> str:
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode not in ok:
         tail = _tail(log) if log is not None else ""
         raise GaleraError(
@@ -407,9 +404,10 @@ def galera_cluster(size: int = 3, database: str = "rustrade") -> Iterator[Galera
     ROOT.mkdir(exist_ok=True)
     ROOT.chmod(0o755)
     ports = _ports(4 * size)
-    nodes = [
-        Node(n + 1, directory / f"node{n + 1}", *ports[4 * n : 4 * n + 4]) for n in range(size)
-    ]
+    nodes = []
+    for n in range(size):
+        port, gcomm, ist, sst = ports[4 * n : 4 * n + 4]
+        nodes.append(Node(n + 1, directory / f"node{n + 1}", port, gcomm, ist, sst))
     address = "gcomm://" + ",".join(f"127.0.0.1:{node.gcomm}" for node in nodes)
     cluster = GaleraCluster(directory, nodes, database)
     try:
