@@ -172,6 +172,11 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
     # asyncmy also reports a packet cut off by the server as a wrong sequence number.
     cut_off = "Packet sequence number wrong" in str(cause)
+    if code in _MYSQL_CONFLICTS:
+        return (
+            "(a conflict with another write to the same rows, through another Galera node or "
+            "in a deadlock: this attempt wrote nothing)"
+        )
     if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
     return (
@@ -252,8 +257,25 @@ def _mysql_timeout(cause: BaseException) -> bool:
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
-    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover).
-    return bool(cause.args) and cause.args[0] in (2002, 2003)
+    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover); or a
+    # Galera node that cannot serve (see _GALERA_NOT_READY).
+    code = cause.args[0] if cause.args else None
+    return code in (2002, 2003) or code in _GALERA_NOT_READY
+
+
+_MYSQL_CONFLICTS = frozenset({1213})
+"""ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock's victim, or (on Galera) a write
+through another node certified first; either way it was rolled back, nothing committed."""
+
+
+def _mysql_conflict(cause: BaseException) -> bool:
+    return bool(cause.args) and cause.args[0] in _MYSQL_CONFLICTS
+
+
+_GALERA_NOT_READY = frozenset({1047})
+"""ER_UNKNOWN_COM_ERROR, what a Galera node outside the primary component (isolated, joining,
+or not yet synced) answers every statement with ("WSREP has not yet prepared node for
+application use")."""
 
 
 def _sqlite_timeout(cause: BaseException) -> bool:
@@ -335,6 +357,10 @@ class DialectFacts:
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
+    is_conflict: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says the transaction was rolled back for a conflict with
+    another one (MariaDB's 1213: a deadlock, or a Galera certification failure): nothing was
+    committed, so the call is retried until its deadline."""
 
 
 def facts_for(url: URL) -> DialectFacts:
@@ -411,5 +437,6 @@ def facts_for(url: URL) -> DialectFacts:
             is_timeout=_mysql_timeout,
             is_unreachable=_mysql_unreachable,
             is_read_only=_mysql_read_only,
+            is_conflict=_mysql_conflict,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VAR",
+    "GALERA_SYNC_WAIT",
     "MAX_TIMEOUT",
     "MYSQL_BACKENDS",
     "MYSQL_POOL_RECYCLE",
@@ -65,6 +66,12 @@ MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 
 MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
 """Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
+
+GALERA_SYNC_WAIT = 7
+"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
+(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
+it, so a load sees every save acknowledged through any node, and a fenced write reads the lease
+row as the last take-over left it."""
 
 MYSQL_POOL_RECYCLE = 3600
 """Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
@@ -276,8 +283,10 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
                     f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
                     f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
                     # MariaDB only (MySQL skips /*M! */): end a session idle in a transaction,
-                    # as on PostgreSQL.
-                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))} */"
+                    # as on PostgreSQL; on a Galera node, wait for the writes the cluster has
+                    # certified before each read and write (no effect elsewhere).
+                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))}"
+                    f", wsrep_sync_wait = {GALERA_SYNC_WAIT} */"
                 ),
             },
         }

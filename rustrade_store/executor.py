@@ -63,8 +63,14 @@ class Failure(enum.Enum):
     """What kind of failure an error is, which decides whether it is retried."""
 
     LOST = "lost connection"
+    CONFLICT = "conflict"
+    """Rolled back for a conflict (a deadlock, a Galera certification failure): not
+    committed, so retried like a lost connection."""
     TIMEOUT = "timeout"
     OTHER = "other"
+
+
+_RETRIED = frozenset({Failure.LOST, Failure.CONFLICT})
 
 
 class _Failed(Exception):
@@ -654,7 +660,7 @@ class Executor:
             except Exception as exc:
                 kind = self._classify(exc)
                 left = deadline - loop.time()
-                if kind is not Failure.LOST or not retry or left <= pause:
+                if kind not in _RETRIED or not retry or left <= pause:
                     raise _Failed(kind, exc) from exc
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
@@ -755,6 +761,8 @@ class Executor:
             return Failure.TIMEOUT
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return Failure.LOST
+        if self._facts.is_conflict(cause):
+            return Failure.CONFLICT
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
         return Failure.OTHER

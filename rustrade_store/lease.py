@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Self
 from sqlalchemy import bindparam, select, update
 
 from . import clock
+from ._galera import refuse_lease
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
+from .engine import MYSQL_BACKENDS
 from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError
 from .fencing import held_error, lease_value
 from .schema import snapshots
@@ -206,6 +208,8 @@ class Lease:
         }
 
         async def work(connection: AsyncConnection) -> tuple[str, int, datetime, dict[str, Any]]:
+            if executor.facts.name in MYSQL_BACKENDS:
+                await refuse_lease(connection, self.prefix, executor.where)
             # Take the row's lock (SQLite: the write lock) before reading it, so that no other
             # store can take the lease in between.
             await connection.execute(_touch(), {"row": self._row_key})
