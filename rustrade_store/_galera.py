@@ -12,19 +12,35 @@ write began.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import queries
-from .engine import GALERA_SYNC_WAIT
+from ._urls import listed_hosts
 from .errors import LeaseError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+    from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["LEASE_RULE", "GaleraNode", "galera_node", "galera_report", "read_node", "refuse_lease"]
+__all__ = [
+    "GALERA_SYNC_WAIT",
+    "LEASE_RULE",
+    "GaleraNode",
+    "first_synced_node",
+    "galera_node",
+    "galera_report",
+    "read_node",
+    "refuse_lease",
+]
+
+GALERA_SYNC_WAIT = 7
+"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
+(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
+it, so that a load sees every save acknowledged through any node."""
 
 SYNCED = 4
 """``wsrep_local_state`` of a node in sync with its cluster (1-3: joining, donor, joined)."""
@@ -126,3 +142,52 @@ async def refuse_lease(connection: AsyncConnection, prefix: str, where: str) -> 
             f"lease on {prefix!r} refused on {where}, a Galera node of a cluster of "
             f"{node.cluster_size}: {LEASE_RULE}"
         )
+
+
+def first_synced_node(
+    url: URL, connect_args: dict[str, Any], timeout: float
+) -> Callable[[], Awaitable[Any]]:
+    """SQLAlchemy's ``async_creator`` for a MySQL or MariaDB URL listing several hosts
+    (``?host=h1:3306&host=h2:3306``): a connection to the first host, in order, that answers
+    and, if it is a Galera node, is synced (:attr:`GaleraNode.synced`); others count as lost.
+
+    Each host gets its share of ``timeout``. The driver's arguments are the dialect's own for
+    that host (as SQLAlchemy would connect), with ``connect_args`` over them: SQLAlchemy
+    passes none to a creator, so every session setting travels here. With no host left, the
+    error is the driver's "can't connect" (2003), which the store retries as a lost connection.
+    """
+    dialect = url.get_dialect()()
+    base = url.difference_update_query(["host"])
+    nodes = [base.set(host=host.name, port=host.port) for host in listed_hosts(url)]
+    status = str(
+        queries.galera_status().compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    )
+    share = timeout / max(1, len(nodes))
+
+    async def connect() -> Any:
+        import asyncmy
+        from asyncmy.errors import Error, OperationalError
+
+        passed = []
+        for node in nodes:
+            params: dict[str, Any] = {**dialect.create_connect_args(node)[1], **connect_args}
+            try:
+                async with asyncio.timeout(share):
+                    connection = await asyncmy.connect(**params)
+                    try:
+                        async with connection.cursor() as cursor:
+                            await cursor.execute(status)
+                            found = galera_node(await cursor.fetchall())
+                    except BaseException:
+                        connection.close()
+                        raise
+            except (OSError, TimeoutError, Error) as exc:
+                passed.append(f"{node.host}:{node.port} ({exc or type(exc).__name__})")
+                continue
+            if found is None or found.synced:
+                return connection
+            connection.close()
+            passed.append(f"{node.host}:{node.port} ({found.state}, not synced)")
+        raise OperationalError(2003, f"no host answered synced: {'; '.join(passed)}")
+
+    return connect

@@ -21,6 +21,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
+from ._urls import hosts_of
 from .cli import (
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,
@@ -445,24 +446,6 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     if problem is not None:
         raise StorageError(problem)
     return EXIT_OK
-
-
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
-
-
-def hosts_of(url: URL) -> list[str]:
-    """Every ``host:port`` a server URL names, in order: its host, then those of a multi-host
-    URL's ``?host=`` (the default port where none is given); empty for SQLite, or when the URL
-    leaves the host to the driver."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return []
-    port = url.port or _DEFAULT_PORTS.get(backend)
-    listed = [f"{url.host}:{port}"] if url.host else []
-    given = url.query.get("host", ())
-    for host in (given,) if isinstance(given, str) else given:
-        listed.append(host if re.search(r":\d+$", host) else f"{host}:{port}")
-    return listed
 
 
 def _read_replication(connection: Connection) -> dict[str, Any]:
