@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import queries
 from ._urls import listed_hosts
+from .engine import GALERA_SYNC_WAIT
 from .errors import LeaseError
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
-    "GALERA_SYNC_WAIT",
     "LEASE_RULE",
     "GaleraNode",
     "first_synced_node",
@@ -36,11 +36,6 @@ __all__ = [
     "read_node",
     "refuse_lease",
 ]
-
-GALERA_SYNC_WAIT = 7
-"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
-(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
-it, so that a load sees every save acknowledged through any node."""
 
 SYNCED = 4
 """``wsrep_local_state`` of a node in sync with its cluster (1-3: joining, donor, joined)."""

@@ -103,7 +103,8 @@ def hosts_as_query(raw: str) -> str:
     params = "&".join(
         "host=" + quote(str(Host(host.name, host.port or default)), safe=":[]") for host in listed
     )
-    return f"{scheme}://{user}{at}/{database}?{params}{'&' + query if query else ''}"
+    path = f"/{database}" if database else ""
+    return f"{scheme}://{user}{at}{path}?{params}{'&' + query if query else ''}"
 
 
 def listed_hosts(url: URL) -> list[Host]:

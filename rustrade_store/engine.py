@@ -15,7 +15,6 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from ._galera import GALERA_SYNC_WAIT, first_synced_node
 from ._urls import check_hosts, hosts_as_query, masked, passwords
 from .errors import ConfigurationError, SchemaError
 
@@ -68,6 +67,11 @@ MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 
 MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
 """Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
+
+GALERA_SYNC_WAIT = 7
+"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
+(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
+it, so that a load sees every save acknowledged through any node (see :mod:`._galera`)."""
 
 MYSQL_POOL_RECYCLE = 3600
 """Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
@@ -376,6 +380,8 @@ def create_engine(
             )
     if resolved.get_backend_name() in MYSQL_BACKENDS and "host" in resolved.query:
         # asyncmy takes one host: the creator tries each, with every session setting.
+        from ._galera import first_synced_node  # it imports this module
+
         creator = first_synced_node(resolved, merged.pop("connect_args", {}), timeout)
         merged.setdefault("async_creator", creator)
     try:
