@@ -763,6 +763,10 @@ class Executor:
             return Failure.LOST
         if self._facts.is_conflict(cause):
             return Failure.CONFLICT
+        dialect = self._engine.dialect
+        unwrapped = not isinstance(exc, SQLAlchemyError)  # e.g. from an isolation level switch
+        if unwrapped and isinstance(cause, dialect.loaded_dbapi.Error):
+            return Failure.LOST if dialect.is_disconnect(cause, None, None) else Failure.OTHER
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
         return Failure.OTHER

@@ -15,10 +15,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from rustrade_store import LeaseError, SqlStore, StorageError, upgrade
+from rustrade_store import LeaseError, SqlStore, StorageError
 
-from .galera import drop_leftovers, galera_cluster, missing
-from .helpers import unavailable
+from .galera import running_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,16 +33,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[GaleraCluster]:
-    """A migrated three-node cluster for the module; skip (fail under CI) where none can run."""
-    reason = missing()
-    if reason is not None:
-        unavailable("a Galera cluster", RuntimeError(reason))
-    for run in drop_leftovers():
-        print(f"\nremoved the Galera nodes of an earlier run, {run}")
-    with galera_cluster() as made:
-        print(f"\nGalera cluster up in {made.started['cold start']:.1f} s")
-        asyncio.run(upgrade(made.url(made.nodes[0])))
-        yield made
+    yield from running_cluster()
 
 
 def counter(nodes: list[Node], name: str) -> int:
