@@ -729,7 +729,11 @@ class Executor:
         async with self._engine.connect() as connection:
             if transaction or not self._autocommit:
                 level = isolation or self._facts.transaction_isolation
-                await connection.execution_options(isolation_level=level)
+                try:
+                    await connection.execution_options(isolation_level=level)
+                except self._engine.dialect.loaded_dbapi.Error:
+                    await connection.invalidate()  # SQLAlchemy did not see it: not pooled again
+                    raise
                 async with connection.begin() as begun:
                     result = await work(connection)
                     if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
