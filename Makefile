@@ -45,7 +45,7 @@ failover: $(STAMP)
 # `make test`; CI runs both.
 galera: $(STAMP)
 	bash scripts/ensure-services.sh
-	$(BIN)/python -m pytest tests/test_galera.py -m galera -p no:xdist -s -q
+	$(BIN)/python -m pytest tests/test_galera.py tests/test_galera_faults.py -m galera -p no:xdist -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -33,6 +33,7 @@ __all__ = [
     "first_synced_node",
     "galera_node",
     "galera_report",
+    "is_mariadb",
     "read_node",
     "refuse_lease",
 ]
@@ -121,6 +122,11 @@ def galera_report(node: GaleraNode) -> tuple[list[tuple[str, str]], list[str]]:
     if node.cluster_size > 1:
         warnings.append(LEASE_RULE)
     return lines, warnings
+
+
+def is_mariadb(connection: AsyncConnection) -> bool:
+    """Whether ``connection`` is to MariaDB (whose status tables :func:`read_node` reads)."""
+    return bool(getattr(connection.dialect, "is_mariadb", False))
 
 
 async def read_node(connection: AsyncConnection) -> GaleraNode | None:

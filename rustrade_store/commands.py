@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,6 +22,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
+from ._galera import galera_report, is_mariadb, read_node
 from ._urls import hosts_of
 from .cli import (
     EXIT_BAD_INPUT,
@@ -375,6 +377,7 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
         "schema": None,
         "settings": {},
         "replication": None,
+        "galera": None,
         "snapshots": None,
         "warnings": [],
     }
@@ -406,6 +409,11 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
             settings = await connection.run_sync(read_settings)
             report["settings"] = dict(settings)
             lines.extend(settings)
+            node = await read_node(connection) if is_mariadb(connection) else None
+            if node is not None:
+                galera_lines, report["warnings"] = galera_report(node)
+                report["galera"] = asdict(node) | {"synced": node.synced}
+                lines.extend(galera_lines)
             if replication is not None:
                 names = replication["standby_names"]
                 report["settings"]["synchronous_standby_names"] = names

@@ -9,6 +9,7 @@ skip, and fail under ``CI=true``. ``make galera`` runs them.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,11 +17,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import LeaseError, SqlStore, StorageError
+from rustrade_store._galera import LEASE_RULE
 
 from .galera import running_cluster
+from .test_cli import cli, ok
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -199,3 +203,25 @@ async def _race(taker: AsyncConnection, writer: AsyncConnection, number: int) ->
     take_over = taker.execute(text(f"UPDATE {FENCE} SET v = :v WHERE k = 'lease'"), {"v": number})
     wrote, _ = await asyncio.gather(commit(), take_over)
     return wrote
+
+
+def test_doctor_on_a_node_shows_the_cluster_and_the_lease_rule(
+    cluster: GaleraCluster, tmp_path: Path
+) -> None:
+    """Through the multi-host URL: every node listed, the cluster's size and this node's
+    state, the session's wsrep_sync_wait and isolation, and the lease rule as a warning."""
+    url = cluster.multi_host_url()
+    report = ok(cli("doctor", url=url, cwd=tmp_path)).out
+    fields = [line.split(":", 1) for line in report.splitlines()]
+    doctor = {label.strip(): value.strip() for label, value in fields}
+    assert doctor["hosts"] == ", ".join(f"127.0.0.1:{node.port}" for node in cluster.nodes)
+    assert doctor["galera"] == "3 node(s); this node Synced, primary component"
+    assert doctor["wsrep_sync_wait"] == "7"
+    assert doctor["leases"] == "refused (several nodes)"
+    assert "leases are refused on a Galera cluster of more than one node" in doctor["warning"]
+    assert doctor["status"] == "ok"
+    as_json = json.loads(ok(cli("doctor", "--json", url=url, cwd=tmp_path)).out)
+    assert as_json["galera"]["cluster_size"] == 3
+    assert as_json["galera"]["synced"] is True
+    assert as_json["galera"]["sync_wait"] == 7
+    assert as_json["warnings"] == [LEASE_RULE]

@@ -5,6 +5,7 @@ is retried as a lost connection."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,8 +16,11 @@ from rustrade_store._galera import LEASE_RULE, galera_node, galera_report
 from rustrade_store.engine import GALERA_SYNC_WAIT
 
 from .proxy import TcpProxy
+from .test_cli import cli, ok
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy import URL
 
 SYNCED_NODE = [
@@ -113,3 +117,10 @@ async def test_a_dead_pooled_connection_at_the_start_of_a_transaction_is_retried
             }
         finally:
             await store.aclose()
+
+
+@pytest.mark.mariadb
+def test_doctor_on_a_plain_server_says_nothing_of_galera(mariadb_url: URL, tmp_path: Path) -> None:
+    report = json.loads(ok(cli("doctor", "--json", url=mariadb_url, cwd=tmp_path)).out)
+    assert report["galera"] is None
+    assert report["warnings"] == []
