@@ -17,7 +17,7 @@ import secrets
 import time
 from collections import Counter
 from random import Random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import text
@@ -25,7 +25,7 @@ from sqlalchemy import text
 from rustrade_store import SqlStore, StorageError
 
 from .galera import running_cluster
-from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, check
+from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, check, clients
 from .test_failover import NotedHistory, lost_saves, read_all
 
 if TYPE_CHECKING:
@@ -43,6 +43,11 @@ READERS = 4
 OPERATIONS = int(os.environ.get("RUSTRADE_GALERA_OPS", "5000"))
 """Store calls the checked history holds at least, across every fault."""
 HANG_GUARD = 60.0
+
+
+def load() -> dict[str, Any]:
+    """The clients' arguments: a key prefix of the test's own (one cluster serves the module)."""
+    return {"prefix": f"galera/{secrets.token_hex(4)}", "writers": WRITERS, "readers": READERS}
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +98,11 @@ async def test_a_multi_host_url_moves_to_the_next_node_when_its_node_is_killed(
 
 async def test_an_isolated_node_is_passed_over_and_counts_as_lost(cluster: GaleraCluster) -> None:
     """Cut off from the others, node 1 still answers but is outside the primary component:
-    the store on the multi-host URL moves to node 2; one on node 1 alone fails its call as a
-    lost connection (retried until its deadline), never serving from the isolated node."""
+    the store on the multi-host URL (``mariadb://`` here) moves to node 2; one on node 1 alone
+    fails its call as a lost connection (retried until its deadline), never serving from the
+    isolated node."""
     first = cluster.nodes[0]
-    multi = SqlStore.from_url(cluster.multi_host_url(), timeout=TIMEOUT)
+    multi = SqlStore.from_url(cluster.multi_host_url(scheme="mariadb"), timeout=TIMEOUT)
     pinned = SqlStore.from_url(cluster.url(first), timeout=2.0)
     try:
         await multi.save("isolated/key", 1)
@@ -118,42 +124,6 @@ async def test_an_isolated_node_is_passed_over_and_counts_as_lost(cluster: Galer
         await pinned.aclose()
 
 
-async def clients(
-    stores: list[SqlStore], history: History, stop: asyncio.Event, rng: Random
-) -> None:
-    """Writers and readers spread over ``stores`` until ``stop``; values unique per key, keys
-    under a prefix of this run's own."""
-    prefix = f"galera/{secrets.token_hex(4)}"
-    shared = [f"{prefix}/shared/{number}" for number in range(4)]
-    recent = list(shared)
-
-    async def writer(number: int) -> None:
-        store = stores[number % len(stores)]
-        step = 0
-        while not stop.is_set():
-            step += 1
-            value = f"w{number}.{step}"
-            own = f"{prefix}/{number}/{step}"
-            recent.append(own)
-            choice = rng.random()
-            if choice < 0.2:
-                await history.save_many(store, {own: value, rng.choice(shared): value})
-            elif choice < 0.4:
-                await history.save(store, rng.choice(shared), value)
-            else:
-                await history.save(store, own, value)
-
-    async def reader(number: int) -> None:
-        store = stores[number % len(stores)]
-        while not stop.is_set():
-            await history.read(store, rng.choice(recent[-64:]))
-
-    await asyncio.gather(
-        *(writer(number) for number in range(WRITERS)),
-        *(reader(number) for number in range(READERS)),
-    )
-
-
 def silence_after(history: History, fault: float) -> float:
     """The longest time, from ``fault`` on, in which no save was acknowledged: how long the
     writers waited for the cluster to go on without the node."""
@@ -173,7 +143,7 @@ async def test_a_node_killed_under_eight_writers_loses_no_acknowledged_save(
     history = NotedHistory(guard=HANG_GUARD)
     stop = asyncio.Event()
     async with SqlStore.from_url(cluster.multi_host_url(), timeout=TIMEOUT) as store:
-        running = asyncio.ensure_future(clients([store], history, stop, Random(7)))
+        running = asyncio.ensure_future(clients([store], history, stop, Random(7), **load()))
         try:
             await asyncio.sleep(2.0)
             killed = time.monotonic()
@@ -217,7 +187,7 @@ async def test_the_history_through_every_fault_has_no_anomaly(cluster: GaleraClu
     stores = [SqlStore.from_url(rotated(cluster, n), timeout=TIMEOUT) for n in range(3)]
     faults: list[str] = []
     try:
-        running = asyncio.ensure_future(clients(stores, history, stop, Random(seed)))
+        running = asyncio.ensure_future(clients(stores, history, stop, Random(seed), **load()))
         try:
             await asyncio.sleep(2.0)
             victim, cut_off = cluster.nodes[2], cluster.nodes[1]

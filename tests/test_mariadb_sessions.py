@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from rustrade_store import SqlStore
 from rustrade_store._galera import LEASE_RULE, galera_node, galera_report
-from rustrade_store.engine import GALERA_SYNC_WAIT
+from rustrade_store.engine import GALERA_SYNC_WAIT, MYSQL_SQL_MODE
 
 from .proxy import TcpProxy
 from .test_cli import cli, ok
@@ -124,3 +124,24 @@ def test_doctor_on_a_plain_server_says_nothing_of_galera(mariadb_url: URL, tmp_p
     report = json.loads(ok(cli("doctor", "--json", url=mariadb_url, cwd=tmp_path)).out)
     assert report["galera"] is None
     assert report["warnings"] == []
+
+
+@pytest.mark.mariadb
+async def test_a_multi_host_url_passes_every_session_setting_through_its_creator(
+    mariadb_url: URL,
+) -> None:
+    """SQLAlchemy gives an ``async_creator`` no ``connect_args``: an ``init_command`` given
+    there did not apply. The first host refuses; the session on the second has every
+    setting of a single-host one."""
+    served = f"{mariadb_url.host or '127.0.0.1'}:{mariadb_url.port or 3306}"
+    url = f"mysql://{mariadb_url.username}@127.0.0.1:1,{served}/{mariadb_url.database}"
+    settings = text(
+        "SELECT @@time_zone, @@sql_mode, @@innodb_lock_wait_timeout, "
+        "@@idle_transaction_timeout, @@wsrep_sync_wait, @@character_set_client"
+    )
+    async with SqlStore.from_url(url, timeout=4) as store:
+        await store.save("sessions/multi", 1)
+        assert await store.load("sessions/multi") == 1
+        async with store.engine.connect() as connection:
+            found = tuple((await connection.execute(settings)).one())
+    assert found == ("+00:00", MYSQL_SQL_MODE, 4, 4, GALERA_SYNC_WAIT, "utf8mb4")
