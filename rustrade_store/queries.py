@@ -43,7 +43,11 @@ __all__ = [
     "lease_rows",
     "page",
     "prefix_end",
+    "reset_if_at",
+    "server_replication",
+    "server_time",
     "snapshot",
+    "standbys",
     "stored",
     "times",
     "update_if_at",
@@ -208,6 +212,46 @@ def page(facts: DialectFacts, prefix: str, *, values: bool) -> Select[Any]:
         .order_by(_table.c.key)
         .limit(PAGE_SIZE)
     )
+
+
+def server_replication() -> Select[Any]:
+    """PostgreSQL: what decides whether an acknowledged commit survives a failover, and which
+    server answered: ``synchronous_standby_names``, whether it is in recovery, its address and
+    port (null over a local socket)."""
+    return select(
+        func.current_setting("synchronous_standby_names"),
+        func.pg_is_in_recovery(),
+        func.host(func.inet_server_addr()),
+        func.inet_server_port(),
+    )
+
+
+def standbys() -> Select[Any]:
+    """PostgreSQL: each attached standby's ``application_name`` and ``sync_state``, by name
+    (without pg_monitor, each WAL sender's row is there, its state null)."""
+    view = table("pg_stat_replication", column("application_name"), column("sync_state"))
+    return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)
+
+
+def reset_if_at(facts: DialectFacts) -> Update:
+    """Compare-and-set that may set the time back: write ``new_value`` at ``new_time`` over the
+    key bound as ``at_key`` only if it is stored at exactly ``expected`` (earlier or later than
+    ``new_time``) and its lease allows (bound as ``lease_key`` and ``mine``): the repair of a
+    snapshot stamped by a clock that ran ahead, which every later save refuses."""
+    return (
+        update(_table)
+        .where(
+            _table.c.key == bindparam("at_key"),
+            _table.c.updated_at == bindparam("expected"),
+            _key_fence(facts),
+        )
+        .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
+    )
+
+
+def server_time(facts: DialectFacts) -> Select[Any]:
+    """The database server's clock now (SQLite has none: the host's, bound as ``now``)."""
+    return select(facts.server_now())
 
 
 _GALERA_STATUS = (

@@ -8,10 +8,20 @@ import weakref
 from typing import TYPE_CHECKING, Any, Self
 
 from . import clock, queries
-from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
+from .codec import (
+    LEASE_PREFIX,
+    JSONValue,
+    check_key,
+    check_keys,
+    check_time,
+    decode,
+    encode,
+    encode_rows,
+    lease_key,
+)
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
-from .errors import StoreError
+from .errors import ConflictError, LeaseHeldError, StorageError, StoreError
 from .executor import Executor
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from .restore import RestoreReport, restore, restore_stream
@@ -22,7 +32,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy import URL
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from .codec import JSONInput
     from .errors import LeaseLostError
@@ -242,3 +252,65 @@ class SqlStore(StateStore):
             if len(rows) < queries.PAGE_SIZE:
                 return
             after = rows[-1][0]
+
+    # -- repairs ---------------------------------------------------------------------------
+
+    async def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
+        """Replace the snapshot of ``key`` stored at exactly ``stored_at`` with ``value`` at
+        this process's time now, even where ``stored_at`` is later: the repair of a snapshot
+        stamped by a clock that ran ahead, which every later save refuses with
+        :class:`~rustrade_store.ClockSkewError`. One compare-and-set on the exact stored time:
+        a key saved again since, or removed, is left as it is (:class:`ConflictError`), and the
+        leases fence it as any write. Return the time written."""
+        check_key(key)
+        expected = check_time(key, stored_at)
+        self._executor.fencing.check(key)
+        sent = clock.next_save_time()
+        statement = queries.reset_if_at(self._executor.facts)
+        params = {"at_key": key, "expected": expected, "new_value": encode(value)}
+        params |= {"new_time": sent} | self._executor.fencing.for_key(key)
+
+        async def work(connection: AsyncConnection) -> datetime | None:
+            if (await connection.execute(statement, params)).rowcount == 1:
+                return sent
+            rows = (await connection.execute(self._snapshot, {"key": key})).all()
+            return rows[0][1] if rows else None  # its own earlier attempt's answer lost: sent
+
+        stored = await self._executor.run("save", key, work)
+        if stored == sent:
+            return sent
+        if stored is None:
+            raise ConflictError(
+                f"save {key!r} refused on {self.url}: the key is not stored (deleted since "
+                f"{expected.isoformat()}?); nothing was written",
+                None,
+            )
+        if stored != expected:
+            raise ConflictError(
+                f"save {key!r} refused on {self.url}: it was saved again at "
+                f"{stored.isoformat()}, not the {expected.isoformat()} given; nothing was "
+                "written",
+                stored,
+            )
+        prefix = (lease_key(key) or "").removeprefix(LEASE_PREFIX)
+        for info in await self.leases():
+            if info.prefix == prefix and info.live:
+                raise LeaseHeldError(
+                    f"save {key!r} refused on {self.url}: {prefix!r} is under another store's "
+                    f"live lease, until {info.expires_at.isoformat()} unless renewed; nothing "
+                    "was written",
+                    info.holder,
+                    info.expires_at,
+                )
+        raise StorageError(
+            f"save {key!r} on {self.url}: stored at {stored.isoformat()} as given, yet the "
+            "write was refused; nothing was written"
+        )
+
+    async def server_time(self) -> datetime:
+        """The database server's clock now (SQLite has none: this host's)."""
+        facts = self._executor.facts
+        params = {"now": clock.now()} if facts.host_clock else {}
+        rows = await self._executor.fetch("time", None, queries.server_time(facts), params)
+        when: datetime = rows[0][0]
+        return when

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError
 from rustrade_store import LeaseError, SqlStore, StorageError
 from rustrade_store._galera import LEASE_RULE
 
+from .commandline import cli, ok
 from .galera import running_cluster
-from .test_cli import cli, ok
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

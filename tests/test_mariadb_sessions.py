@@ -15,8 +15,8 @@ from rustrade_store import SqlStore
 from rustrade_store._galera import LEASE_RULE, galera_node, galera_report
 from rustrade_store.engine import GALERA_SYNC_WAIT, MYSQL_SQL_MODE
 
+from .commandline import cli, ok
 from .proxy import TcpProxy
-from .test_cli import cli, ok
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import ConfigurationError
-from rustrade_store.commands import hosts_of
+from rustrade_store.cli.opening import hosts_of
 from rustrade_store.engine import masked, resolve_url
 
-from .test_cli import cli, one_line_error
+from .commandline import cli, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path

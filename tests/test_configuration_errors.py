@@ -15,7 +15,7 @@ import pytest
 from rustrade_store import ConfigurationError, SqlStore, StorageError, create_engine, upgrade
 from rustrade_store.engine import resolve_url
 
-from .test_cli import cli, ok, one_line_error
+from .commandline import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path
