@@ -770,7 +770,8 @@ class Executor:
         dialect = self._engine.dialect
         unwrapped = not isinstance(exc, SQLAlchemyError)  # e.g. from an isolation level switch
         if unwrapped and isinstance(cause, dialect.loaded_dbapi.Error):
-            return Failure.LOST if dialect.is_disconnect(cause, None, None) else Failure.OTHER
+            lost = dialect.is_disconnect(cause, None, None) or self._facts.is_unreachable(cause)
+            return Failure.LOST if lost else Failure.OTHER
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
         return Failure.OTHER

@@ -324,6 +324,14 @@ class Node:
             f"{self.name} not synced after {timeout} s ({summary})\n{_tail(self.log_file)}"
         )
 
+    def wait_outside_primary(self, timeout: float = COMMAND_TIMEOUT) -> None:
+        """Wait until the node says it is outside the primary component (isolated)."""
+        deadline = time.monotonic() + timeout
+        while self.status().get("wsrep_cluster_status") == "Primary":
+            if time.monotonic() > deadline:
+                raise GaleraError(f"{self.name} still in the primary component after {timeout} s")
+            time.sleep(0.05)
+
     def isolate(self, on: bool) -> None:
         """Cut the node off from the others' group communication (``gmcast.isolate``), or let
         it back: a network partition, with its clients still connected."""
