@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak scale failover clean
+.PHONY: demo test lint bench bench-galera soak scale failover galera clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 
+# A save's and a load's p50 on the plain MariaDB server and through a three-node Galera cluster
+# it builds (root, galera-4, rsync): not part of `make bench`.
+bench-galera: $(STAMP)
+	$(BIN)/python bench/galera.py
+
 # The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves;
 # the long fault run: 20,000 calls and 200 injected faults per database, then the checker's counts.
 soak: $(STAMP)
@@ -38,6 +43,14 @@ soak: $(STAMP)
 failover: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m pytest tests/test_failover.py -m failover -s -q
+
+# The Galera tests alone, with their figures: a three-node MariaDB Galera cluster built on loopback
+# ports per test module (tests/galera.py), writes and reads through every node, nodes killed,
+# isolated and restarted, the cluster removed. Root, MariaDB 10.11, galera-4 and rsync. Not in
+# `make test`; CI runs both.
+galera: $(STAMP)
+	bash scripts/ensure-services.sh
+	$(BIN)/python -m pytest tests/test_galera.py tests/test_galera_faults.py -m galera -p no:xdist -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
