@@ -155,7 +155,7 @@ kernel gives ``bind`` to port 0 and the local ends of client connections."""
 
 
 def server_port() -> int:
-    """A loopback port that is free now, for a server a test starts (PgBouncer).
+    """A loopback port that is free now, for a server a test starts (PgBouncer, PostgreSQL 18).
 
     A port probed with ``bind`` to port 0 and closed again could go to another xdist worker's
     probe before this worker's server binds it; so each worker looks only in its own block of
