@@ -77,7 +77,8 @@ def installation() -> Path:
 
 
 def _account() -> pwd.struct_passwd | None:
-    """Who runs the server: nobody else when not root, else an unprivileged user."""
+    """The user the server runs as: None (this process's) unless root; as root, Debian's
+    ``postgres``, else ``nobody``."""
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "nobody"):
