@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/restart_demo.py
 
-# Two pytest-xdist workers, each with its own databases and ports (tests/helpers.py): under half
-# the time of one process on two cores; a third worker gained nothing there. `make failover` and
-# `make soak` stay in one process.
+# Two pytest-xdist workers, each with its own databases and ports (tests/helpers.py), and its own
+# PostgreSQL 18 server from a wheel for the modules that run on it too (tests/postgres18.py):
+# under half the time of one process on two cores; a third worker gained nothing there.
+# `make failover` and `make soak` stay in one process.
 test: $(STAMP)
 	bash scripts/ensure-services.sh
 	$(BIN)/python -m pytest -n 2
