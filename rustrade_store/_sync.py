@@ -15,7 +15,7 @@ from sqlalchemy.pool import QueuePool
 from ._portal import Portal
 from .buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, check_timeout, create_store_engine
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LeaseLostError
 from .lease import DEFAULT_TTL
 from .sql import SqlStore
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .codec import JSONInput, JSONValue
-    from .errors import LeaseLostError
     from .lease import Lease, LeaseInfo
     from .restore import RestoreReport
     from .store import Snapshot, StateStore
@@ -48,18 +47,49 @@ _OPEN: weakref.WeakSet[SyncStore] = weakref.WeakSet()
 
 
 class _Calls:
-    """What a sync store and its leases share: the portal, and how long a call may wait."""
+    """What a sync store and its leases share: the portal, how long a call may wait, and the
+    ``on_lost`` callbacks running."""
 
-    __slots__ = ("_bound", "_portal")
+    __slots__ = ("_bound", "_callbacks", "_portal")
 
-    def __init__(self, portal: Portal, bound: float) -> None:
+    def __init__(self, portal: Portal, bound: float, callbacks: set[threading.Thread]) -> None:
         self._portal = portal
         self._bound = bound
+        self._callbacks = callbacks
 
     def _call(self, coroutine: Coroutine[Any, Any, T], extra: float | None = 0.0) -> T:
         """Run ``coroutine`` on the portal; ``extra`` seconds of its own (a lease's ``wait``),
-        or ``None`` for a call with no deadline of the store's (a restore)."""
-        return self._portal.call(coroutine, None if extra is None else self._bound + extra)
+        or ``None`` for a call with no deadline of the store's (a restore). A call refused by
+        a lost lease returns once that lease's ``on_lost`` has run, as on the async store."""
+        try:
+            return self._portal.call(coroutine, None if extra is None else self._bound + extra)
+        except LeaseLostError:
+            for thread in list(self._callbacks):
+                if thread is not threading.current_thread():
+                    thread.join(self._bound)
+            raise
+
+    def _in_own_thread(
+        self, on_lost: Callable[[LeaseLostError], object], prefix: str
+    ) -> Callable[[LeaseLostError], None]:
+        """``on_lost`` run in a new daemon thread: the loop goes on, and the callback may call
+        the store."""
+
+        def run(error: LeaseLostError) -> None:
+            try:
+                on_lost(error)
+            except Exception:
+                logger.exception("on_lost callback of the lease on %r failed", prefix)
+            finally:
+                self._callbacks.discard(threading.current_thread())
+
+        def start(error: LeaseLostError) -> None:
+            name = f"rustrade-store on_lost {prefix}"
+            thread = threading.Thread(target=run, args=(error,), name=name, daemon=True)
+            self._callbacks.add(thread)
+            thread.start()
+
+        return start
 
 
 class SyncStore(_Calls):
@@ -91,7 +121,7 @@ class SyncStore(_Calls):
         # A save may wait its timeout in the group-commit queue, then its timeout in the
         # database: past both, the store has answered.
         bound = 2 * check_timeout(timeout) + GRACE
-        super().__init__(Portal(f"{type(self).__name__}({store.url!r})"), bound)
+        super().__init__(Portal(f"{type(self).__name__}({store.url!r})"), bound, set())
         self._store = store
         self._close_lock = threading.Lock()
         _OPEN.add(self)
@@ -221,7 +251,7 @@ class SyncStore(_Calls):
         """A lease on the keys under ``prefix``, not yet taken: ``with`` takes it, the store's
         loop renews it, and ``on_lost`` runs in a thread of its own, never on that loop, so it
         may call the store. See :class:`~rustrade_store.Lease`."""
-        callback = None if on_lost is None else _in_own_thread(on_lost, prefix)
+        callback = None if on_lost is None else self._in_own_thread(on_lost, prefix)
         return SyncLease(self, self._store.lease(prefix, ttl=ttl, wait=wait, on_lost=callback))
 
     def leases(self) -> list[LeaseInfo]:
@@ -345,7 +375,7 @@ class SyncBufferedStore(_Calls):
         delay: float = DEFAULT_DELAY,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        super().__init__(inner._portal, inner._bound)
+        super().__init__(inner._portal, inner._bound, inner._callbacks)
         self._inner = inner
         self._buffered = BufferedStore(inner.async_store, delay=delay, max_pending=max_pending)
 
@@ -417,25 +447,6 @@ def _check_unused(engine: AsyncEngine) -> None:
             "SyncStore.from_url)"
         )
     engine.sync_engine.dispose(close=False)
-
-
-def _in_own_thread(
-    on_lost: Callable[[LeaseLostError], object], prefix: str
-) -> Callable[[LeaseLostError], None]:
-    """``on_lost`` run in a new daemon thread: the loop goes on, and the callback may call the
-    store."""
-
-    def run(error: LeaseLostError) -> None:
-        try:
-            on_lost(error)
-        except Exception:
-            logger.exception("on_lost callback of the lease on %r failed", prefix)
-
-    def start(error: LeaseLostError) -> None:
-        name = f"rustrade-store on_lost {prefix}"
-        threading.Thread(target=run, args=(error,), name=name, daemon=True).start()
-
-    return start
 
 
 async def _async_batches(
