@@ -28,6 +28,10 @@ STOP_WAIT = 5.0
 """Seconds :meth:`Portal.stop` waits for the loop's thread to end."""
 
 
+_LEFT_BEHIND: list[tuple[asyncio.AbstractEventLoop, tuple[object, ...]]] = []
+"""What a forked child inherited and must never finalise: see :meth:`Portal.left_behind`."""
+
+
 class Portal:
     """An event loop running in a daemon thread of its own, owned by one sync store.
 
@@ -137,6 +141,16 @@ class Portal:
         self._thread.join(STOP_WAIT)
         if not self._thread.is_alive():
             self._loop.close()
+
+    def left_behind(self, *keep: object) -> None:
+        """In a forked child: keep the loop and ``keep`` (the parent's pooled connections)
+        alive, and the loop marked closed. A connection finalised here then leaves its socket
+        alone (asyncpg's skips its terminate once its loop is closed), and no transport call
+        reaches the epoll instance the child shares with the parent, whose loop would stop
+        hearing from that socket."""
+        _LEFT_BEHIND.append((self._loop, keep))
+        with contextlib.suppress(AttributeError):  # a loop that keeps no such flag
+            setattr(self._loop, "_closed", True)  # noqa: B010 - asyncio's own is_closed() flag
 
     def _cancel(
         self, tasks: list[asyncio.Task[T]], ended: threading.Event, wait: float | None

@@ -7,7 +7,6 @@ import atexit
 import logging
 import os
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy.pool import QueuePool
@@ -42,8 +41,9 @@ GRACE = 1.0
 """Seconds a sync call waits beyond its store's own deadline, so that the store's error, not
 the wait's, reaches the caller."""
 
-_OPEN: weakref.WeakSet[SyncStore] = weakref.WeakSet()
-"""Every sync store not closed yet: closed at interpreter exit, marked in a forked child."""
+_OPEN: set[SyncStore] = set()
+"""Every sync store not closed yet, even one its owner dropped (its loop thread runs on): each
+is closed at interpreter exit, and drops its pooled connections in a forked child."""
 
 
 class _Calls:
@@ -104,7 +104,7 @@ class SyncStore(_Calls):
     from the loop's own thread, or in a child forked after the store opened, is refused.
     """
 
-    __slots__ = ("__weakref__", "_close_lock", "_store")
+    __slots__ = ("_close_lock", "_store")
 
     def __init__(
         self,
@@ -285,9 +285,12 @@ class SyncStore(_Calls):
         self.close()
 
     def _forked(self) -> None:
-        """In a forked child: drop the pooled connections without closing them, since they
-        are the parent's sockets."""
-        self._store.engine.sync_engine.dispose(close=False)
+        """In a forked child: the pooled connections are the parent's sockets. Set them aside
+        untouched, and give the engine a new pool."""
+        engine = self._store.engine.sync_engine
+        inherited = engine.pool
+        engine.dispose(close=False)
+        self._portal.left_behind(inherited, self._store)
 
 
 class SyncLease:
