@@ -81,8 +81,9 @@ class Portal:
 
         After ``bound`` seconds without an answer it is cancelled there and a
         :class:`StorageError` says so; an interrupt (Ctrl-C) while waiting cancels it too. Either
-        way the caller goes on only once the coroutine has ended (a second Ctrl-C stops that
-        wait), so nothing it started runs on behind the caller's back.
+        way the caller goes on once the coroutine has ended (or ``bound`` seconds more have
+        passed; a second Ctrl-C stops that wait), so nothing it started runs on behind the
+        caller's back.
         """
         refused = self.refusal()
         if refused is not None:
@@ -102,14 +103,16 @@ class Portal:
             if not ended.wait(bound):
                 self._cancel(tasks, ended, bound)
                 raise StorageError(
-                    f"{what} on {self.what} gave no answer within {bound:g} s, "
-                    "longer than the store's own deadline: it was cancelled on the store's "
-                    "event loop (a write may or may not have been applied)"
+                    f"{what} on {self.what} gave no answer within {bound:g} s, longer than the "
+                    "store's own deadline: it was cancelled on the store's event loop (a write "
+                    "may or may not have been applied)"
                 )
         except BaseException:
             if not ended.is_set():
                 self._cancel(tasks, ended, bound)
             raise
+        if tasks[0].cancelled():
+            raise StorageError(f"{what} on {self.what}: the store closed while it ran")
         return tasks[0].result()
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
@@ -135,7 +138,7 @@ class Portal:
         refused = self.refusal()
         if refused is not None:
             raise refused
-        self.call(self._loop.shutdown_asyncgens(), STOP_WAIT)
+        self.call(_finish(), STOP_WAIT)
         self._stopped = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_WAIT)
@@ -159,6 +162,16 @@ class Portal:
         with contextlib.suppress(RuntimeError):  # the loop has closed: nothing runs there
             self._loop.call_soon_threadsafe(lambda: tasks[0].cancel())
         ended.wait(wait)
+
+
+async def _finish() -> None:
+    """Cancel what still runs on the loop (calls of other threads, which then hear that the
+    store closed), and close its async generators."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 async def _page(iterator: AsyncIterator[T], size: int) -> tuple[list[T], bool]:

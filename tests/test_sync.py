@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import pytest
@@ -30,7 +31,8 @@ from rustrade_store import (
 )
 from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
-from .helpers import empty
+from .helpers import asyncpg_connection, empty
+from .test_sync_processes import cleared, waiting_on_a_lock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -330,3 +332,87 @@ def test_compare_and_set_and_snapshots(sync: SyncStore) -> None:
     assert sync.load("bot1/k") == {"n": 1}
     assert sync.delete("bot1/k") is True
     assert sync.is_empty()
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_a_call_past_the_store_timeout_raises_the_store_error(postgres_url: URL) -> None:
+    """A count waiting on a locked table: the store's own deadline ends it, and its error (the
+    database named, "timed out") is what the caller gets, not the facade's wait."""
+    await cleared(postgres_url)
+    locker = await asyncpg_connection(postgres_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE snapshots IN ACCESS EXCLUSIVE MODE")
+            with SyncStore.from_url(postgres_url, timeout=1) as sync:
+                with pytest.raises(StorageError) as caught:
+                    await asyncio.to_thread(sync.count)
+                assert "timed out" in str(caught.value)
+                assert "gave no answer" not in str(caught.value)
+    finally:
+        await locker.close()
+
+
+def test_a_call_with_no_answer_past_its_bound_is_cancelled_and_says_so(sqlite_url: URL) -> None:
+    """The store's loop blocked (here by an event listener that waits for the test): past
+    twice the timeout plus a second, the caller gets a StorageError saying the call was
+    cancelled; once the loop runs again, the store serves the next call."""
+    blocked, release = threading.Event(), threading.Event()
+
+    def listener(*_: Any) -> None:
+        if not release.is_set():
+            blocked.set()
+            release.wait(60)
+
+    with SyncStore.from_url(sqlite_url, timeout=0.5) as sync:
+        sync.save("k", 1)
+        event.listen(sync.engine.sync_engine, "before_cursor_execute", listener)
+        try:
+            with pytest.raises(StorageError, match=r"no answer within 2 s.*cancelled"):
+                sync.load_many(["k"])
+            assert blocked.is_set()
+        finally:
+            release.set()
+        assert sync.load("k") == 1
+
+
+@pytest.mark.postgres
+def test_closing_cancels_the_calls_of_other_threads(postgres_url: URL) -> None:
+    """A call of another thread waiting on a locked table when the store closes ends with a
+    StorageError saying the store closed, at once, not at its deadline (600 s here)."""
+    asyncio.run(cleared(postgres_url))
+    assert postgres_url.database is not None
+
+    async def lock() -> Any:
+        locker = await asyncpg_connection(postgres_url)
+        await locker.execute("BEGIN")
+        await locker.execute("LOCK TABLE snapshots IN ACCESS EXCLUSIVE MODE")
+        return locker
+
+    runner = asyncio.Runner()
+    locker = runner.run(lock())
+    try:
+        sync = SyncStore.from_url(postgres_url, timeout=600)
+        errors: list[BaseException] = []
+
+        def count() -> None:
+            try:
+                sync.count()
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=count)
+        waiter.start()
+        while not runner.run(waiting_on_a_lock(locker, postgres_url.database)):
+            time.sleep(0.05)
+        sync.close()
+        waiter.join(60)
+        assert not waiter.is_alive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], StorageError)
+        assert "closed" in str(errors[0])
+    finally:
+        runner.run(locker.close())
+        runner.close()
