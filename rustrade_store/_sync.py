@@ -91,6 +91,20 @@ class _Calls:
 
         return start
 
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
 
 class SyncStore(_Calls):
     """:class:`~rustrade_store.SqlStore` for synchronous code: the same methods, arguments,
@@ -273,17 +287,6 @@ class SyncStore(_Calls):
             self._portal.stop()
         _OPEN.discard(self)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _forked(self) -> None:
         """In a forked child: the pooled connections are the parent's sockets. Set them aside
         untouched, and give the engine a new pool."""
@@ -424,17 +427,6 @@ class SyncBufferedStore(_Calls):
         if self._portal.refusal() is None:
             self._call(self._buffered.aclose())
         self._inner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _check_unused(engine: AsyncEngine) -> None:
