@@ -98,7 +98,11 @@ class Portal:
             task.add_done_callback(lambda _: ended.set())
             tasks.append(task)
 
-        self._loop.call_soon_threadsafe(start)
+        try:
+            self._loop.call_soon_threadsafe(start)
+        except RuntimeError:  # closed by another thread since the check above
+            coroutine.close()
+            raise StorageError(f"{self.what}: the store is closed") from None
         try:
             if not ended.wait(bound):
                 self._cancel(tasks, ended, bound)
@@ -115,17 +119,18 @@ class Portal:
             raise StorageError(f"{what} on {self.what}: the store closed while it ran")
         return tasks[0].result()
 
-    def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
-        """Yield what ``iterator`` yields on the loop, fetched a page at a time."""
+    def iterate(self, iterator: AsyncIterator[T], bound: float | None) -> Iterator[T]:
+        """Yield what ``iterator`` yields on the loop, fetched a page at a time, each page
+        bounded as a :meth:`call`."""
         try:
             while True:
-                page, finished = self.call(_page(iterator, PAGE), None)
+                page, finished = self.call(_page(iterator, PAGE), bound)
                 yield from page
                 if finished:
                     return
         finally:
             if self.refusal() is None:
-                self.call(_close(iterator), None)
+                self.call(_close(iterator), bound)
 
     def stop(self) -> None:
         """End the loop and its thread; later calls are refused. Only the process that

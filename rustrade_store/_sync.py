@@ -92,6 +92,7 @@ class _Calls:
         return start
 
     def close(self) -> None:
+        """Close the store: each sync store says what that means for it."""
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -229,11 +230,11 @@ class SyncStore(_Calls):
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every key that starts with ``prefix``, in code point order, a page at a time."""
-        return self._portal.iterate(self._store.keys(prefix))
+        return self._portal.iterate(self._store.keys(prefix), self._bound)
 
     def snapshots(self, prefix: str = "") -> Iterator[Snapshot]:
         """Every snapshot whose key starts with ``prefix``, in key order, a page at a time."""
-        return self._portal.iterate(self._store.snapshots(prefix))
+        return self._portal.iterate(self._store.snapshots(prefix), self._bound)
 
     def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
         """Write snapshots with their own times in one transaction (no deadline of the facade's:
@@ -435,13 +436,16 @@ def _check_unused(engine: AsyncEngine) -> None:
     if engine.dialect.name == "sqlite":  # aiosqlite's connections serve any loop
         return
     pool = engine.sync_engine.pool
-    if isinstance(pool, QueuePool) and pool.checkedout():
+    if not isinstance(pool, QueuePool):  # nothing pooled to belong to another loop
+        return
+    if pool.checkedout():
         raise ConfigurationError(
             f"this engine has {pool.checkedout()} connection(s) in use on another event loop; "
             "a SyncStore runs on its own loop: give it an engine of its own (or "
             "SyncStore.from_url)"
         )
-    engine.sync_engine.dispose(close=False)
+    if pool.checkedin():
+        engine.sync_engine.dispose(close=False)
 
 
 async def _async_batches(

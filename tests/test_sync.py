@@ -22,6 +22,7 @@ from rustrade_store import (
     ConfigurationError,
     ConflictError,
     LeaseLostError,
+    Snapshot,
     SqlStore,
     StateStore,
     StorageError,
@@ -328,10 +329,14 @@ def test_compare_and_set_and_snapshots(sync: SyncStore) -> None:
         sync.save("bot1/k", {"n": 3}, if_updated_at=updated_at)
     assert sync.load("bot1/k") == {"n": 2}
     report = sync.restore([snapshot], overwrite=True)
-    assert report is not None
+    assert (report.overwritten, report.state) == (1, "committed")
     assert sync.load("bot1/k") == {"n": 1}
     assert sync.delete("bot1/k") is True
     assert sync.is_empty()
+    batches = [[Snapshot("bot1/a", 1, updated_at)], [Snapshot("bot1/b", [2], updated_at)]]
+    streamed = sync.restore_stream(iter(batches))
+    assert (streamed.added, streamed.state) == (2, "committed")
+    assert sync.load_many(["bot1/a", "bot1/b"]) == {"bot1/a": 1, "bot1/b": [2]}
 
 
 # -- deadlines -------------------------------------------------------------------------------
