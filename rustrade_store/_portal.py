@@ -98,12 +98,10 @@ class Portal:
             task.add_done_callback(lambda _: ended.set())
             tasks.append(task)
 
+        scheduled = False
         try:
             self._loop.call_soon_threadsafe(start)
-        except RuntimeError:  # closed by another thread since the check above
-            coroutine.close()
-            raise StorageError(f"{self.what}: the store is closed") from None
-        try:
+            scheduled = True
             if not ended.wait(bound):
                 self._cancel(tasks, ended, bound)
                 raise StorageError(
@@ -111,8 +109,13 @@ class Portal:
                     "store's own deadline: it was cancelled on the store's event loop (a write "
                     "may or may not have been applied)"
                 )
+        except RuntimeError:  # closed by another thread since the check above
+            if scheduled:
+                raise
+            coroutine.close()
+            raise StorageError(f"{self.what}: the store is closed") from None
         except BaseException:
-            if not ended.is_set():
+            if scheduled and not ended.is_set():
                 self._cancel(tasks, ended, bound)
             raise
         if tasks[0].cancelled():

@@ -283,9 +283,11 @@ class SyncStore(_Calls):
         """Release the store's leases, close it and end its loop thread; then every call is
         refused. Safe to call twice; in a forked child it only marks the store closed."""
         with self._close_lock:
-            if self._portal.refusal() is None:
-                self._call(self._store.aclose())
-            self._portal.stop()
+            try:
+                if self._portal.refusal() is None:
+                    self._call(self._store.aclose())
+            finally:
+                self._portal.stop()
         _OPEN.discard(self)
 
     def _forked(self) -> None:

@@ -33,6 +33,7 @@ from rustrade_store import (
 from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
 from .helpers import asyncpg_connection, empty
+from .test_lease_processes import PATIENCE
 from .test_sync_processes import cleared, waiting_on_a_lock
 
 if TYPE_CHECKING:
@@ -388,16 +389,19 @@ def test_closing_cancels_the_calls_of_other_threads(postgres_url: URL) -> None:
     """A call of another thread waiting on a locked table when the store closes ends with a
     StorageError saying the store closed, at once, not at its deadline (600 s here)."""
     asyncio.run(cleared(postgres_url))
-    assert postgres_url.database is not None
+    database = postgres_url.database
+    assert database is not None
 
-    async def lock() -> Any:
+    async def connect() -> tuple[Any, Any]:
         locker = await asyncpg_connection(postgres_url)
+        watcher = await asyncpg_connection(postgres_url)
         await locker.execute("BEGIN")
         await locker.execute("LOCK TABLE snapshots IN ACCESS EXCLUSIVE MODE")
-        return locker
+        return locker, watcher
 
     runner = asyncio.Runner()
-    locker = runner.run(lock())
+    # The watcher asks outside any transaction: within one, pg_stat_activity is a snapshot.
+    locker, watcher = runner.run(connect())
     try:
         sync = SyncStore.from_url(postgres_url, timeout=600)
         errors: list[BaseException] = []
@@ -408,16 +412,22 @@ def test_closing_cancels_the_calls_of_other_threads(postgres_url: URL) -> None:
             except BaseException as exc:
                 errors.append(exc)
 
-        waiter = threading.Thread(target=count)
+        waiter = threading.Thread(target=count, daemon=True)
         waiter.start()
-        while not runner.run(waiting_on_a_lock(locker, postgres_url.database)):
+        for _ in range(int(PATIENCE / 0.05)):
+            if runner.run(waiting_on_a_lock(watcher, database)):
+                break
+            assert waiter.is_alive(), f"the count ended before it waited on the lock: {errors}"
             time.sleep(0.05)
+        else:
+            raise AssertionError(f"the count never waited on the lock in {PATIENCE} s")
         sync.close()
-        waiter.join(60)
+        waiter.join(PATIENCE)
         assert not waiter.is_alive()
         assert len(errors) == 1
         assert isinstance(errors[0], StorageError)
-        assert "closed" in str(errors[0])
+        assert "closed while it ran" in str(errors[0])
     finally:
         runner.run(locker.close())
+        runner.run(watcher.close())
         runner.close()
