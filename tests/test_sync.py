@@ -34,7 +34,8 @@ from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
 from .helpers import asyncpg_connection, empty
 from .test_lease_processes import PATIENCE
-from .test_sync_processes import cleared, waiting_on_a_lock
+from .test_lease_processes import empty as cleared
+from .test_sync_processes import waiting_on_a_lock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping

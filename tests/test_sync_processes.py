@@ -22,8 +22,9 @@ import pytest
 
 from rustrade_store import SqlStore
 
-from .helpers import asyncpg_connection, empty
+from .helpers import asyncpg_connection
 from .test_lease_processes import PATIENCE, Child
+from .test_lease_processes import empty as cleared
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -70,11 +71,6 @@ def url(request: pytest.FixtureRequest) -> Iterator[URL]:
     asyncio.run(cleared(found))
     yield found
     asyncio.run(cleared(found))
-
-
-async def cleared(url: URL) -> None:
-    async with SqlStore.from_url(url) as store:
-        await empty(store)
 
 
 def rendered(url: URL) -> str:
