@@ -33,10 +33,12 @@ bench-galera: $(STAMP)
 	$(BIN)/python bench/galera.py
 
 # The long crash loop: 200 SIGKILLs per database, then the counts of kills and checked saves;
-# the long fault run: 20,000 calls and 200 injected faults per database, then the checker's counts.
+# the long fault run: 20,000 calls and 200 injected faults per database, then the checker's counts;
+# the synchronous bot holding its lease through 60 s with a ttl of 5 s on PostgreSQL.
 soak: $(STAMP)
 	RUSTRADE_CRASH_KILLS=200 $(BIN)/python -m pytest tests/test_crash.py -s -q
 	RUSTRADE_FAULT_OPS=20000 RUSTRADE_FAULT_FAULTS=200 $(BIN)/python -m pytest tests/test_faults.py -s -q
+	RUSTRADE_SYNC_BOT_SECONDS=60 RUSTRADE_SYNC_BOT_TTL=5 $(BIN)/python -m pytest tests/test_sync_processes.py -k long_run -s -q
 
 # The failover tests alone, with their figures: a primary and a standby built as extra clusters,
 # writers through a multi-host URL, the primary stopped and the standby promoted, the clusters
