@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import queries
+from . import _telemetry, queries
 from .engine import autocommits, check_timeout
 from .errors import (
     ConfigurationError,
@@ -553,6 +553,7 @@ class Executor:
     # -- group commit ----------------------------------------------------------------------
 
     async def _save_batch(self, rows: list[Row]) -> list[StoreError | None]:
+        _telemetry.group_commit(self._where, "save", len(rows))
         latest: dict[str, Row] = {}
         for row in rows:
             held = latest.get(row["key"])
@@ -580,6 +581,7 @@ class Executor:
             return {row["key"]: self.failure("save", row["key"], failed.cause) for row in rows}
 
     async def _load_batch(self, keys: list[str]) -> list[str | None]:
+        _telemetry.group_commit(self._where, "load", len(keys))
         if len(set(keys)) == 1:
             rows = await self.fetch("load", keys[0], self._select_value, {"key": keys[0]})
             text = rows[0][0] if rows else None
@@ -656,6 +658,7 @@ class Executor:
                 left = deadline - loop.time()
                 if kind is not Failure.LOST or not retry or left <= pause:
                     raise _Failed(kind, exc) from exc
+                _telemetry.retried(self._where, kind.value)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import clock
+from . import _telemetry, clock
 from .codec import lease_key
 from .errors import ClockSkewError, LeaseHeldError, LeaseLostError, StorageError
 from .queries import IGNORE_LEASES, lease_rows, times
@@ -164,6 +164,7 @@ class Fencing:
                 )
             else:
                 found[key] = None
+        _telemetry.ordered(self._where, action, found, guarded)
         return Refusals(found, stored)
 
     def _mine(self, row_key: str | None) -> str | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import bindparam, select, update
 
-from . import clock
+from . import _telemetry, clock
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
 from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError
 from .fencing import held_error, lease_value
@@ -124,6 +124,7 @@ class Lease:
         state = "held" if self.held else "lost" if self._lost else "not held"
         return f"Lease({self.prefix!r}, token={self.token}, {state})"
 
+    @_telemetry.lease_call("acquire_lease")
     async def acquire(self, *, wait: float | None = None) -> Self:
         """Take the lease; if another store holds it, wait up to ``wait`` seconds (by default
         the lease's own ``wait``) for it to be released or to expire, then raise
@@ -144,6 +145,7 @@ class Lease:
             self._renewer = loop.create_task(self._renew_in_background())
             return self
 
+    @_telemetry.lease_call("renew_lease")
     async def renew(self) -> None:
         """Push the expiry ``ttl`` seconds past now; raise :class:`LeaseLostError` if the lease
         is no longer this store's."""
@@ -165,6 +167,7 @@ class Lease:
             assert self._lost is not None
             raise self._lost
 
+    @_telemetry.lease_call("release_lease")
     async def release(self) -> None:
         """Give the lease up (it expires at once); the fencing token stays in its row, so the
         next holder's is higher."""
@@ -268,6 +271,7 @@ class Lease:
             )
             self._executor.fencing.lose(self._row_key, error)
 
+    @_telemetry.lease_lost
     def _found_lost(self, error: LeaseLostError) -> None:
         """The fence found the lease gone (a write or a renewal): stop, and tell the bot."""
         self._text = None
