@@ -6,6 +6,8 @@ value in anything exported."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from .proxy import TcpProxy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Span
@@ -341,3 +344,34 @@ async def test_a_retry_on_a_new_connection_is_inside_its_calls_one_span(
     assert span.attributes is not None
     assert span.attributes["server.port"] == proxy.port
     assert_nothing_secret(telemetry)
+
+
+def test_without_the_extra_the_store_runs_its_methods_undecorated(tmp_path: Path) -> None:
+    """Without opentelemetry importable, no method is wrapped and no hook does anything: the
+    store runs the code it ran before the extra existed."""
+    code = """
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if the extra were not installed
+from rustrade_store import BufferedStore, SqlStore, _telemetry
+from rustrade_store.lease import Lease
+assert not _telemetry.ENABLED
+methods = [SqlStore.save, SqlStore.load, SqlStore.save_many, Lease.acquire, Lease.renew]
+methods += [BufferedStore._queue, BufferedStore._write_pending]
+assert not [method for method in methods if hasattr(method, "__wrapped__")], methods
+async def main():
+    async with SqlStore.from_url("sqlite:///state.db") as store:
+        await store.save("k", 1)
+        assert await store.load("k") == 1
+asyncio.run(__import__("rustrade_store").upgrade("sqlite:///state.db"))
+asyncio.run(main())
+assert not [name for name in sys.modules if name.startswith("opentelemetry.")]
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
