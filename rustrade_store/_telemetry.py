@@ -144,67 +144,100 @@ def _as_is(function: F) -> F:
     return function
 
 
-if ENABLED:
-    _tracer = trace.get_tracer(SCOPE)
-    _meter = metrics.get_meter(SCOPE)
-    _duration = _meter.create_histogram(
-        "db.client.operation.duration",
-        unit="s",
-        description="Duration of database client operations.",
-        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+class Instruments:
+    """The tracer and the instruments, from the given providers or, by default, the global
+    ones (whichever the application sets, before or after the store is imported)."""
+
+    __slots__ = (
+        "acquired",
+        "batch_size",
+        "conflicts",
+        "duration",
+        "lost",
+        "refused",
+        "renewal",
+        "retries",
+        "tracer",
+        "unknown",
     )
-    _batch_size = _meter.create_histogram(
-        f"{SCOPE}.group_commit.size",
-        unit="{operation}",
-        description="Concurrent single-key calls written or read by one group-commit statement.",
-        explicit_bucket_boundaries_advisory=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
-    )
-    _retries = _meter.create_counter(
-        f"{SCOPE}.retries",
-        unit="{retry}",
-        description="Attempts retried on a new connection, by reason.",
-    )
-    _conflicts = _meter.create_counter(
-        f"{SCOPE}.conflicts",
-        unit="{write}",
-        description="Compare-and-set writes refused: the stored snapshot was not the expected one.",
-    )
-    _refused = _meter.create_counter(
-        f"{SCOPE}.writes.refused",
-        unit="{write}",
-        description="Writes refused by ordering (a newer save stays), clock skew or a lease.",
-    )
-    _unknown = _meter.create_counter(
-        f"{SCOPE}.outcomes.unknown",
-        unit="{write}",
-        description="Writes whose answer was lost and whose retry could not tell if it applied.",
-    )
-    _acquired = _meter.create_counter(
-        f"{SCOPE}.lease.acquisitions", unit="{lease}", description="Leases taken."
-    )
-    _lost = _meter.create_counter(
-        f"{SCOPE}.lease.losses",
-        unit="{lease}",
-        description="Leases lost while held: expired and taken, or broken.",
-    )
-    _renewal = _meter.create_histogram(
-        f"{SCOPE}.lease.renewal.duration",
-        unit="s",
-        description="Duration of lease renewals.",
-        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-    )
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of database client operations.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.batch_size = meter.create_histogram(
+            f"{SCOPE}.group_commit.size",
+            unit="{operation}",
+            description="Concurrent single-key calls carried by one group-commit statement.",
+            explicit_bucket_boundaries_advisory=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+        )
+        self.retries = meter.create_counter(
+            f"{SCOPE}.retries",
+            unit="{retry}",
+            description="Attempts retried on a new connection, by reason.",
+        )
+        self.conflicts = meter.create_counter(
+            f"{SCOPE}.conflicts",
+            unit="{write}",
+            description="Compare-and-set writes refused: the stored snapshot was another.",
+        )
+        self.refused = meter.create_counter(
+            f"{SCOPE}.writes.refused",
+            unit="{write}",
+            description="Writes refused by ordering (a newer save stays), clock skew or a lease.",
+        )
+        self.unknown = meter.create_counter(
+            f"{SCOPE}.outcomes.unknown",
+            unit="{write}",
+            description="Writes whose answer was lost and whose retry could not tell it.",
+        )
+        self.acquired = meter.create_counter(
+            f"{SCOPE}.lease.acquisitions", unit="{lease}", description="Leases taken."
+        )
+        self.lost = meter.create_counter(
+            f"{SCOPE}.lease.losses",
+            unit="{lease}",
+            description="Leases lost while held: expired and taken, or broken.",
+        )
+        self.renewal = meter.create_histogram(
+            f"{SCOPE}.lease.renewal.duration",
+            unit="s",
+            description="Duration of lease renewals.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        meter.create_observable_up_down_counter(
+            f"{SCOPE}.buffered.pending",
+            callbacks=[_pending],
+            unit="{value}",
+            description="Values saved to a BufferedStore and not yet durable in its inner store.",
+        )
+        meter.create_observable_gauge(
+            f"{SCOPE}.buffered.oldest_age",
+            callbacks=[_age],
+            unit="s",
+            description="Age of the oldest save not yet durable: the window a crash would lose.",
+        )
 
 
 def _count_refusal(attributes: Mapping[str, Any], exc: BaseException) -> None:
     """Count a write's error that is a refusal, a conflict or an unknown outcome."""
     if isinstance(exc, ConflictError):
-        _conflicts.add(1, attributes)
+        active.conflicts.add(1, attributes)
     elif isinstance(exc, OutcomeUnknownError):
-        _unknown.add(1, attributes)
+        active.unknown.add(1, attributes)
     else:
         for kind, reason in _REFUSALS:
             if isinstance(exc, kind):
-                _refused.add(1, {**attributes, f"{SCOPE}.refusal.reason": reason})
+                active.refused.add(1, {**attributes, f"{SCOPE}.refusal.reason": reason})
                 return
 
 
@@ -220,7 +253,7 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
             where: str = self._executor.where
             size = len(args[0]) if batch and args and hasattr(args[0], "__len__") else 1
             name, attributes = _operation(where, operation if size == 1 else f"BATCH {operation}")
-            span = _tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+            span = active.tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
             token = None
             if span.is_recording():
                 if size != 1:
@@ -231,7 +264,7 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
                 result = await method(self, *args, **kwargs)
             except BaseException as exc:
                 failed = _failure(attributes, exc)
-                _duration.record(time.perf_counter() - started, failed)
+                active.duration.record(time.perf_counter() - started, failed)
                 if write:
                     _count_refusal(attributes, exc)
                 if span.is_recording():
@@ -239,7 +272,7 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
                     span.set_status(trace.StatusCode.ERROR)  # its message may name a key
                 raise
             else:
-                _duration.record(time.perf_counter() - started, attributes)
+                active.duration.record(time.perf_counter() - started, attributes)
                 return result
             finally:
                 if token is not None:
@@ -265,9 +298,9 @@ def _lease_call(operation: str) -> Callable[[F], F]:
                 result = await inner(self, *args, **kwargs)
             finally:
                 if operation == "renew_lease":
-                    _renewal.record(time.perf_counter() - started, attributes)
+                    active.renewal.record(time.perf_counter() - started, attributes)
             if operation == "acquire_lease":
-                _acquired.add(1, attributes)
+                active.acquired.add(1, attributes)
             return result
 
         return cast("F", call)
@@ -280,18 +313,18 @@ def _lease_lost(method: F) -> F:
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        _lost.add(1, _database(self._executor.where))
+        active.lost.add(1, _database(self._executor.where))
         return method(self, *args, **kwargs)
 
     return cast("F", call)
 
 
 def _retried(where: str, reason: str) -> None:
-    _retries.add(1, {**_database(where), f"{SCOPE}.retry.reason": reason})
+    active.retries.add(1, {**_database(where), f"{SCOPE}.retry.reason": reason})
 
 
 def _group_commit(where: str, operation: str, size: int) -> None:
-    _batch_size.record(size, _operation(where, operation)[1])
+    active.batch_size.record(size, _operation(where, operation)[1])
 
 
 def _ordered(where: str, action: str, errors: Mapping[str, object], guarded: bool = False) -> None:
@@ -300,7 +333,7 @@ def _ordered(where: str, action: str, errors: Mapping[str, object], guarded: boo
     refused = 0 if guarded else sum(error is None for error in errors.values())
     if refused:
         attributes = _operation(where, action)[1]
-        _refused.add(refused, {**attributes, f"{SCOPE}.refusal.reason": "ordering"})
+        active.refused.add(refused, {**attributes, f"{SCOPE}.refusal.reason": "ordering"})
 
 
 # -- BufferedStore ----------------------------------------------------------------------------
@@ -354,19 +387,10 @@ def _age(_: CallbackOptions) -> Iterable[Observation]:
     yield metrics.Observation(max(ages, default=0.0))
 
 
+active: Instruments
+"""What the store records with: the global providers' (a benchmark swaps in others)."""
 if ENABLED:
-    _meter.create_observable_up_down_counter(
-        f"{SCOPE}.buffered.pending",
-        callbacks=[_pending],
-        unit="{value}",
-        description="Values saved to a BufferedStore and not yet durable in its inner store.",
-    )
-    _meter.create_observable_gauge(
-        f"{SCOPE}.buffered.oldest_age",
-        callbacks=[_age],
-        unit="s",
-        description="Age of the oldest save not yet durable: the window a crash would lose.",
-    )
+    active = Instruments()
 
 
 def traced(operation: str, *, batch: bool = False, write: bool = False) -> Callable[[F], F]:
