@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import make_url
@@ -42,6 +43,8 @@ __all__ = [
     "DURATION_BUCKETS",
     "ENABLED",
     "SCOPE",
+    "Instruments",
+    "active",
     "buffered_queue",
     "buffered_write",
     "group_commit",
@@ -49,6 +52,7 @@ __all__ = [
     "lease_lost",
     "ordered",
     "retried",
+    "status_code",
     "traced",
 ]
 
@@ -251,7 +255,7 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
         @functools.wraps(method)
         async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             where: str = self._executor.where
-            size = len(args[0]) if batch and args and hasattr(args[0], "__len__") else 1
+            size = _batch_size(args, kwargs) if batch else 1
             name, attributes = _operation(where, operation if size == 1 else f"BATCH {operation}")
             span = active.tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
             token = None
@@ -268,7 +272,7 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
                 if write:
                     _count_refusal(attributes, exc)
                 if span.is_recording():
-                    span.set_attributes(failed)
+                    span.set_attributes({name: failed[name] for name in failed.keys() - attributes})
                     span.set_status(trace.StatusCode.ERROR)  # its message may name a key
                 raise
             else:
@@ -282,6 +286,13 @@ def _traced(operation: str, *, batch: bool = False, write: bool = False) -> Call
         return cast("F", call)
 
     return decorate
+
+
+def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """How many operations a batch call carries: the length of its first argument (one, a
+    single operation, when it has none)."""
+    operations = args[0] if args else next(iter(kwargs.values()), None)
+    return len(operations) if isinstance(operations, Sized) else 1
 
 
 def _lease_call(operation: str) -> Callable[[F], F]:
