@@ -154,7 +154,6 @@ class Instruments:
 
     __slots__ = (
         "acquired",
-        "batch_size",
         "conflicts",
         "duration",
         "lost",
@@ -178,11 +177,17 @@ class Instruments:
             description="Duration of database client operations.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.batch_size = meter.create_histogram(
-            f"{SCOPE}.group_commit.size",
+        meter.create_observable_counter(
+            f"{SCOPE}.group_commit.calls",
+            callbacks=[_grouped_calls],
             unit="{operation}",
-            description="Concurrent single-key calls carried by one group-commit statement.",
-            explicit_bucket_boundaries_advisory=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+            description="Single-key calls written or read by group-commit statements.",
+        )
+        meter.create_observable_counter(
+            f"{SCOPE}.group_commit.statements",
+            callbacks=[_grouped_statements],
+            unit="{statement}",
+            description="Group-commit statements: calls / statements is the mean batch size.",
         )
         self.retries = meter.create_counter(
             f"{SCOPE}.retries",
@@ -334,16 +339,30 @@ def _retried(where: str, reason: str) -> None:
     active.retries.add(1, {**_database(where), f"{SCOPE}.retry.reason": reason})
 
 
+_grouped: dict[tuple[str, str], list[int]] = {}
+"""Calls and statements of group commit by database and operation, summed here and read by the
+observable counters at each collection: a statement costs an addition, not a measurement."""
+
+
 def _group_commit(where: str, operation: str, size: int) -> None:
-    active.batch_size.record(size, _grouped(where, operation))
+    counts = _grouped.get((where, operation))
+    if counts is None:
+        counts = _grouped[where, operation] = [0, 0]
+    counts[0] += size
+    counts[1] += 1
 
 
-@functools.lru_cache(maxsize=1024)
-def _grouped(where: str, operation: str) -> dict[str, Any]:
-    """Fewer attributes than a call's: recorded once a statement, each costs the SDK a hash."""
-    database = _database(where)
-    kept = {name: database[name] for name in ("db.system.name", "db.namespace") if name in database}
-    return kept | {"db.operation.name": operation}
+def _grouped_observations(index: int) -> Iterable[Observation]:
+    for (where, operation), counts in list(_grouped.items()):
+        yield metrics.Observation(counts[index], _operation(where, operation)[1])
+
+
+def _grouped_calls(_: CallbackOptions) -> Iterable[Observation]:
+    return _grouped_observations(0)
+
+
+def _grouped_statements(_: CallbackOptions) -> Iterable[Observation]:
+    return _grouped_observations(1)
 
 
 def _ordered(where: str, action: str, errors: Mapping[str, object], guarded: bool = False) -> None:
