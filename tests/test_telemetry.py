@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,7 +22,9 @@ from sqlalchemy import text
 
 from rustrade_store import (
     BufferedStore,
+    ClockSkewError,
     ConflictError,
+    LeaseHeldError,
     LeaseLostError,
     Snapshot,
     SqlStore,
@@ -230,6 +232,31 @@ async def test_a_conflict_and_an_ordering_refusal_are_counted_apart(
     assert ordering.value == 1
     assert ordering.attributes["rustrade_store.refusal.reason"] == "ordering"
     assert "rustrade_store.conflicts" not in found
+    assert_nothing_secret(telemetry)
+
+
+async def test_a_clock_skew_and_another_stores_lease_are_refusals_by_reason(
+    store: SqlStore, backend: str, store_url: URL, telemetry: Telemetry
+) -> None:
+    ahead = datetime.now(UTC) + timedelta(hours=1)
+    await store.restore([Snapshot(SECRET, "from the future", ahead)])
+    with pytest.raises(ClockSkewError):
+        await store.save(SECRET, VALUE)
+    reasons = {"clock_skew": 1}
+    if backend != "memory":  # a second store can reach the database
+        async with SqlStore.from_url(store_url) as rival, rival.lease("bot1/"):
+            with pytest.raises(LeaseHeldError):
+                await store.save_many({SECRET: VALUE, f"{SECRET}/2": VALUE})
+        reasons["lease_held"] = 1
+    found = telemetry.collect()
+    refused = {
+        point.attributes["rustrade_store.refusal.reason"]: point.value
+        for point in found["rustrade_store.writes.refused"]
+    }
+    assert refused == reasons
+    errors = {(span.attributes or {}).get("error.type") for span in telemetry.spans()}
+    expected = {"ClockSkewError"} if backend == "memory" else {"ClockSkewError", "LeaseHeldError"}
+    assert errors - {None} == expected
     assert_nothing_secret(telemetry)
 
 
