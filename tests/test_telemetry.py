@@ -9,6 +9,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from rustrade_store import (
     BufferedStore,
     ClockSkewError,
     ConflictError,
+    InMemoryStore,
     LeaseHeldError,
     LeaseLostError,
     Snapshot,
@@ -35,12 +37,14 @@ from rustrade_store import (
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from pathlib import Path
 
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Span
     from sqlalchemy import URL
+
+    from rustrade_store import JSONInput
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 SYSTEMS = {"memory": "sqlite", "sqlite": "sqlite", "postgres": "postgresql", "mariadb": "mariadb"}
@@ -348,6 +352,50 @@ async def test_a_buffered_store_reports_its_pending_values_and_their_age(
         assert age.value == 0
     await buffered.aclose()
     assert_nothing_secret(telemetry)
+
+
+class HeldStore(InMemoryStore):
+    """A real store whose ``save_many`` waits, once entered, until the test lets it go on."""
+
+    __slots__ = ("entered", "go_on")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def save_many(self, values: Mapping[str, JSONInput]) -> None:
+        self.entered.set()
+        await self.go_on.wait()
+        await super().save_many(values)
+
+
+async def test_the_oldest_age_after_a_write_counts_from_that_write(telemetry: Telemetry) -> None:
+    """A value saved while a write runs is not in it: once the write is done, the age is
+    counted from when it began, never less than that value's own age and never the age of
+    the value written."""
+    gc.collect()
+    (before,) = telemetry.collect()["rustrade_store.buffered.pending"]
+    inner = HeldStore()
+    async with BufferedStore(inner, delay=3600) as buffered:
+        await buffered.save("written", 1)
+        first_saved = time.monotonic()
+        await asyncio.sleep(0.1)
+        write_began = time.monotonic()
+        flushing = asyncio.create_task(buffered.flush())
+        await inner.entered.wait()
+        await buffered.save("saved meanwhile", 2)
+        second_saved = time.monotonic()
+        inner.go_on.set()
+        await flushing
+        at_least = time.monotonic() - second_saved
+        found = telemetry.collect()
+        at_most = time.monotonic() - write_began
+        (pending,) = found["rustrade_store.buffered.pending"]
+        (age,) = found["rustrade_store.buffered.oldest_age"]
+        assert pending.value == before.value + 1
+        if before.value == 0:
+            assert at_least <= age.value <= at_most < time.monotonic() - first_saved
 
 
 @pytest.fixture(
