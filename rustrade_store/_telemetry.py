@@ -92,13 +92,17 @@ def _database(where: str) -> dict[str, Any]:
     host, port = url.host, url.port
     if not host:  # a multi-host URL: the first host, as the driver tries it first
         hosts = url.query.get("host", ())
-        first = hosts if isinstance(hosts, str) else next(iter(hosts), "")
-        name, _, number = first.partition(":")
-        host, port = name or None, int(number) if number.isdigit() else None
+        host, port = _host_port(hosts if isinstance(hosts, str) else next(iter(hosts), ""))
     if host:
         found["server.address"] = host
         found["server.port"] = port or _DEFAULT_PORTS[system]
     return found
+
+
+def _host_port(text: str) -> tuple[str | None, int | None]:
+    """``host:port`` as a multi-host URL lists them (SQLAlchemy requires every port there)."""
+    name, _, number = text.rpartition(":") if ":" in text else (text, "", "")
+    return name or None, int(number) if number.isdigit() else None
 
 
 @functools.lru_cache(maxsize=1024)

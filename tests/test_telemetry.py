@@ -354,6 +354,28 @@ async def test_a_buffered_store_reports_its_pending_values_and_their_age(
     assert_nothing_secret(telemetry)
 
 
+@pytest.mark.parametrize(
+    ("url", "address", "port"),
+    [
+        ("postgresql://bot@/state?host=127.0.0.1:9&host=127.0.0.2:5432", "127.0.0.1", 9),
+        ("postgresql://bot@127.0.0.1:9,127.0.0.2:5432/state", "127.0.0.1", 9),
+        ("mysql://bot@127.0.0.1/state", "127.0.0.1", 3306),
+    ],
+)
+async def test_a_multi_host_url_names_its_first_server(
+    url: str, address: str, port: int, telemetry: Telemetry
+) -> None:
+    """The server a call goes to first, even when none answers (a port nothing listens on)."""
+    async with SqlStore.from_url(url, timeout=0.5) as store:
+        with pytest.raises(StorageError):
+            await store.load(SECRET)
+    (span,) = telemetry.spans("load snapshots")
+    assert span.attributes is not None
+    assert (span.attributes["server.address"], span.attributes["server.port"]) == (address, port)
+    assert span.attributes["db.namespace"] == "state"
+    assert span.attributes["error.type"] == "StorageError"
+
+
 class HeldStore(InMemoryStore):
     """A real store whose ``save_many`` waits, once entered, until the test lets it go on."""
 
