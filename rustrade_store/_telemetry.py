@@ -196,7 +196,7 @@ class Instruments:
         self.retries = meter.create_counter(
             f"{SCOPE}.retries",
             unit="{retry}",
-            description="Attempts retried on a new connection, by reason.",
+            description="Attempts retried (lost connection, aborted transaction), by reason.",
         )
         self.conflicts = meter.create_counter(
             f"{SCOPE}.conflicts",
@@ -369,13 +369,12 @@ def _grouped_statements(_: CallbackOptions) -> Iterable[Observation]:
     return _grouped_observations(1)
 
 
-def _ordered(where: str, action: str, errors: Mapping[str, object], guarded: bool = False) -> None:
-    """Count the writes refused because a newer save of their key stays (no error, the call
-    succeeds); a compare-and-set's refusal is counted as a conflict instead."""
-    refused = 0 if guarded else sum(error is None for error in errors.values())
-    if refused:
+def _ordered(where: str, action: str, superseded: bool) -> None:
+    """Count a write refused because a newer save of its key stays (no error: the call
+    succeeds)."""
+    if superseded:
         attributes = _operation(where, action)[1]
-        active.refused.add(refused, {**attributes, f"{SCOPE}.refusal.reason": "ordering"})
+        active.refused.add(1, {**attributes, f"{SCOPE}.refusal.reason": "ordering"})
 
 
 # -- BufferedStore ----------------------------------------------------------------------------

@@ -82,7 +82,9 @@ def lease_key(key: str) -> str | None:
     """The lease row covering ``key``: that of its first path segment (``bot1/`` for
     ``bot1/BTCUSDT``), or ``None`` for a key with no ``/``, which no lease covers."""
     segment, slash, _ = key.partition("/")
-    return f"{LEASE_PREFIX}{segment}/" if slash else None
+    if not slash or len(LEASE_PREFIX) + len(segment) + 1 > MAX_KEY_LENGTH:
+        return None  # a segment too long to name a lease row: no lease can cover it
+    return f"{LEASE_PREFIX}{segment}/"
 
 
 def check_key(key: object) -> str:

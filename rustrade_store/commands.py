@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__
+from . import __version__, queries
 from .cli import (
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,
@@ -295,7 +295,7 @@ def _revision_line(status: SchemaStatus) -> str:
 def _count_rows(connection: Connection) -> int | None:
     if not inspect(connection).has_table(snapshots.name):
         return None
-    return int(connection.execute(select(func.count()).select_from(snapshots)).scalar_one())
+    return int(connection.execute(queries.count("")).scalar_one())
 
 
 async def cmd_upgrade(args: argparse.Namespace, console: Console) -> int:

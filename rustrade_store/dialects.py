@@ -239,6 +239,19 @@ def _postgres_unreachable(cause: BaseException) -> bool:
     )
 
 
+_POSTGRES_ABORTS = frozenset({"40001", "40P01"})
+"""serialization_failure, deadlock_detected."""
+
+
+def _postgres_aborted(cause: BaseException) -> bool:
+    return getattr(cause, "sqlstate", None) in _POSTGRES_ABORTS
+
+
+def _mysql_aborted(cause: BaseException) -> bool:
+    # ER_LOCK_DEADLOCK: a deadlock, or a Galera certification failure at COMMIT.
+    return bool(cause.args) and cause.args[0] == 1213
+
+
 def _mysql_read_only(cause: BaseException) -> bool:
     # ER_OPTION_PREVENTS_STATEMENT for --read-only; ER_READ_ONLY_MODE for a read-only engine.
     return bool(cause.args) and cause.args[0] in (1290, 1836)
@@ -332,6 +345,10 @@ class DialectFacts:
     is_unreachable: Callable[[BaseException], bool] = _never
     """Whether the driver's error says no server is there to take the call (refused, going
     down, not yet promoted): a lost connection, retried until the deadline."""
+    is_aborted: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says the database rolled the transaction back to resolve a
+    conflict (a deadlock, a serialisation or certification failure): nothing of it took effect,
+    and it is retried until the deadline."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
@@ -380,6 +397,7 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
+            is_aborted=_postgres_aborted,
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
         )
@@ -410,6 +428,7 @@ def facts_for(url: URL) -> DialectFacts:
             failure_hint=_mysql_hint,
             is_timeout=_mysql_timeout,
             is_unreachable=_mysql_unreachable,
+            is_aborted=_mysql_aborted,
             is_read_only=_mysql_read_only,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

@@ -11,10 +11,8 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
-    exists,
     false,
     func,
-    literal,
     not_,
     select,
     true,
@@ -35,12 +33,18 @@ __all__ = [
     "count",
     "delete_older",
     "fence",
-    "lease_rows",
+    "lease_lock",
+    "lease_read",
+    "lease_renew",
+    "lease_take",
+    "leases",
     "page",
     "prefix_end",
+    "seen",
+    "server_now",
     "snapshot",
+    "snapshots",
     "stored",
-    "times",
     "update_if_at",
     "upsert",
     "upsert_if_absent",
@@ -85,20 +89,25 @@ def fence(
     facts: DialectFacts, lease_key: ColumnElement[Any], mine: ColumnElement[Any]
 ) -> ColumnElement[bool]:
     """Whether a write under the lease row ``lease_key`` may apply: the row still holds
-    ``mine`` (this store's lease), or, for a store holding none (``mine`` null), no live lease
-    is there; ``mine`` of :data:`IGNORE_LEASES` writes regardless. The lease row is
-    share-locked, so a takeover cannot commit between this check and the write."""
+    ``mine`` (this store's lease), or, for a store holding none (``mine`` null), the row is
+    there and not live; ``mine`` of :data:`IGNORE_LEASES`, or a key no lease covers
+    (``lease_key`` null), writes regardless.
+
+    The lease row is share-locked whatever it holds, so that a take-over waits for the write's
+    transaction, and the write's answer can read the row as the write saw it. A row that is
+    missing cannot be locked: the write is refused, and the row created (see
+    :data:`~rustrade_store._outcome.Verdict.NO_LEASE_ROW`)."""
     lease = _table.alias("lease")
-    live = select(literal(1)).where(
-        lease.c.key == lease_key, lease.c.updated_at > facts.server_now()
-    )
-    held = select(literal(1)).where(
-        lease.c.key == lease_key, facts.json_text(lease.c.value) == mine
-    )
+
+    def locked(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        found = select(column).where(lease.c.key == lease_key).with_for_update(read=True)
+        return found.scalar_subquery()
+
     return case(
         (mine == IGNORE_LEASES, true()),
-        (mine.is_(None), ~exists(live.with_for_update(read=True))),
-        else_=exists(held.with_for_update(read=True)),
+        (lease_key.is_(None), true()),
+        (mine.is_(None), locked(lease.c.updated_at) <= facts.server_now()),
+        else_=locked(facts.json_text(lease.c.value)) == mine,
     )
 
 
@@ -133,11 +142,6 @@ def value(facts: DialectFacts) -> Select[Any]:
 def values(facts: DialectFacts) -> Select[Any]:
     """Each stored key of those bound as ``keys``, with its value."""
     return select(_table.c.key, facts.json_text(_table.c.value)).where(facts.key_in(_table.c.key))
-
-
-def times(facts: DialectFacts) -> Select[Any]:
-    """Each stored key of those bound as ``keys``, with its time."""
-    return select(_table.c.key, _table.c.updated_at).where(facts.key_in(_table.c.key))
 
 
 def stored(facts: DialectFacts) -> Select[Any]:
@@ -178,10 +182,11 @@ def update_if_at(facts: DialectFacts) -> Update:
     )
 
 
-def lease_rows(facts: DialectFacts) -> Select[Any]:
-    """Each lease row of those bound as ``keys``: its value, expiry, whether it is live."""
-    live = _table.c.updated_at > facts.server_now()
-    return select(_table.c.key, facts.json_text(_table.c.value), _table.c.updated_at, live).where(
+def seen(facts: DialectFacts) -> Select[Any]:
+    """Each stored row of the keys bound as ``keys`` (snapshots and lease rows): its time, its
+    text, and the database's clock."""
+    value = facts.json_text(_table.c.value)
+    return select(_table.c.key, _table.c.updated_at, value, facts.server_now()).where(
         facts.key_in(_table.c.key)
     )
 
@@ -202,4 +207,59 @@ def page(facts: DialectFacts, prefix: str, *, values: bool) -> Select[Any]:
         .where(*_under(prefix), _table.c.key > bindparam("after"))
         .order_by(_table.c.key)
         .limit(PAGE_SIZE)
+    )
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+def lease_lock() -> Update:
+    """Lock the lease row bound as ``row`` for the transaction (a no-op update; on SQLite, the
+    write lock), so that no other store changes it between its read and its write."""
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"))
+        .values(updated_at=_table.c.updated_at)
+    )
+
+
+def lease_read(facts: DialectFacts) -> Select[Any]:
+    """The value and expiry of the lease row bound as ``row``."""
+    value = facts.json_text(_table.c.value)
+    return select(value, _table.c.updated_at).where(_table.c.key == bindparam("row"))
+
+
+def lease_take() -> Update:
+    """Write the lease row bound as ``row``: its value ``text``, its expiry ``until``."""
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"))
+        .values(value=bindparam("text"), updated_at=bindparam("until"))
+    )
+
+
+def lease_renew(facts: DialectFacts) -> Update:
+    """Move the expiry of the lease row bound as ``row`` to ``until``, if it still holds
+    ``mine``."""
+    value = facts.json_text(_table.c.value)
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"), value == bindparam("mine"))
+        .values(updated_at=bindparam("until"))
+    )
+
+
+def server_now(facts: DialectFacts) -> Select[Any]:
+    """The database server's clock (the host's, bound as ``now``, on SQLite)."""
+    return select(facts.server_now())
+
+
+def leases(facts: DialectFacts) -> Select[Any]:
+    """Every lease row in key order: key, value, expiry, and whether it is live."""
+    value = facts.json_text(_table.c.value)
+    live = _table.c.updated_at > facts.server_now()
+    return (
+        select(_table.c.key, value, _table.c.updated_at, live)
+        .where(_table.c.key >= LEASE_PREFIX, _table.c.key < prefix_end(LEASE_PREFIX))
+        .order_by(_table.c.key)
     )

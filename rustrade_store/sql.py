@@ -8,11 +8,13 @@ import weakref
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _telemetry, clock, queries
+from ._writes import Writes
 from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
 from .errors import StoreError
 from .executor import Executor
+from .fencing import Fencing
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from .restore import RestoreReport, restore, restore_stream
 from .store import Snapshot, StateStore
@@ -43,7 +45,15 @@ class SqlStore(StateStore):
     README's Guarantees).
     """
 
-    __slots__ = ("_engine", "_executor", "_leases", "_owns_engine", "_snapshot")
+    __slots__ = (
+        "_engine",
+        "_executor",
+        "_fencing",
+        "_leases",
+        "_owns_engine",
+        "_snapshot",
+        "_writes",
+    )
 
     def __init__(
         self,
@@ -55,14 +65,12 @@ class SqlStore(StateStore):
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
+        facts = facts_for(engine.url)
         self._executor = Executor(
-            engine,
-            facts_for(engine.url),
-            where=masked(engine.url),
-            timeout=timeout,
-            owns_engine=owns_engine,
-            ignore_leases=ignore_leases,
+            engine, facts, where=masked(engine.url), timeout=timeout, owns_engine=owns_engine
         )
+        self._fencing = Fencing(facts, ignore_leases=ignore_leases)
+        self._writes = Writes(self._executor, self._fencing)
         self._snapshot = queries.snapshot(self._executor.facts)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
@@ -127,12 +135,12 @@ class SqlStore(StateStore):
         check_key(key)
         row = {"key": key, "value": encode(value), "updated_at": clock.next_save_time()}
         if if_updated_at is None and not if_absent:
-            await self._executor.save(row)
+            await self._writes.save(row)
         elif if_updated_at is not None and if_absent:
             raise ValueError("give if_updated_at or if_absent, not both")
         else:
             expected = None if if_absent else check_time(key, if_updated_at)
-            await self._executor.save_if(row, expected)
+            await self._writes.save_if(row, expected)
 
     @_telemetry.traced("load_many")
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
@@ -148,12 +156,12 @@ class SqlStore(StateStore):
         when = clock.next_save_time()
         rows = encode_rows((key, value, when) for key, value in values.items())
         if rows:
-            await self._executor.write("save_many", rows)
+            await self._writes.save_all("save_many", rows)
 
     @_telemetry.traced("restore", write=True)
     async def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
         """Write snapshots with their own times in one transaction; see :meth:`restore_stream`."""
-        return await restore(self._executor, items, overwrite=overwrite)
+        return await restore(self._executor, self._writes, items, overwrite=overwrite)
 
     @_telemetry.traced("restore_stream", write=True)
     async def restore_stream(
@@ -166,7 +174,9 @@ class SqlStore(StateStore):
         """Write every batch of snapshots, times kept, in ONE transaction (import, copy): all
         or nothing, newer stored state kept unless ``overwrite``; ``report`` (returned) counts
         what was found and says how far it got. See :mod:`rustrade_store.restore`."""
-        return await restore_stream(self._executor, batches, overwrite=overwrite, report=report)
+        return await restore_stream(
+            self._executor, self._writes, batches, overwrite=overwrite, report=report
+        )
 
     # -- beyond the contract ---------------------------------------------------------------
 
@@ -184,10 +194,10 @@ class SqlStore(StateStore):
         call removed it. Not retried on a lost connection, since a retry after a delete whose
         answer was lost would find nothing: the caller gets a :class:`StorageError`."""
         check_key(key)
-        return await self._executor.delete(key, clock.next_save_time())
+        return await self._writes.delete(key, clock.next_save_time())
 
     def check_writable(self, key: str) -> None:
-        self._executor.fencing.check(key)
+        self._fencing.check(key)
 
     def lease(
         self,
@@ -200,7 +210,7 @@ class SqlStore(StateStore):
         """A lease on the keys under ``prefix`` (one first path segment, such as ``"bot1/"``),
         not yet taken: ``async with`` takes it (waiting up to ``wait`` seconds for another
         holder), renews it in the background and releases it. See :class:`~rustrade_store.Lease`."""
-        lease = Lease(self._executor, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
+        lease = Lease(self._executor, self._fencing, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
         self._leases.add(lease)
         return lease
 
