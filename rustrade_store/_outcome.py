@@ -88,8 +88,9 @@ class Seen:
 class Write:
     """One row of a write, as sent: ``mine`` is this store's lease text (``None``: holds none;
     ``ignore_leases`` for an operator's forced write); ``condition`` is plain, ``absent`` (only
-    if missing), ``at`` (only over the snapshot saved at ``expected``) or ``delete`` (of a
-    snapshot saved before ``sent``)."""
+    if missing), ``at`` (only over the snapshot saved at ``expected``), ``reset`` (the same, even
+    where ``expected`` is later than ``sent``: a repair) or ``delete`` (of a snapshot saved
+    before ``sent``)."""
 
     action: str
     key: str
@@ -98,7 +99,7 @@ class Write:
     lease_key: str | None
     mine: str | None
     ignore_leases: bool = False
-    condition: Literal["plain", "absent", "at", "delete"] = "plain"
+    condition: Literal["plain", "absent", "at", "reset", "delete"] = "plain"
     expected: datetime | None = None
 
 
@@ -193,12 +194,14 @@ def _refusal(
             return held_error(write.action, write.key, facts["where"], lease.text, lease.until)
     if write.condition == "absent" and stored is not None:
         return ConflictError(MESSAGES["exists"].format(**facts), stored.updated_at)
-    if write.condition == "at":
+    if write.condition in ("at", "reset"):
         if stored is None:
             return ConflictError(MESSAGES["deleted"].format(**facts), None)
-        reason = "moved" if stored.updated_at != write.expected else "not after"
-        return ConflictError(MESSAGES[reason].format(**facts), stored.updated_at)
-    if stored is not None and stored.updated_at >= write.sent:
+        if stored.updated_at != write.expected:
+            return ConflictError(MESSAGES["moved"].format(**facts), stored.updated_at)
+        if write.condition == "at":
+            return ConflictError(MESSAGES["not after"].format(**facts), stored.updated_at)
+    elif stored is not None and stored.updated_at >= write.sent:
         if stored.updated_at > facts["wall_time"] and stored.updated_at != write.sent:
             return ClockSkewError(MESSAGES["skew"].format(**facts))
         return Verdict.SUPERSEDED

@@ -48,6 +48,7 @@ class Writes:
         "_executor",
         "_fencing",
         "_new_lease",
+        "_reset_if_at",
         "_seen",
         "_update_if_at",
         "_upsert",
@@ -63,6 +64,7 @@ class Writes:
         self._upsert = queries.upsert(facts)
         self._upsert_if_absent = queries.upsert_if_absent(facts)
         self._update_if_at = queries.update_if_at(facts)
+        self._reset_if_at = queries.reset_if_at(facts)
         self._delete = queries.delete_older(facts)
         self._seen = queries.seen(facts)
         self._new_lease = facts.insert_new(queries.snapshots)
@@ -138,13 +140,16 @@ class Writes:
 
     # -- compare-and-set, all-or-none, delete ----------------------------------------------
 
-    async def save_if(self, row: dict[str, Any], expected: datetime | None) -> None:
+    async def save_if(
+        self, row: dict[str, Any], expected: datetime | None, *, reset: bool = False
+    ) -> None:
         """Write one row only if its key is stored at ``expected`` (or, with ``None``, absent);
-        else raise :class:`~rustrade_store.ConflictError` naming what is stored."""
+        else raise :class:`~rustrade_store.ConflictError` naming what is stored. With
+        ``reset``, the row's time may be earlier than ``expected`` (a repair)."""
         if expected is None:
             write = self._fencing.write("save", row, "absent")
         else:
-            write = self._fencing.write("save", row, "at", expected)
+            write = self._fencing.write("save", row, "reset" if reset else "at", expected)
         answer = (await self._write([write], Attempt()))[write.key]
         if isinstance(answer, StoreError):
             raise answer
@@ -238,15 +243,16 @@ class Writes:
     async def _apply(self, connection: AsyncConnection, writes: Sequence[Write]) -> set[str]:
         """Send ``writes``' statement; the keys it applied."""
         execute = self._executor.execute
-        if writes and writes[0].condition == "at":
+        if writes and writes[0].condition in ("at", "reset"):
             (write,) = writes
+            update = self._reset_if_at if write.condition == "reset" else self._update_if_at
             params = {
                 "at_key": write.key,
                 "new_value": write.text,
                 "new_time": write.sent,
                 "expected": write.expected,
             } | self._fencing.params(write)
-            (count,) = (await execute(connection, self._update_if_at, params))[0]
+            (count,) = (await execute(connection, update, params))[0]
             return {write.key} if count == 1 else set()
         statement = self._upsert
         if writes and writes[0].condition == "absent":

@@ -42,6 +42,7 @@ __all__ = [
     "masked",
     "passwords",
     "read_settings",
+    "refuse_memory_url",
     "resolve_url",
     "store_engine_options",
 ]
@@ -236,6 +237,20 @@ def is_memory_url(url: URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
+def refuse_memory_url(url: URL, what: str) -> None:
+    """Raise :class:`ConfigurationError` for an SQLite URL that names no file (``sqlite://``,
+    ``sqlite:///``, ``sqlite:///:memory:``): ``what`` (a durable store, a migration) would keep
+    nothing once closed."""
+    if url.get_backend_name() != "sqlite" or not is_memory_url(url):
+        return
+    raise ConfigurationError(
+        f"{masked(url)} names no SQLite file, so {what} would keep nothing: every save would "
+        "be gone once it closes (an unset variable, as in sqlite:///$DB, gives such a URL). "
+        "Give a file's path, as in sqlite:///state.db; for a store that keeps nothing, on "
+        "purpose, use InMemoryStore()"
+    )
+
+
 def engine_options(url: URL, timeout: float) -> dict[str, Any]:
     """Pool and driver settings for an engine the store creates for ``url``."""
     backend = url.get_backend_name()
@@ -331,6 +346,7 @@ def create_store_engine(
                 "or hand SqlStore an engine you made"
             )
     resolved = resolve_url(url)
+    refuse_memory_url(resolved, "a store")
     return create_engine(
         resolved,
         timeout=timeout,
@@ -422,10 +438,9 @@ def create_engine(
         extra = _EXTRAS.get(resolved.get_driver_name())
         if extra is None or exc.name != resolved.get_driver_name():
             raise
-        raise ModuleNotFoundError(
+        raise ConfigurationError(
             f"{masked(resolved)} needs the {exc.name} driver, which is not installed: "
-            f"pip install 'rustrade-store[{extra}]'",
-            name=exc.name,
+            f"pip install 'rustrade-store[{extra}]'"
         ) from exc
     install_connection_setup(engine, timeout, sqlite_synchronous)
     if not sqlite_create:

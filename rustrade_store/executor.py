@@ -577,10 +577,21 @@ class Executor:
                 finally:
                     _PER_STATEMENT.reset(token)
         if not self._facts.finish_when_cancelled:
-            # The driver's own timeouts bound each step; this bounds their sum (a retry's new
-            # connection, a statement prepared first) by the call's deadline.
-            async with asyncio.timeout_at(deadline):
-                return await self._on_connection(work, transaction, isolation, attempt)
+            # The driver's own timeouts bound each step; this bounds their sum by the call's
+            # deadline. The attempt is cancelled then, but not waited for: giving its
+            # connection back (a rollback, a close) over a frozen link would take as long again.
+            task = asyncio.ensure_future(self._on_connection(work, transaction, isolation, attempt))
+            try:
+                await asyncio.wait(
+                    [task], timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            finally:
+                if not task.done():
+                    task.cancel()
+                    task.add_done_callback(_retrieve)
+            if not task.done():
+                raise TimeoutError("the call's deadline passed")
+            return task.result()
         if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
             return await self._on_connection(work, transaction, isolation, attempt)
         async with self._writer_turn(deadline):

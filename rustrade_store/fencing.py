@@ -90,7 +90,7 @@ class Fencing:
         self,
         action: str,
         row: dict[str, Any],
-        condition: Literal["plain", "absent", "at", "delete"] = "plain",
+        condition: Literal["plain", "absent", "at", "reset", "delete"] = "plain",
         expected: datetime | None = None,
     ) -> Write:
         """The :class:`Write` of ``row`` (``key``, ``value`` text, ``updated_at``), fenced by this

@@ -10,11 +10,13 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     delete,
     false,
     func,
     not_,
     select,
+    table,
     true,
     update,
 )
@@ -40,10 +42,13 @@ __all__ = [
     "leases",
     "page",
     "prefix_end",
+    "reset_if_at",
     "seen",
     "server_now",
+    "server_replication",
     "snapshot",
     "snapshots",
+    "standbys",
     "stored",
     "update_if_at",
     "upsert",
@@ -262,4 +267,39 @@ def leases(facts: DialectFacts) -> Select[Any]:
         select(_table.c.key, value, _table.c.updated_at, live)
         .where(_table.c.key >= LEASE_PREFIX, _table.c.key < prefix_end(LEASE_PREFIX))
         .order_by(_table.c.key)
+    )
+
+
+def server_replication() -> Select[Any]:
+    """PostgreSQL: what decides whether an acknowledged commit survives a failover, and which
+    server answered: ``synchronous_standby_names``, whether it is in recovery, its address and
+    port (null over a local socket)."""
+    return select(
+        func.current_setting("synchronous_standby_names"),
+        func.pg_is_in_recovery(),
+        func.host(func.inet_server_addr()),
+        func.inet_server_port(),
+    )
+
+
+def standbys() -> Select[Any]:
+    """PostgreSQL: each attached standby's ``application_name`` and ``sync_state``, by name
+    (without pg_monitor, each WAL sender's row is there, its state null)."""
+    view = table("pg_stat_replication", column("application_name"), column("sync_state"))
+    return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)
+
+
+def reset_if_at(facts: DialectFacts) -> Update:
+    """Compare-and-set that may set the time back: write ``new_value`` at ``new_time`` over the
+    key bound as ``at_key`` only if it is stored at exactly ``expected`` (earlier or later than
+    ``new_time``) and its lease allows (bound as ``lease_key`` and ``mine``): the repair of a
+    snapshot stamped by a clock that ran ahead, which every later save refuses."""
+    return (
+        update(_table)
+        .where(
+            _table.c.key == bindparam("at_key"),
+            _table.c.updated_at == bindparam("expected"),
+            _key_fence(facts),
+        )
+        .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
     )

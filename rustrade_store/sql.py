@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from . import _telemetry, clock, queries
 from ._writes import Writes
-from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
+from .codec import (
+    JSONValue,
+    check_key,
+    check_keys,
+    check_time,
+    decode,
+    encode,
+    encode_rows,
+)
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
 from .errors import StoreError
@@ -191,8 +199,9 @@ class SqlStore(StateStore):
     @_telemetry.traced("delete", write=True)
     async def delete(self, key: str) -> bool:
         """Remove ``key``, if saved before this call (a later save stays); return whether this
-        call removed it. Not retried on a lost connection, since a retry after a delete whose
-        answer was lost would find nothing: the caller gets a :class:`StorageError`."""
+        call removed it. Retried on a lost connection; where an attempt's answer was lost and the
+        key is then gone, whether this call removed it is unknown:
+        :class:`~rustrade_store.OutcomeUnknownError`."""
         check_key(key)
         return await self._writes.delete(key, clock.next_save_time())
 
@@ -263,3 +272,29 @@ class SqlStore(StateStore):
             if len(rows) < queries.PAGE_SIZE:
                 return
             after = rows[-1][0]
+
+    # -- repairs ---------------------------------------------------------------------------
+
+    @_telemetry.traced("reset_time", write=True)
+    async def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
+        """Replace the snapshot of ``key`` stored at exactly ``stored_at`` with ``value`` at
+        this process's time now, even where ``stored_at`` is later: the repair of a snapshot
+        stamped by a clock that ran ahead, which every later save refuses with
+        :class:`~rustrade_store.ClockSkewError`. One compare-and-set on the exact stored time:
+        a key saved again since, or removed, is left as it is (:class:`ConflictError`), and the
+        leases fence it as any write. Return the time written."""
+        check_key(key)
+        written = clock.next_save_time()
+        row = {"key": key, "value": encode(value), "updated_at": written}
+        await self._writes.save_if(row, check_time(key, stored_at), reset=True)
+        return written
+
+    @_telemetry.traced("server_time")
+    async def server_time(self) -> datetime:
+        """The database server's clock now (SQLite has none: this host's)."""
+        facts = self._executor.facts
+        rows = await self._executor.fetch(
+            "time", None, queries.server_now(facts), self._fencing.now()
+        )
+        when: datetime = rows[0][0]
+        return when

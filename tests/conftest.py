@@ -43,7 +43,10 @@ BACKENDS = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
+    pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
 ]
+"""``mariadb_scheme`` is the MariaDB database reached through a ``mariadb://`` URL, which
+SQLAlchemy gives a dialect of another name than ``mysql://``'s."""
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +99,18 @@ def fresh_mariadb(mariadb_admin_url: URL) -> Iterator[URL]:
     """A new empty MariaDB database for one test that migrates or breaks its schema."""
     with new_mariadb_database(mariadb_admin_url) as url:
         yield url
+
+
+@pytest.fixture
+def mariadb_scheme_url(mariadb_url: URL) -> URL:
+    """The run's MariaDB database, migrated, through a ``mariadb://`` URL."""
+    return mariadb_url.set(drivername="mariadb+asyncmy")
+
+
+@pytest.fixture
+def fresh_mariadb_scheme(fresh_mariadb: URL) -> URL:
+    """A new empty MariaDB database, through a ``mariadb://`` URL."""
+    return fresh_mariadb.set(drivername="mariadb+asyncmy")
 
 
 @pytest.fixture

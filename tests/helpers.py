@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from rustrade_store import InMemoryStore, SqlStore
-from rustrade_store.engine import create_engine
+from rustrade_store.engine import DEFAULT_TIMEOUT, create_engine
 from rustrade_store.schema import snapshots
 
 if TYPE_CHECKING:
@@ -178,9 +178,11 @@ def terminal_output(fd: int, timeout: float) -> bytes | None:
 # -- stores --------------------------------------------------------------------------------
 
 
-def open_store(backend: str, url: URL) -> SqlStore:
+def open_store(backend: str, url: URL, timeout: float = DEFAULT_TIMEOUT) -> SqlStore:
     """The store each backend's users get: ``InMemoryStore()`` or ``SqlStore.from_url``."""
-    return InMemoryStore() if backend == "memory" else SqlStore.from_url(url)
+    if backend == "memory":
+        return InMemoryStore(timeout=timeout)
+    return SqlStore.from_url(url, timeout=timeout)
 
 
 async def empty(store: SqlStore) -> None:

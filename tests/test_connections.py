@@ -245,3 +245,41 @@ async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection(
     finally:
         await admin.close()
         await store.aclose()
+
+
+DEADLINE_SLACK = 1.5
+"""How long a call may take, in timeouts: the worst overrun measured under a frozen link was
+under 10 ms (docs/guarantees.md); the rest is room for a busy machine. Before one deadline
+covered a call, the first call on a pooled PostgreSQL connection waited a second timeout for
+the connection's clean-up."""
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+@pytest.mark.parametrize("operation", ["save", "load"])
+async def test_a_call_through_a_frozen_link_ends_at_its_deadline(
+    store_url: URL, backend: str, operation: str
+) -> None:
+    """The link freezes under a pooled connection: the call raises at its one deadline, not
+    after a second wait for the connection's clean-up."""
+    timeout = 2.0
+    async with TcpProxy(store_url.host or "127.0.0.1", store_url.port or 0) as proxy:
+        store = SqlStore.from_url(store_url.set(port=proxy.port), timeout=timeout)
+        try:
+            await store.save("deadline/k", 1)
+            call = store.save("deadline/k", 2) if operation == "save" else store.load("deadline/k")
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(call, HANG_GUARD)
+            elapsed = time.monotonic() - started
+            print(f"\n{backend} {operation}: raised {elapsed - timeout:+.3f} s from its deadline")
+            assert elapsed < DEADLINE_SLACK * timeout
+        finally:
+            await proxy.restore()
+            await store.aclose()
