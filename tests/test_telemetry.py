@@ -47,7 +47,14 @@ if TYPE_CHECKING:
     from rustrade_store import JSONInput
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-SYSTEMS = {"memory": "sqlite", "sqlite": "sqlite", "postgres": "postgresql", "mariadb": "mariadb"}
+SYSTEMS = {
+    "memory": "sqlite",
+    "sqlite": "sqlite",
+    "postgres": "postgresql",
+    "mariadb": "mariadb",  # a mysql:// URL
+    "mariadb_scheme": "mariadb",  # a mariadb:// URL
+}
+DEFAULT_PORTS = {"postgresql": 5432, "mariadb": 3306}
 SECRET = "bot1/BTC-secret-key"
 """The key the tests write: no attribute, event or status may contain it, nor its value."""
 VALUE = {"api_token": "value-that-must-not-leak"}
@@ -134,9 +141,9 @@ def expected_database(backend: str, url: URL) -> dict[str, Any]:
     }
     if backend != "memory":
         expected["db.namespace"] = url.database
-    if backend in ("postgres", "mariadb"):
+    if SYSTEMS[backend] != "sqlite":
         expected["server.address"] = url.host
-        expected["server.port"] = url.port or {"postgres": 5432, "mariadb": 3306}[backend]
+        expected["server.port"] = url.port or DEFAULT_PORTS[SYSTEMS[backend]]
     return expected
 
 
@@ -281,7 +288,7 @@ async def test_a_failure_carries_the_databases_own_code(
     finally:
         async with store.engine.begin() as connection:
             await connection.execute(text("ALTER TABLE snapshots_away RENAME TO snapshots"))
-    code = {"postgres": "42P01", "mariadb": "1146", "sqlite": "1", "memory": "1"}[backend]
+    code = {"postgresql": "42P01", "mariadb": "1146", "sqlite": "1"}[SYSTEMS[backend]]
     for operation in ("load_snapshot", "save"):
         (span,) = telemetry.spans(f"{operation} snapshots")[-1:]
         assert span.status.status_code is trace.StatusCode.ERROR
