@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import clock, queries
+from . import _telemetry, clock, queries
 from ._outcome import LeaseRow, Seen, Stored, Verdict, judge, lease_text
 from .codec import LEASE_PREFIX
 from .errors import LeaseLostError, StorageError, StoreError
@@ -80,6 +80,7 @@ class Writes:
         """Each write's answer. Writes of one key are collapsed to the latest; if the database
         rejects that one, the earlier ones are written on their own, so that no caller's fate
         depends on another caller's row."""
+        _telemetry.group_commit(self._where, "save", len(writes))
         answers: dict[int, StoreError | None] = {}
         pending = list(range(len(writes)))
         while pending:
@@ -357,6 +358,9 @@ class Writes:
 
     def _lost(self, write: Write, answer: Answer) -> None:
         """A write that found this store's lease gone: every later write under it fails."""
+        _telemetry.ordered(
+            self._where, write.action, answer is Verdict.SUPERSEDED and write.condition != "delete"
+        )
         if isinstance(answer, LeaseLostError) and write.lease_key is not None:
             self._fencing.lose(write.lease_key, answer)
 

@@ -17,7 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import queries
+from . import _telemetry, queries
 from .engine import autocommits, check_timeout
 from .errors import (
     ConfigurationError,
@@ -510,6 +510,7 @@ class Executor:
     # -- group commit ----------------------------------------------------------------------
 
     async def _load_batch(self, keys: list[str], deadline: float) -> list[str | None]:
+        _telemetry.group_commit(self._where, "load", len(keys))
         if len(set(keys)) == 1:
 
             async def one(connection: AsyncConnection) -> list[Any]:
@@ -555,6 +556,7 @@ class Executor:
                 retried = kind is Failure.LOST or kind is Failure.ABORTED
                 if not retried or not retry or left <= pause:
                     raise _Failed(kind, exc) from exc
+                _telemetry.retried(self._where, kind.value)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
-from . import clock, queries
+from . import _telemetry, clock, queries
 from ._galera import refuse_lease
 from ._outcome import held_error, lease_text, lease_value
 from ._writes import UNHELD_SINCE, unheld_text
@@ -150,6 +150,7 @@ class Lease:
         state = "held" if self.held else "lost" if self._lost else "not held"
         return f"Lease({self.prefix!r}, token={self.token}, {state})"
 
+    @_telemetry.lease_call("acquire_lease")
     async def acquire(self, *, wait: float | None = None) -> Self:
         """Take the lease; if another store holds it, wait up to ``wait`` seconds (by default
         the lease's own ``wait``) for it to be released or to expire, then raise
@@ -170,6 +171,7 @@ class Lease:
             self._renewer = loop.create_task(self._renew_in_background())
             return self
 
+    @_telemetry.lease_call("renew_lease")
     async def renew(self) -> None:
         """Push the expiry ``ttl`` seconds past now; raise :class:`LeaseLostError` if the lease
         is no longer this store's."""
@@ -196,6 +198,7 @@ class Lease:
             raise self._lost
         self._valid_for(started)
 
+    @_telemetry.lease_call("release_lease")
     async def release(self) -> None:
         """Give the lease up (it expires at once); the fencing token stays in its row, so the
         next holder's is higher."""
@@ -323,6 +326,7 @@ class Lease:
             )
             self._fencing.lose(self._row_key, error)
 
+    @_telemetry.lease_lost
     def _found_lost(self, error: LeaseLostError) -> None:
         """The fence found the lease gone (a write or a renewal): stop, and tell the bot."""
         self._text = None

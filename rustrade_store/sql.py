@@ -7,7 +7,7 @@ import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any, Self
 
-from . import clock, queries
+from . import _telemetry, clock, queries
 from ._writes import Writes
 from .codec import (
     JSONValue,
@@ -121,11 +121,13 @@ class SqlStore(StateStore):
 
     # -- the contract ----------------------------------------------------------------------
 
+    @_telemetry.traced("load")
     async def load(self, key: str) -> JSONValue:
         check_key(key)
         text = await self._executor.load(key)
         return None if text is None else decode(text, key)
 
+    @_telemetry.traced("save", write=True)
     async def save(
         self,
         key: str,
@@ -148,6 +150,7 @@ class SqlStore(StateStore):
             expected = None if if_absent else check_time(key, if_updated_at)
             await self._writes.save_if(row, expected)
 
+    @_telemetry.traced("load_many")
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, as one
         consistent snapshot."""
@@ -155,6 +158,7 @@ class SqlStore(StateStore):
         found = await self._executor.load_keys(wanted) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
+    @_telemetry.traced("save", batch=True, write=True)
     async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Save every item in one transaction: all of them, or none if any is refused."""
         when = clock.next_save_time()
@@ -162,10 +166,12 @@ class SqlStore(StateStore):
         if rows:
             await self._writes.save_all("save_many", rows)
 
+    @_telemetry.traced("restore", write=True)
     async def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
         """Write snapshots with their own times in one transaction; see :meth:`restore_stream`."""
         return await restore(self._executor, self._writes, items, overwrite=overwrite)
 
+    @_telemetry.traced("restore_stream", write=True)
     async def restore_stream(
         self,
         batches: AsyncIterable[Iterable[Snapshot]],
@@ -182,6 +188,7 @@ class SqlStore(StateStore):
 
     # -- beyond the contract ---------------------------------------------------------------
 
+    @_telemetry.traced("load_snapshot")
     async def load_snapshot(self, key: str) -> Snapshot | None:
         """Return the stored :class:`Snapshot`, or ``None`` if the key is missing: how a caller
         tells a stored JSON ``null`` from a missing key."""
@@ -189,6 +196,7 @@ class SqlStore(StateStore):
         rows = await self._executor.fetch("load", key, self._snapshot, {"key": key})
         return Snapshot(key, decode(rows[0][0], key), rows[0][1]) if rows else None
 
+    @_telemetry.traced("delete", write=True)
     async def delete(self, key: str) -> bool:
         """Remove ``key``, if saved before this call (a later save stays); return whether this
         call removed it. Retried on a lost connection; where an attempt's answer was lost and the
@@ -215,10 +223,12 @@ class SqlStore(StateStore):
         self._leases.add(lease)
         return lease
 
+    @_telemetry.traced("leases")
     async def leases(self) -> list[LeaseInfo]:
         """Every lease in the database, live or expired, with its holder and expiry."""
         return await list_leases(self._executor)
 
+    @_telemetry.traced("break_lease")
     async def break_lease(self, prefix: str) -> LeaseInfo | None:
         """End another store's lease on ``prefix`` (its holder is known to be dead): its writes
         are refused from now on, even if it comes back. Return the lease as it was."""
@@ -234,6 +244,7 @@ class SqlStore(StateStore):
         async for key, text, updated_at in self._scan(prefix, values=True):
             yield Snapshot(key, decode(text, key), updated_at)
 
+    @_telemetry.traced("count")
     async def count(self, prefix: str = "") -> int:
         """How many keys start with ``prefix`` (all keys by default)."""
         rows = await self._executor.fetch("count", prefix or None, queries.count(prefix))
@@ -264,6 +275,7 @@ class SqlStore(StateStore):
 
     # -- repairs ---------------------------------------------------------------------------
 
+    @_telemetry.traced("reset_time", write=True)
     async def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
         """Replace the snapshot of ``key`` stored at exactly ``stored_at`` with ``value`` at
         this process's time now, even where ``stored_at`` is later: the repair of a snapshot
@@ -277,6 +289,7 @@ class SqlStore(StateStore):
         await self._writes.save_if(row, check_time(key, stored_at), reset=True)
         return written
 
+    @_telemetry.traced("server_time")
     async def server_time(self) -> datetime:
         """The database server's clock now (SQLite has none: this host's)."""
         facts = self._executor.facts
