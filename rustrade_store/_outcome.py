@@ -156,8 +156,8 @@ def judge(
     """What a write that its statement did not apply means, from what its transaction saw.
 
     ``maybe_applied``: an earlier attempt of the same call may have taken effect (its answer
-    was lost). A stored row with this write's own time and text is then that attempt; a
-    refusal that does not rule such an attempt out is an :class:`OutcomeUnknownError`.
+    was lost). A stored row with this write's own time and text is then that attempt; any
+    other refusal is an :class:`OutcomeUnknownError`.
     ``wall`` is this process's clock (:func:`~rustrade_store.clock.horizon`).
     """
     stored, lease = seen.stored, seen.lease
@@ -175,8 +175,9 @@ def judge(
         return OutcomeUnknownError(MESSAGES["unknown"].format(why=why, **facts))
     if isinstance(error, Verdict):
         return error
-    if maybe_applied and not (stored is not None and stored.updated_at < write.sent):
-        # Times never go back, so only an older stored row shows that the attempt did not land.
+    if maybe_applied:
+        # Not even an older stored row shows that the attempt did not land: the key may have
+        # been deleted since, and restored from an older backup.
         return OutcomeUnknownError(MESSAGES["unknown"].format(why=error, **facts))
     return error
 

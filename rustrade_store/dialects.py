@@ -169,9 +169,12 @@ _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
 
 
 def _mysql_hint(writing: bool, cause: BaseException) -> str:
+    from asyncmy.errors import InternalError
+
     code = cause.args[0] if cause.args else None
-    # asyncmy also reports a packet cut off by the server as a wrong sequence number.
-    cut_off = "Packet sequence number wrong" in str(cause)
+    # asyncmy also reports a packet cut off by the server as a wrong sequence number: an
+    # InternalError with no error code, the one driver error recognised by its type alone.
+    cut_off = isinstance(cause, InternalError) and not isinstance(code, int)
     if code in _MYSQL_CONFLICTS:
         return (
             "(a conflict with another write to the same rows, through another Galera node or "
@@ -235,12 +238,13 @@ _POSTGRES_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 def _postgres_unreachable(cause: BaseException) -> bool:
     # Connection exceptions (class 08), a server going down or not up yet, and asyncpg finding
     # no host of a multi-host URL read-write (a failover under way; it has no SQLSTATE).
+    from asyncpg.exceptions import TargetServerAttributeNotMatched
+
     sqlstate = str(getattr(cause, "sqlstate", None) or "")
-    driver = type(cause.__cause__).__name__ if cause.__cause__ is not None else ""
     return (
         sqlstate.startswith("08")
         or sqlstate in _POSTGRES_GOING_AWAY
-        or driver == "TargetServerAttributeNotMatched"
+        or isinstance(cause.__cause__, TargetServerAttributeNotMatched)
     )
 
 
@@ -262,10 +266,11 @@ def _mysql_read_only(cause: BaseException) -> bool:
 
 
 def _mysql_timeout(cause: BaseException) -> bool:
-    # asyncmy reports its read timeout as CR_SERVER_LOST with this text; 1205 is
+    # asyncmy reports its read timeout as CR_SERVER_LOST, the code of any lost connection: only
+    # the asyncio.TimeoutError it was raised from tells them apart. 1205 is
     # ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout.
     code = cause.args[0] if cause.args else None
-    return (code == 2013 and "read timeout" in str(cause)) or code == 1205
+    return (code == 2013 and isinstance(cause.__context__, TimeoutError)) or code == 1205
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
@@ -286,9 +291,14 @@ or not yet synced) answers every statement with ("WSREP has not yet prepared nod
 application use")."""
 
 
+_SQLITE_LOCK_CODES = frozenset({5, 6})
+"""SQLITE_BUSY, SQLITE_LOCKED: the primary codes of a lock held past the busy timeout (the
+error carries the extended code, whose low byte is the primary one)."""
+
+
 def _sqlite_timeout(cause: BaseException) -> bool:
-    # Another process held the write lock past the busy timeout.
-    return "database is locked" in str(cause)
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_LOCK_CODES
 
 
 def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
