@@ -200,7 +200,7 @@ def _refusal(
             return ConflictError(MESSAGES["deleted"].format(**facts), None)
         if stored.updated_at != write.expected:
             return ConflictError(MESSAGES["moved"].format(**facts), stored.updated_at)
-        if write.condition == "at":
+        if write.condition == "at" and stored.updated_at >= write.sent:
             return ConflictError(MESSAGES["not after"].format(**facts), stored.updated_at)
     elif stored is not None and stored.updated_at >= write.sent:
         if stored.updated_at > facts["wall_time"] and stored.updated_at != write.sent:

@@ -150,7 +150,10 @@ class Writes:
             write = self._fencing.write("save", row, "absent")
         else:
             write = self._fencing.write("save", row, "reset" if reset else "at", expected)
-        answer = (await self._write([write], Attempt()))[write.key]
+        try:
+            answer = (await self._write([write], Attempt()))[write.key]
+        except Rejected as rejected:
+            raise rejected.error from rejected.__cause__
         if isinstance(answer, StoreError):
             raise answer
 
@@ -209,10 +212,10 @@ class Writes:
         this call removed it."""
         row = {"key": key, "value": "", "updated_at": before}
         write = self._fencing.write("delete", row, "delete")
-        params = {"key": key, "before": before} | self._fencing.params(write)
         attempt = Attempt()
 
         async def work(connection: AsyncConnection) -> Answer:
+            params = {"key": key, "before": before} | self._fencing.params(write)
             (count,) = (await self._executor.execute(connection, self._delete, params))[0]
             if count:
                 return Verdict.APPLIED
@@ -233,6 +236,8 @@ class Writes:
                 break
             if answer is Verdict.NO_LEASE_ROW:
                 await self._create_lease_rows([write])
+        else:
+            answer = _unsettled(write, self._where)
         self._lost(write, answer)
         if isinstance(answer, StoreError):
             raise answer
@@ -280,11 +285,7 @@ class Writes:
                 [write for write in left if answers[write.key] is Verdict.NO_LEASE_ROW]
             )
         for write in left:
-            answers[write.key] = StorageError(
-                f"{write.action} {write.key!r} on {self._where}: its prefix's lease row changed "
-                "each time it was written (is another program deleting rows of the form "
-                f"{LEASE_PREFIX}...?); nothing was written"
-            )
+            answers[write.key] = _unsettled(write, self._where)
         for write in writes:
             self._lost(write, answers[write.key])
         return answers
@@ -305,6 +306,7 @@ class Writes:
             transaction=True,
             attempt=attempt,
             deadline=deadline,
+            rejected=True,
         )
 
     async def _judge(
@@ -392,6 +394,14 @@ def _unheld_lease_keys(writes: Sequence[Write]) -> list[str]:
             for write in writes
             if write.lease_key is not None and write.mine is None and not write.ignore_leases
         }
+    )
+
+
+def _unsettled(write: Write, where: str) -> StorageError:
+    return StorageError(
+        f"{write.action} {write.key!r} on {where}: its prefix's lease row changed each time it "
+        f"was written (is another program deleting rows of the form {LEASE_PREFIX}...?); "
+        "nothing was written"
     )
 
 
