@@ -578,18 +578,24 @@ class Executor:
                     _PER_STATEMENT.reset(token)
         if not self._facts.finish_when_cancelled:
             # The driver's own timeouts bound each step; this bounds their sum by the call's
-            # deadline. The attempt is cancelled then, but not waited for: giving its
-            # connection back (a rollback, a close) over a frozen link would take as long again.
+            # deadline. Cut off there, the attempt's cancellation (the server told to stop the
+            # statement) is waited for a quarter of the timeout at most: over a frozen link it
+            # would take a whole timeout again, and the answer is unknown anyway.
             task = asyncio.ensure_future(self._on_connection(work, transaction, isolation, attempt))
+            left = deadline - asyncio.get_running_loop().time()
             try:
-                await asyncio.wait(
-                    [task], timeout=max(0.0, deadline - asyncio.get_running_loop().time())
-                )
-            finally:
-                if not task.done():
-                    task.cancel()
-                    task.add_done_callback(_retrieve)
+                await asyncio.wait([task], timeout=max(0.0, left))
+            except asyncio.CancelledError:
+                task.cancel()
+                while not task.done():  # a cancelled call ends when its statement has
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([task])
+                _retrieve(task)
+                raise
             if not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=self._timeout / 4)
+                task.add_done_callback(_retrieve)
                 raise TimeoutError("the call's deadline passed")
             return task.result()
         if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one

@@ -243,11 +243,13 @@ class Lease:
                 await refuse_lease(connection, self.prefix, executor.where)
             # Lock the row before reading it, so that no other store takes it in between, and
             # no write of a store holding no lease lands between this take-over and its commit.
-            await executor.execute(connection, queries.lease_lock(), {"row": self._row_key})
+            locked = await executor.execute(
+                connection, queries.lease_lock(), {"row": self._row_key}
+            )
+            if locked[0][0] == 0:  # a row another store creates now would not be locked
+                raise _NoLeaseRow
             now = await _server_now(executor, connection)
             found = await executor.execute(connection, self._read, {"row": self._row_key})
-            if not found:
-                raise _NoLeaseRow
             text, until = found[0]
             value = lease_value(text)
             holder = value.get("holder")
@@ -408,10 +410,11 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
     read = queries.lease_read(executor.facts)
 
     async def work(connection: AsyncConnection) -> LeaseInfo | None:
-        await executor.execute(connection, queries.lease_lock(), {"row": row_key})
+        if (await executor.execute(connection, queries.lease_lock(), {"row": row_key}))[0][0] == 0:
+            return None
         now = await _server_now(executor, connection)
         found = await executor.execute(connection, read, {"row": row_key})
-        if not found or _token(found[0][0]) == 0:
+        if _token(found[0][0]) == 0:
             return None
         text, until = found[0]
         token = _token(text)
