@@ -17,7 +17,7 @@ import secrets
 import select
 import selectors
 import socket
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncpg
 import pytest
@@ -29,17 +29,23 @@ from rustrade_store import InMemoryStore, SqlStore
 from rustrade_store.engine import create_engine
 from rustrade_store.schema import snapshots
 
+from .proxy import TcpProxy
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from sqlalchemy import URL
 
+    from .proxy import Link
+
 __all__ = [
+    "HANG_GUARD",
     "IN_CI",
     "MARIADB_ADMIN_URL",
     "POSTGRES_ADMIN_URL",
     "CheckoutCounter",
     "FastForwardLoop",
+    "answer_withheld",
     "asyncpg_connection",
     "checked_out",
     "count_checkouts",
@@ -47,11 +53,17 @@ __all__ = [
     "new_mariadb_database",
     "new_postgres_database",
     "open_store",
+    "proxy_for",
+    "refusing_values",
     "server_port",
     "stop_counting_checkouts",
     "terminal_output",
     "unavailable",
 ]
+
+HANG_GUARD = 120.0
+"""Seconds after which a call counts as hung: far above any timeout of the store, so a slow
+shared machine never fails a test, while a call that would wait for ever still does."""
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 """Under ``CI=true`` a server that cannot be reached fails its tests instead of skipping them."""
@@ -268,3 +280,81 @@ class FastForwardLoop(asyncio.SelectorEventLoop):
             yield
         finally:
             self.skipping = False
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def proxy_for(url: URL) -> TcpProxy:
+    """A :class:`~tests.proxy.TcpProxy` (not started) to the server of ``url``."""
+    default_port = 5432 if url.get_backend_name() == "postgresql" else 3306
+    return TcpProxy(url.host or "127.0.0.1", url.port or default_port)
+
+
+async def answer_withheld(
+    links: Sequence[Link],
+    after: Sequence[bytes],
+    writing: asyncio.Future[Any],
+    committed: Callable[[], Awaitable[bool]],
+) -> None:
+    """Withhold, on ``links``, the answer to the request that completes ``after`` (see
+    :meth:`~tests.proxy.Link.withhold_answers`); return once it was withheld and ``committed()``
+    holds, with ``writing`` still waiting for that answer."""
+    for link in links:
+        link.withhold_answers(after=after)
+    async with asyncio.timeout(HANG_GUARD):
+        while not (any(link.triggered for link in links) and await committed()):
+            if writing.done():
+                ended = writing.exception() or writing.result()
+                raise AssertionError(
+                    f"the call ended ({ended!r}) before the proxy withheld its answer to "
+                    f"{after}: has the way it writes changed?"
+                )
+            await asyncio.sleep(0.01)
+
+
+_REFUSING = {
+    "sqlite": (
+        [
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots "
+            "WHEN instr(NEW.value, '{marker}') > 0 BEGIN SELECT RAISE(ABORT, 'value refused'); END"
+        ],
+        ["DROP TRIGGER refuse_marked"],
+    ),
+    "postgresql": (
+        [
+            "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF strpos(NEW.value::text, '{marker}') > 0 THEN RAISE EXCEPTION 'value refused'; END IF; "
+            "RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_marked()",
+        ],
+        ["DROP TRIGGER refuse_marked ON snapshots", "DROP FUNCTION refuse_marked()"],
+    ),
+    "mysql": (
+        [
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots FOR EACH ROW "
+            "BEGIN IF LOCATE('{marker}', NEW.value) > 0 THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'value refused'; END IF; END"
+        ],
+        ["DROP TRIGGER refuse_marked"],
+    ),
+}
+
+
+@contextlib.asynccontextmanager
+async def refusing_values(store: SqlStore, marker: str) -> AsyncIterator[None]:
+    """While open, the database itself (a trigger, not Python) refuses every row written to
+    ``store``'s table whose value's text contains ``marker`` (letters only)."""
+    assert marker.isalpha(), marker
+    creates, drops = _REFUSING[store.engine.url.get_backend_name()]
+    await store.is_empty()  # an in-memory database gets its schema at first use
+    async with store.engine.begin() as connection:
+        for statement in creates:
+            await connection.exec_driver_sql(statement.replace("{marker}", marker))
+    try:
+        yield
+    finally:
+        async with store.engine.begin() as connection:
+            for statement in drops:
+                await connection.exec_driver_sql(statement)
