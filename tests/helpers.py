@@ -48,6 +48,7 @@ __all__ = [
     "answer_withheld",
     "asyncpg_connection",
     "checked_out",
+    "commit_request",
     "count_checkouts",
     "empty",
     "new_mariadb_database",
@@ -291,6 +292,13 @@ def proxy_for(url: URL) -> TcpProxy:
     return TcpProxy(url.host or "127.0.0.1", url.port or default_port)
 
 
+def commit_request(url: URL) -> bytes:
+    """The bytes of a COMMIT as the store's driver sends it to the server of ``url``, and no
+    other request (``BEGIN ... READ COMMITTED`` is not one): asyncpg's ``COMMIT;``, or
+    asyncmy's ``COM_QUERY`` packet (command byte 3) of ``COMMIT``."""
+    return b"COMMIT;" if url.get_backend_name() == "postgresql" else b"\x03COMMIT"
+
+
 async def answer_withheld(
     links: Sequence[Link],
     after: Sequence[bytes],
@@ -324,8 +332,8 @@ _REFUSING = {
     "postgresql": (
         [
             "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF strpos(NEW.value::text, '{marker}') > 0 THEN RAISE EXCEPTION 'value refused'; END IF; "
-            "RETURN NEW; END $$",
+            "IF strpos(NEW.value::text, '{marker}') > 0 THEN RAISE EXCEPTION 'value refused'; "
+            "END IF; RETURN NEW; END $$",
             "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots FOR EACH ROW "
             "EXECUTE FUNCTION refuse_marked()",
         ],

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 from random import Random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from sqlalchemy import event
@@ -33,7 +33,7 @@ from rustrade_store import (
     StoreError,
 )
 
-from .helpers import HANG_GUARD, answer_withheld, proxy_for, refusing_values
+from .helpers import HANG_GUARD, answer_withheld, commit_request, proxy_for, refusing_values
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Iterable
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from rustrade_store import JSONValue
+
+    from .proxy import TcpProxy
 
 SERVERS = [
     pytest.param("postgres", marks=pytest.mark.postgres),
@@ -75,16 +77,27 @@ def server(request: pytest.FixtureRequest) -> URL:
     return url
 
 
+class Proxied(NamedTuple):
+    """Store ``a`` through ``proxy``, store ``b`` straight to the server, a prefix whose lease
+    row exists, and the bytes of a COMMIT."""
+
+    a: SqlStore
+    b: SqlStore
+    proxy: TcpProxy
+    prefix: str
+    commit: bytes
+
+
 @pytest.fixture
-async def proxied(server: URL) -> AsyncIterator[tuple[SqlStore, SqlStore, Any]]:
-    """A store through a proxy, a store straight to the server, and the proxy."""
-    async with proxy_for(server) as proxy:
-        async with (
-            SqlStore.from_url(server.set(port=proxy.port)) as through,
-            SqlStore.from_url(server) as direct,
-        ):
-            await through.count()  # connected, schema checked
-            yield through, direct, proxy
+async def proxied(server: URL) -> AsyncIterator[Proxied]:
+    async with (
+        proxy_for(server) as proxy,
+        SqlStore.from_url(server.set(port=proxy.port)) as through,
+        SqlStore.from_url(server) as direct,
+    ):
+        prefix = unique_prefix()
+        await through.save(f"{prefix}first", 0)  # connected; the prefix's lease row made
+        yield Proxied(through, direct, proxy, prefix, commit_request(server))
 
 
 # -- 1. a save refused by a lease released meanwhile ------------------------------------------
@@ -134,12 +147,12 @@ async def test_a_save_racing_a_lease_release_is_stored_or_refused(
 
 @pytest.mark.parametrize("form", ["if_updated_at", "if_absent"])
 async def test_a_compare_and_set_that_wrote_is_never_called_a_conflict(
-    proxied: tuple[SqlStore, SqlStore, Any], form: str
+    proxied: Proxied, form: str
 ) -> None:
     """A's compare-and-set commits, its answer is lost, B saves the key, A retries: A is told
     it applied, or that whether it did is unknown; never ConflictError."""
-    a, b, proxy = proxied
-    key = f"{unique_prefix()}cas"
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    key = f"{proxied.prefix}cas"
     if form == "if_updated_at":
         await b.save(key, "v0")
         snapshot = await a.load_snapshot(key)
@@ -167,7 +180,8 @@ async def increment(store: SqlStore, key: str, first: Snapshot | None = None) ->
     while True:
         if snapshot is None:
             snapshot = await store.load_snapshot(key)
-        assert snapshot is not None and isinstance(snapshot.value, int)
+        assert snapshot is not None
+        assert isinstance(snapshot.value, int)
         try:
             await store.save(key, snapshot.value + 1, if_updated_at=snapshot.updated_at)
         except ConflictError:
@@ -177,13 +191,13 @@ async def increment(store: SqlStore, key: str, first: Snapshot | None = None) ->
 
 
 async def test_the_compare_and_set_loop_never_applies_a_change_twice(
-    proxied: tuple[SqlStore, SqlStore, Any],
+    proxied: Proxied,
 ) -> None:
     """A and B each increment a counter once with the loop; A's first write commits, its
     answer is lost while B increments. The counter ends at the increments that returned, plus
     at most the ones whose outcome is unknown."""
-    a, b, proxy = proxied
-    key = f"{unique_prefix()}counter"
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    key = f"{proxied.prefix}counter"
     await b.save(key, 0)
     first = await a.load_snapshot(key)
     links = proxy.links
@@ -200,7 +214,8 @@ async def test_the_compare_and_set_loop_never_applies_a_change_twice(
     done = answers.count(None)
     unknown = sum(isinstance(answer, OutcomeUnknownError) for answer in answers)
     assert done + unknown == 2, f"an increment failed: {answers}"
-    assert isinstance(counter, int) and done <= counter <= done + unknown, (
+    assert isinstance(counter, int)
+    assert done <= counter <= done + unknown, (
         f"the counter is {counter} after {done} increments that returned and {unknown} "
         f"unknown: {answers}"
     )
@@ -211,13 +226,13 @@ async def test_the_compare_and_set_loop_never_applies_a_change_twice(
 
 @pytest.mark.parametrize("lost", ["a statement's answer", "the COMMIT's answer"])
 async def test_a_restore_retried_after_a_lost_connection_writes_its_items(
-    proxied: tuple[SqlStore, SqlStore, Any], lost: str
+    proxied: Proxied, lost: str
 ) -> None:
     """A's restore loses its connection: before its COMMIT, it is retried and writes every item
     (its report counts them); after it, the restore raises OutcomeUnknownError or reports every
     item written. Never "committed" with items left out."""
-    a, b, proxy = proxied
-    prefix = unique_prefix()
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    prefix = f"{proxied.prefix}restored/"
     when = datetime.now(UTC)
     items = [Snapshot(f"{prefix}{index}", index, when) for index in range(3)]
     keys = [item.key for item in items]
@@ -229,7 +244,7 @@ async def test_a_restore_retried_after_a_lost_connection_writes_its_items(
         async def committed() -> bool:
             return True
     else:
-        after = [keys[-1].encode(), b"COMMIT"]
+        after = [keys[-1].encode(), proxied.commit]
 
         async def committed() -> bool:
             return await b.count(prefix) == len(items)
@@ -272,7 +287,10 @@ async def lease_state(store: SqlStore, url: URL, prefix: str, state: str) -> Non
     elif state == "expired":
         await asyncio.to_thread(take_and_vanish, url, prefix)
         async with asyncio.timeout(HANG_GUARD):
-            while [info.live for info in await store.leases() if info.prefix == prefix] != [False]:
+            while True:
+                live = [info.live for info in await store.leases() if info.prefix == prefix]
+                if live == [False]:
+                    break
                 await asyncio.sleep(0.05)
 
 
@@ -360,12 +378,12 @@ async def test_a_refused_save_in_a_batch_fails_only_its_own_caller(
 
 @pytest.mark.parametrize("then", ["nothing", "a newer save"])
 async def test_a_delete_whose_answer_was_lost_is_true_or_unknown(
-    proxied: tuple[SqlStore, SqlStore, Any], then: str
+    proxied: Proxied, then: str
 ) -> None:
     """A's delete commits, its answer is lost (then B saves the key again, or not), A retries:
     A is told it removed the key, or that the outcome is unknown; B's newer save stays."""
-    a, b, proxy = proxied
-    key = f"{unique_prefix()}gone"
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    key = f"{proxied.prefix}gone"
     await b.save(key, "v0")
     links = proxy.links
     deleting = asyncio.ensure_future(a.delete(key))
@@ -373,7 +391,7 @@ async def test_a_delete_whose_answer_was_lost_is_true_or_unknown(
     async def committed() -> bool:
         return await b.load_snapshot(key) is None
 
-    await answer_withheld(links, [key.encode(), b"COMMIT"], deleting, committed)
+    await answer_withheld(links, [key.encode(), proxied.commit], deleting, committed)
     if then == "a newer save":
         await b.save(key, "v2")
     proxy.reset(links)
@@ -383,13 +401,12 @@ async def test_a_delete_whose_answer_was_lost_is_true_or_unknown(
 
 
 async def test_a_save_many_whose_answer_was_lost_is_true_or_unknown(
-    proxied: tuple[SqlStore, SqlStore, Any],
+    proxied: Proxied,
 ) -> None:
     """A's save_many commits, its COMMIT's answer is lost, B saves one of its keys, A retries:
     A returns normally (its write was applied, then superseded) or raises OutcomeUnknownError;
     B's save stays, and A's other key holds A's value."""
-    a, b, proxy = proxied
-    prefix = unique_prefix()
+    a, b, proxy, prefix = proxied.a, proxied.b, proxied.proxy, proxied.prefix
     key, other = f"{prefix}k", f"{prefix}j"
     links = proxy.links
     writing = asyncio.ensure_future(a.save_many({key: "v1", other: "v1"}))
@@ -397,7 +414,7 @@ async def test_a_save_many_whose_answer_was_lost_is_true_or_unknown(
     async def committed() -> bool:
         return await b.load(key) == "v1"
 
-    await answer_withheld(links, [key.encode(), b"COMMIT"], writing, committed)
+    await answer_withheld(links, [key.encode(), proxied.commit], writing, committed)
     await b.save(key, "v2")
     proxy.reset(links)
     answer = await ended(writing)
@@ -407,12 +424,11 @@ async def test_a_save_many_whose_answer_was_lost_is_true_or_unknown(
 
 @pytest.mark.parametrize("call", ["acquire", "renew", "release"])
 async def test_a_lease_call_whose_answer_was_lost_is_true_or_unknown(
-    proxied: tuple[SqlStore, SqlStore, Any], call: str
+    proxied: Proxied, call: str
 ) -> None:
     """A's acquire, renew or release commits, its answer is lost, A retries: A is told it
     succeeded (and the lease row agrees), or that the outcome is unknown."""
-    a, b, proxy = proxied
-    prefix = unique_prefix()
+    a, b, proxy, prefix = proxied.a, proxied.b, proxied.proxy, proxied.prefix
     async with a.lease(prefix):  # the lease row exists; A's connection is open
         pass
     lease = a.lease(prefix, ttl=60)
@@ -434,7 +450,7 @@ async def test_a_lease_call_whose_answer_was_lost_is_true_or_unknown(
             return infos != before and all(info.live for info in infos)
         return not any(info.live for info in infos)
 
-    after = [prefix.encode(), b"COMMIT"] if call == "acquire" else [prefix.encode()]
+    after = [prefix.encode(), proxied.commit] if call == "acquire" else [prefix.encode()]
     await answer_withheld(links, after, task, committed)
     proxy.reset(links)
     answer = await ended(task)
@@ -444,15 +460,15 @@ async def test_a_lease_call_whose_answer_was_lost_is_true_or_unknown(
         assert answer == (lease if call == "acquire" else None), f"{call} answered {answer!r}"
         [info] = await row()
         if call == "release":
-            assert not info.live and not lease.held
+            assert not info.live
+            assert not lease.held
             async with b.lease(prefix):  # free for the next holder
                 pass
             return
-        assert lease.held and (info.live, info.token, info.holder) == (
-            True,
-            lease.token,
-            lease.holder,
-        ), f"{call} returned, yet the lease row holds {info}"
+        assert lease.held
+        assert (info.live, info.token, info.holder) == (True, lease.token, lease.holder), (
+            f"{call} returned, yet the lease row holds {info}"
+        )
         await a.save(f"{prefix}x", 1)
         with pytest.raises(LeaseHeldError):
             await b.save(f"{prefix}x", 2)
