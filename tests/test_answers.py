@@ -305,8 +305,8 @@ async def boot(bot: SqlStore, prefix: str, key: str) -> tuple[Lease, JSONValue]:
 async def test_an_import_and_a_take_over_are_serialised(
     store: SqlStore, store_url: URL, state: str
 ) -> None:
-    """An operator's import (a store holding no lease) writes under a prefix and pauses mid
-    stream; a bot takes the lease there and loads. Either the import commits first and the
+    """An operator's import (a store holding no lease) writes under a prefix and pauses before
+    its COMMIT; a bot takes the lease there and loads. Either the import commits first and the
     bot's load sees it, or the take-over does and the import raises LeaseHeldError."""
     prefix = unique_prefix()
     key = f"{prefix}halted"
@@ -314,11 +314,9 @@ async def test_an_import_and_a_take_over_are_serialised(
     paused, resume, take_over_sent = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def batches() -> AsyncIterator[Iterable[Snapshot]]:
-        when = datetime.now(UTC)
-        yield [Snapshot(key, {"halted": False}, when)]
-        paused.set()
+        yield [Snapshot(key, {"halted": False}, datetime.now(UTC))]
+        paused.set()  # written, not committed: the COMMIT follows the end of the stream
         await resume.wait()
-        yield [Snapshot(f"{prefix}note", "imported", when)]
 
     def sent(*_: object) -> None:
         take_over_sent.set()
