@@ -350,26 +350,37 @@ async def test_an_import_and_a_take_over_are_serialised(
 # -- 5. group commit: one caller's refused row ---------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", ["new", "written before"])
-@pytest.mark.parametrize("keys", ["one key", "two keys"])
+BATCHES = {
+    "one key, its prefix new": ("a/k", "a/k", False),
+    "one key, its prefix written before": ("a/k", "a/k", True),
+    "two keys, their prefix new": ("a/k", "a/j", False),
+    "two keys, their prefix written before": ("a/k", "a/j", True),
+    "two prefixes, the refused one's new": ("a/k", "b/j", True),
+}
+"""The fine save's key, the refused save's key, and whether prefix ``a/`` was written before
+(it then has a lease row, and its saves apply in the batch's first statement)."""
+
+
+@pytest.mark.parametrize("batch", BATCHES)
 async def test_a_refused_save_in_a_batch_fails_only_its_own_caller(
-    store: SqlStore, prefix: str, keys: str
+    store: SqlStore, batch: str
 ) -> None:
-    """Two saves in one group-commit batch, of one key or of two, under a prefix new or
-    written before; the database refuses the later value: the earlier save applies and
-    returns normally, the later one raises."""
-    under = unique_prefix()
-    key = f"{under}k"
-    other = key if keys == "one key" else f"{under}j"
-    if prefix == "written before":
-        await store.save(f"{under}before", 0)
+    """Two saves in one group-commit batch; the database refuses the later one's value: the
+    earlier save applies and returns normally, the later one raises."""
+    fine, refused, written = BATCHES[batch]
+    prefixes = {"a/": unique_prefix(), "b/": unique_prefix()}
+    fine_key, refused_key = (prefixes[key[:2]] + key[2:] for key in (fine, refused))
+    if written:
+        await store.save(f"{prefixes['a/']}before", 0)
     async with refusing_values(store, REFUSED):
         earlier, later = await asyncio.gather(
-            store.save(key, "fine"), store.save(other, REFUSED), return_exceptions=True
+            store.save(fine_key, "fine"), store.save(refused_key, REFUSED), return_exceptions=True
         )
-        assert earlier is None, f"the earlier save, whose value is fine, raised {earlier!r}"
-        assert isinstance(later, StoreError), later
-        assert await store.load(key) == "fine"
+        stored = await store.load(fine_key)
+    assert (earlier, stored) == (None, "fine"), (
+        f"the earlier save, whose value is fine, raised {earlier!r}; {stored!r} is stored"
+    )
+    assert isinstance(later, StoreError), later
 
 
 # -- attacks: deletes, save_many and leases with lost answers --------------------------------------
