@@ -17,6 +17,7 @@ import secrets
 import select
 import selectors
 import socket
+import threading
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncpg
@@ -25,7 +26,7 @@ from sqlalchemy import delete, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from rustrade_store import InMemoryStore, SqlStore
+from rustrade_store import InMemoryStore, SqlStore, StoreError
 from rustrade_store.engine import create_engine
 from rustrade_store.schema import snapshots
 
@@ -51,6 +52,8 @@ __all__ = [
     "commit_request",
     "count_checkouts",
     "empty",
+    "ended",
+    "lease_state",
     "new_mariadb_database",
     "new_postgres_database",
     "open_store",
@@ -60,6 +63,7 @@ __all__ = [
     "stop_counting_checkouts",
     "terminal_output",
     "unavailable",
+    "unique_prefix",
 ]
 
 HANG_GUARD = 120.0
@@ -366,3 +370,49 @@ async def refusing_values(store: SqlStore, marker: str) -> AsyncIterator[None]:
         async with store.engine.begin() as connection:
             for statement in drops:
                 await connection.exec_driver_sql(statement)
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+def unique_prefix() -> str:
+    """A lease prefix of its own: the server databases are shared by the whole run."""
+    return f"p{secrets.token_hex(4)}/"
+
+
+async def ended(call: Awaitable[Any]) -> Any:
+    """What ``call`` returned, or the :class:`StoreError` it raised (within HANG_GUARD)."""
+    try:
+        return await asyncio.wait_for(call, HANG_GUARD)
+    except StoreError as exc:
+        return exc
+
+
+def _take_and_vanish(url: URL, prefix: str) -> None:
+    """Take the lease on ``prefix`` with a short ttl in a store of another event loop, then end
+    that loop without releasing it: the lease expires."""
+
+    async def run() -> None:
+        holder = SqlStore.from_url(url)
+        await holder.lease(prefix, ttl=0.2).acquire()
+        await holder.engine.dispose()  # its renewer is cancelled when the loop ends
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),))
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive()
+
+
+async def lease_state(store: SqlStore, url: URL, prefix: str, state: str) -> None:
+    """Leave the lease on ``prefix`` released, expired, or never taken (no lease row)."""
+    if state == "released":
+        async with store.lease(prefix):
+            pass
+    elif state == "expired":
+        await asyncio.to_thread(_take_and_vanish, url, prefix)
+        async with asyncio.timeout(HANG_GUARD):
+            while True:
+                live = [info.live for info in await store.leases() if info.prefix == prefix]
+                if live == [False]:
+                    break
+                await asyncio.sleep(0.05)

@@ -12,8 +12,6 @@ histories, never timings.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import threading
 from collections import Counter
 from datetime import UTC, datetime
 from random import Random
@@ -33,10 +31,19 @@ from rustrade_store import (
     StoreError,
 )
 
-from .helpers import HANG_GUARD, answer_withheld, commit_request, proxy_for, refusing_values
+from .helpers import (
+    HANG_GUARD,
+    answer_withheld,
+    commit_request,
+    ended,
+    lease_state,
+    proxy_for,
+    refusing_values,
+    unique_prefix,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Iterable
+    from collections.abc import AsyncIterator, Iterable
 
     from sqlalchemy import URL
 
@@ -52,19 +59,6 @@ FILES = ["sqlite", *SERVERS]
 ROUNDS = 100
 """Rounds of the race of failure 1 (the old store lost a save in 35 to 60 of 100)."""
 REFUSED = "refusedbythedatabase"
-
-
-def unique_prefix() -> str:
-    """A lease prefix of its own: the server databases are shared by the whole run."""
-    return f"p{secrets.token_hex(4)}/"
-
-
-async def ended(call: Awaitable[Any]) -> Any:
-    """What ``call`` returned, or the :class:`StoreError` it raised."""
-    try:
-        return await asyncio.wait_for(call, HANG_GUARD)
-    except StoreError as exc:
-        return exc
 
 
 def true_or_unknown(answer: object, expected: object = None) -> bool:
@@ -265,36 +259,6 @@ async def test_a_restore_retried_after_a_lost_connection_writes_its_items(
 # -- 4. an import without the lease against a take-over -------------------------------------------
 
 
-def take_and_vanish(url: URL, prefix: str) -> None:
-    """Take the lease on ``prefix`` with a short ttl in a store of another event loop, then end
-    that loop without releasing it: the lease expires."""
-
-    async def run() -> None:
-        holder = SqlStore.from_url(url)
-        await holder.lease(prefix, ttl=0.2).acquire()
-        await holder.engine.dispose()  # its renewer is cancelled when the loop ends
-
-    thread = threading.Thread(target=asyncio.run, args=(run(),))
-    thread.start()
-    thread.join(HANG_GUARD)
-    assert not thread.is_alive()
-
-
-async def lease_state(store: SqlStore, url: URL, prefix: str, state: str) -> None:
-    """Leave the lease on ``prefix`` released, expired, or never taken (no lease row)."""
-    if state == "released":
-        async with store.lease(prefix):
-            pass
-    elif state == "expired":
-        await asyncio.to_thread(take_and_vanish, url, prefix)
-        async with asyncio.timeout(HANG_GUARD):
-            while True:
-                live = [info.live for info in await store.leases() if info.prefix == prefix]
-                if live == [False]:
-                    break
-                await asyncio.sleep(0.05)
-
-
 async def boot(bot: SqlStore, prefix: str, key: str) -> tuple[Lease, JSONValue]:
     """A bot's start: take the lease, then load."""
     lease = await bot.lease(prefix).acquire(wait=HANG_GUARD)
@@ -345,6 +309,57 @@ async def test_an_import_and_a_take_over_are_serialised(
     else:
         assert isinstance(imported, LeaseHeldError), f"the import raised {imported!r}"
         assert (first_load, final) == (None, None), "a refused import wrote"
+
+
+TAKE_OVERS = 40
+"""Rounds of a write racing a take-over, each on a prefix of its own."""
+
+
+@pytest.mark.parametrize("backend", FILES)
+@pytest.mark.parametrize("call", ["save", "save_many", "delete"])
+async def test_a_write_racing_a_take_over_is_seen_by_the_new_holder_or_refused(
+    store: SqlStore, store_url: URL, call: str
+) -> None:
+    """Store B, holding no lease, writes while the bot's store takes the lease (released
+    before, or never taken) and loads: a write B was told is done is what the bot's first
+    load sees; one refused with LeaseHeldError is not stored. No other answer."""
+    rng = Random(4)
+    wrong: list[str] = []
+    outcomes: Counter[str] = Counter()
+    async with (
+        SqlStore.from_url(store_url) as b,
+        SqlStore.from_url(store_url, ignore_leases=True) as seeder,
+    ):
+        for round_ in range(TAKE_OVERS):
+            prefix = unique_prefix()
+            key, value = f"{prefix}k", f"r{round_}"
+            await lease_state(store, store_url, prefix, ("never leased", "released")[round_ % 2])
+            if call == "delete":
+                await seeder.save(key, "seeded")  # no lease row made
+                writing = asyncio.ensure_future(b.delete(key))
+            elif call == "save":
+                writing = asyncio.ensure_future(b.save(key, value))
+            else:
+                writing = asyncio.ensure_future(b.save_many({key: value, f"{prefix}j": value}))
+            for _ in range(rng.randrange(40)):
+                await asyncio.sleep(0)
+            lease, first_load = await asyncio.wait_for(boot(store, prefix, key), HANG_GUARD)
+            answer = await ended(writing)
+            final = await store.load(key)
+            await lease.release()
+            outcomes[type(answer).__name__] += 1
+            written = None if call == "delete" else value
+            before = "seeded" if call == "delete" else None
+            if isinstance(answer, LeaseHeldError):
+                if (first_load, final) != (before, before):
+                    wrong.append(f"round {round_}: refused, yet {first_load!r}, {final!r} stored")
+            elif answer in (None, True):
+                if first_load != written:
+                    wrong.append(f"round {round_}: done, yet the new holder loaded {first_load!r}")
+            else:
+                wrong.append(f"round {round_}: {call} answered {answer!r}")
+    print(f"\n{call}: {dict(outcomes)} in {TAKE_OVERS} rounds")
+    assert not wrong, "\n".join(wrong[:10])
 
 
 # -- 5. group commit: one caller's refused row ---------------------------------------------------
