@@ -433,26 +433,40 @@ async def test_a_delete_whose_answer_was_lost_is_true_or_unknown(
     assert true_or_unknown(answer, expected=True), f"a delete that removed was {answer!r}"
 
 
-async def test_a_save_many_whose_answer_was_lost_is_true_or_unknown(
-    proxied: Proxied,
+@pytest.mark.parametrize("call", ["save", "save_many"])
+@pytest.mark.parametrize("prefix", ["with a lease row", "new"])
+async def test_a_save_whose_answer_was_lost_is_true_or_unknown(
+    proxied: Proxied, call: str, prefix: str
 ) -> None:
-    """A's save_many commits, its COMMIT's answer is lost, B saves one of its keys, A retries:
-    A returns normally (its write was applied, then superseded) or raises OutcomeUnknownError;
-    B's save stays, and A's other key holds A's value."""
-    a, b, proxy, prefix = proxied.a, proxied.b, proxied.proxy, proxied.prefix
-    key, other = f"{prefix}k", f"{prefix}j"
+    """A's save or save_many commits, under a prefix with a lease row or a new one (then it is
+    written again in a transaction, after the row is made), the answer to its commit is lost, B
+    saves its key, A retries: A returns normally (its write was applied, then superseded) or
+    raises OutcomeUnknownError; B's save stays, and A's other key holds A's value."""
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    under = proxied.prefix if prefix == "with a lease row" else unique_prefix()
+    key, other = f"{under}k", f"{under}j"
     links = proxy.links
-    writing = asyncio.ensure_future(a.save_many({key: "v1", other: "v1"}))
+    if call == "save":
+        other = key
+        writing = asyncio.ensure_future(a.save(key, "v1"))
+    else:
+        writing = asyncio.ensure_future(a.save_many({key: "v1", other: "v1"}))
 
     async def committed() -> bool:
         return await b.load(key) == "v1"
 
-    await answer_withheld(links, [key.encode(), proxied.commit], writing, committed)
+    if prefix == "new":  # the commit of its write once the lease row (its token 0) is made
+        after = [b"token", key.encode(), proxied.commit]
+    elif call == "save":  # one statement, committed on its own
+        after = [key.encode()]
+    else:
+        after = [key.encode(), proxied.commit]
+    await answer_withheld(links, after, writing, committed)
     await b.save(key, "v2")
     proxy.reset(links)
     answer = await ended(writing)
-    assert await b.load_many([key, other]) == {key: "v2", other: "v1"}
-    assert true_or_unknown(answer), f"a save_many that wrote was answered {answer!r}"
+    assert await b.load_many([key, other]) == {key: "v2", other: "v1" if other != key else "v2"}
+    assert true_or_unknown(answer), f"a {call} that wrote was answered {answer!r}"
 
 
 @pytest.mark.parametrize("call", ["acquire", "renew", "release"])
