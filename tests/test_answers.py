@@ -469,15 +469,18 @@ async def test_a_save_whose_answer_was_lost_is_true_or_unknown(
     assert true_or_unknown(answer), f"a {call} that wrote was answered {answer!r}"
 
 
-@pytest.mark.parametrize("call", ["acquire", "renew", "release"])
+@pytest.mark.parametrize("call", ["acquire", "acquire, never leased", "renew", "release"])
 async def test_a_lease_call_whose_answer_was_lost_is_true_or_unknown(
     proxied: Proxied, call: str
 ) -> None:
     """A's acquire, renew or release commits, its answer is lost, A retries: A is told it
     succeeded (and the lease row agrees), or that the outcome is unknown."""
-    a, b, proxy, prefix = proxied.a, proxied.b, proxied.proxy, proxied.prefix
-    async with a.lease(prefix):  # the lease row exists; A's connection is open
-        pass
+    a, b, proxy = proxied.a, proxied.b, proxied.proxy
+    prefix = unique_prefix() if call == "acquire, never leased" else proxied.prefix
+    if call != "acquire, never leased":
+        async with a.lease(prefix):  # the lease row holds a token
+            pass
+    call = call.partition(",")[0]
     lease = a.lease(prefix, ttl=60)
     if call != "acquire":
         await lease.acquire()
@@ -497,7 +500,9 @@ async def test_a_lease_call_whose_answer_was_lost_is_true_or_unknown(
             return infos != before and all(info.live for info in infos)
         return not any(info.live for info in infos)
 
-    after = [prefix.encode(), proxied.commit] if call == "acquire" else [prefix.encode()]
+    after = [prefix.encode()]
+    if call == "acquire":  # its transaction's commit, once its lease row (token 0) is made
+        after = [b"token", prefix.encode(), proxied.commit]
     await answer_withheld(links, after, task, committed)
     proxy.reset(links)
     answer = await ended(task)
