@@ -342,6 +342,7 @@ async def test_a_write_racing_a_take_over_is_seen_by_the_new_holder_or_refused(
             prefix = unique_prefix()
             key, value = f"{prefix}k", f"r{round_}"
             await lease_state(store, store_url, prefix, ("never leased", "released")[round_ % 2])
+            writing: asyncio.Future[bool | None]
             if call == "delete":
                 await seeder.save(key, "seeded")  # no lease row made
                 writing = asyncio.ensure_future(b.delete(key))
