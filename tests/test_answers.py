@@ -98,13 +98,13 @@ async def proxied(server: URL) -> AsyncIterator[Proxied]:
 
 
 @pytest.mark.parametrize("backend", FILES)
-@pytest.mark.parametrize("call", ["save", "save_many"])
-async def test_a_save_racing_a_lease_release_is_stored_or_refused(
+@pytest.mark.parametrize("call", ["save", "save_many", "delete"])
+async def test_a_write_racing_a_lease_release_is_done_or_refused(
     store: SqlStore, store_url: URL, call: str
 ) -> None:
-    """Store A holds a lease and releases it while store B, holding none, saves under it: each
-    save B was told is done is stored, each refused with LeaseHeldError is not, no other
-    answer."""
+    """Store A holds a lease and releases it while store B, holding none, writes under it:
+    each write B was told is done is stored (a delete: the key is gone), each refused with
+    LeaseHeldError is not, no other answer."""
     prefix = unique_prefix()
     keys = [f"{prefix}k", f"{prefix}j"] if call == "save_many" else [f"{prefix}k"]
     rng = Random(17)
@@ -115,22 +115,28 @@ async def test_a_save_racing_a_lease_release_is_stored_or_refused(
         for round_ in range(ROUNDS):
             lease = await store.lease(prefix).acquire()
             value = f"r{round_}"
-            if call == "save":
+            writing: asyncio.Future[bool | None]
+            done: bool | None = None
+            after: set[JSONValue] = {value}
+            if call == "delete":
+                await store.save(keys[0], value)
+                writing, done, after = asyncio.ensure_future(b.delete(keys[0])), True, {None}
+            elif call == "save":
                 writing = asyncio.ensure_future(b.save(keys[0], value))
             else:
                 writing = asyncio.ensure_future(b.save_many(dict.fromkeys(keys, value)))
-            for _ in range(rng.randrange(40)):  # the release lands anywhere in the save
+            for _ in range(rng.randrange(40)):  # the release lands anywhere in the write
                 await asyncio.sleep(0)
             await lease.release()
             answer = await ended(writing)
             stored = set((await b.load_many(keys)).values())
             outcomes[type(answer).__name__] += 1
-            if answer is None and stored != {value}:
-                wrong.append(f"round {round_}: {call} returned, but {stored} is stored")
-            elif isinstance(answer, LeaseHeldError) and value in stored:
-                wrong.append(f"round {round_}: {call} refused ({answer}), but it is stored")
-            elif answer is not None and not isinstance(answer, LeaseHeldError):
-                wrong.append(f"round {round_}: {call} raised {answer!r}")
+            if answer == done and stored != after:
+                wrong.append(f"round {round_}: {call} was done, but {stored} is stored")
+            elif isinstance(answer, LeaseHeldError) and stored == after:
+                wrong.append(f"round {round_}: {call} refused ({answer}), yet done")
+            elif answer != done and not isinstance(answer, LeaseHeldError):
+                wrong.append(f"round {round_}: {call} answered {answer!r}; {stored} stored")
     print(f"\n{call}: {dict(outcomes)} in {ROUNDS} rounds")
     assert not wrong, f"{len(wrong)} wrong answers of {ROUNDS} ({dict(outcomes)}):\n" + "\n".join(
         wrong[:10]
@@ -366,7 +372,7 @@ async def test_a_write_racing_a_take_over_is_seen_by_the_new_holder_or_refused(
                 if first_load != written:
                     wrong.append(f"round {round_}: done, yet the new holder loaded {first_load!r}")
             else:
-                wrong.append(f"round {round_}: {call} answered {answer!r}")
+                wrong.append(f"round {round_}: {call} answered {answer!r}; {final!r} stored")
     print(f"\n{call}: {dict(outcomes)} in {TAKE_OVERS} rounds")
     assert not wrong, "\n".join(wrong[:10])
 
