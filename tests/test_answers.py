@@ -233,20 +233,30 @@ async def test_the_compare_and_set_loop_never_applies_a_change_twice(
 # -- 3. a restore retried after a lost connection ------------------------------------------------
 
 
+@pytest.mark.parametrize("call", ["restore", "restore_stream"])
 @pytest.mark.parametrize("lost", ["a statement's answer", "the COMMIT's answer"])
-async def test_a_restore_retried_after_a_lost_connection_writes_its_items(
-    proxied: Proxied, lost: str
+async def test_a_restore_that_lost_its_connection_says_what_it_wrote(
+    proxied: Proxied, lost: str, call: str
 ) -> None:
     """A's restore loses its connection: before its COMMIT, it is retried and writes every item
-    (its report counts them); after it, the restore raises OutcomeUnknownError or reports every
-    item written. Never "committed" with items left out."""
+    (its report counts them); after it, it raises OutcomeUnknownError or reports every item
+    written. Never "committed" with items left out. A stream, which cannot be replayed, is
+    rolled back (before its COMMIT) or raises OutcomeUnknownError, its report "committing"."""
     a, b, proxy = proxied.a, proxied.b, proxied.proxy
     prefix = f"{proxied.prefix}restored/"
     when = datetime.now(UTC)
     items = [Snapshot(f"{prefix}{index}", index, when) for index in range(3)]
     keys = [item.key for item in items]
     links = proxy.links
-    restoring = asyncio.ensure_future(a.restore(items))
+    streamed = RestoreReport()
+
+    async def stream() -> AsyncIterator[Iterable[Snapshot]]:
+        yield items
+
+    if call == "restore":
+        restoring = asyncio.ensure_future(a.restore(items))
+    else:
+        restoring = asyncio.ensure_future(a.restore_stream(stream(), report=streamed))
     if lost == "a statement's answer":
         after = [keys[0].encode()]
 
@@ -262,10 +272,17 @@ async def test_a_restore_retried_after_a_lost_connection_writes_its_items(
     proxy.reset(links)
     report = await ended(restoring)
     stored = await b.load_many(keys)
+    if call == "restore_stream" and lost == "a statement's answer":
+        assert isinstance(report, StoreError), report
+        assert not isinstance(report, OutcomeUnknownError), report
+        assert (streamed.state, set(stored.values())) == ("rolled back", {None})
+        return
     assert stored == {item.key: item.value for item in items}
     if isinstance(report, OutcomeUnknownError):
         assert lost == "the COMMIT's answer", f"a retry that could replay said {report}"
+        assert call == "restore" or streamed.state == "committing"
         return
+    assert call == "restore", f"a stream whose COMMIT's answer was lost answered {report!r}"
     assert isinstance(report, RestoreReport), report
     assert (report.state, report.added, report.written) == ("committed", len(items), len(items))
 
