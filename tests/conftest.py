@@ -16,18 +16,22 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import upgrade
+from rustrade_store import SqlStore, upgrade
 from rustrade_store.engine import resolve_url
 
 from .helpers import (
     MARIADB_ADMIN_URL,
     POSTGRES_ADMIN_URL,
+    Proxied,
+    commit_request,
     count_checkouts,
     empty,
     new_mariadb_database,
     new_postgres_database,
     open_store,
+    proxy_for,
     stop_counting_checkouts,
+    unique_prefix,
 )
 
 if TYPE_CHECKING:
@@ -36,8 +40,10 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
-    from rustrade_store import SqlStore
-
+SERVERS = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
 BACKENDS = [
     "memory",
     "sqlite",
@@ -138,3 +144,18 @@ async def store(backend: str, store_url: URL) -> AsyncIterator[SqlStore]:
         leaked = stop_counting_checkouts(opened)
         await opened.aclose()
     assert leaked == 0, f"{leaked} connection(s) left checked out of the pool"
+
+
+@pytest.fixture(params=SERVERS)
+async def proxied(request: pytest.FixtureRequest) -> AsyncIterator[Proxied]:
+    """Two stores on the run's database of each server, ``a`` through a proxy and ``b`` not,
+    with a prefix that ``a`` wrote under (so its lease row exists)."""
+    url: URL = request.getfixturevalue(f"{request.param}_url")
+    async with (
+        proxy_for(url) as proxy,
+        SqlStore.from_url(url.set(port=proxy.port)) as through,
+        SqlStore.from_url(url) as direct,
+    ):
+        prefix = unique_prefix()
+        await through.save(f"{prefix}first", 0)
+        yield Proxied(through, direct, proxy, prefix, commit_request(url))

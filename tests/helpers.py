@@ -18,7 +18,7 @@ import select
 import selectors
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import asyncpg
 import pytest
@@ -26,7 +26,7 @@ from sqlalchemy import delete, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from rustrade_store import InMemoryStore, SqlStore, StoreError
+from rustrade_store import InMemoryStore, OutcomeUnknownError, SqlStore, StoreError
 from rustrade_store.engine import create_engine
 from rustrade_store.schema import snapshots
 
@@ -46,6 +46,7 @@ __all__ = [
     "POSTGRES_ADMIN_URL",
     "CheckoutCounter",
     "FastForwardLoop",
+    "Proxied",
     "answer_withheld",
     "asyncpg_connection",
     "checked_out",
@@ -62,6 +63,7 @@ __all__ = [
     "server_port",
     "stop_counting_checkouts",
     "terminal_output",
+    "true_or_unknown",
     "unavailable",
     "unique_prefix",
 ]
@@ -301,6 +303,22 @@ def commit_request(url: URL) -> bytes:
     other request (``BEGIN ... READ COMMITTED`` is not one): asyncpg's ``COMMIT;``, or
     asyncmy's ``COM_QUERY`` packet (command byte 3) of ``COMMIT``."""
     return b"COMMIT;" if url.get_backend_name() == "postgresql" else b"\x03COMMIT"
+
+
+class Proxied(NamedTuple):
+    """Store ``a`` through ``proxy``, store ``b`` straight to the server, a prefix whose lease
+    row exists, and the bytes of a COMMIT (:func:`commit_request`)."""
+
+    a: SqlStore
+    b: SqlStore
+    proxy: TcpProxy
+    prefix: str
+    commit: bytes
+
+
+def true_or_unknown(answer: object, expected: object = None) -> bool:
+    """Whether a write's answer is ``expected`` (what it did) or that its outcome is unknown."""
+    return answer == expected or isinstance(answer, OutcomeUnknownError)
 
 
 async def answer_withheld(
