@@ -147,10 +147,17 @@ async def store(backend: str, store_url: URL) -> AsyncIterator[SqlStore]:
 
 
 @pytest.fixture(params=SERVERS)
-async def proxied(request: pytest.FixtureRequest) -> AsyncIterator[Proxied]:
+def server_url(request: pytest.FixtureRequest) -> URL:
+    """The run's migrated database on each server."""
+    url: URL = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def proxied(server_url: URL) -> AsyncIterator[Proxied]:
     """Two stores on the run's database of each server, ``a`` through a proxy and ``b`` not,
     with a prefix that ``a`` wrote under (so its lease row exists)."""
-    url: URL = request.getfixturevalue(f"{request.param}_url")
+    url = server_url
     async with (
         proxy_for(url) as proxy,
         SqlStore.from_url(url.set(port=proxy.port)) as through,

@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 
     from .proxy import Link, TcpProxy
 
-SERVERS = [
-    pytest.param("postgres", marks=pytest.mark.postgres),
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-]
 HANG_GUARD = 120.0
 """Seconds after which a call counts as hung: far above any timeout here, so a slow shared
 machine never fails a test, while a call that would wait forever still does."""
@@ -51,13 +47,6 @@ FAULT_SEED = int(os.environ.get("RUSTRADE_FAULT_SEED", "0")) or secrets.randbelo
 STORE_TIMEOUT = 0.5
 """The timeout of the stores behind faults: short, so that faults turn into timeouts."""
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture(params=SERVERS)
-def server_url(request: pytest.FixtureRequest) -> URL:
-    """The run's migrated database on each server."""
-    url: URL = request.getfixturevalue(f"{request.param}_url")
-    return url
 
 
 def new_key() -> str:
