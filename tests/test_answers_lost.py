@@ -1,7 +1,7 @@
 """Lost answers of deletes, saves and leases (issue 17): the store retries on a new connection
 and answers true, or raises :class:`~rustrade_store.OutcomeUnknownError`; never an answer that
-its write contradicts. The ``proxied`` fixture withholds the server's answer to a write that
-committed, then resets the link."""
+its write contradicts. Store ``a`` of the ``proxied`` fixture goes through a proxy, which
+withholds the server's answer to a write that committed; then the link is reset."""
 
 from __future__ import annotations
 
