@@ -28,16 +28,15 @@ import pytest
 
 from rustrade_store import SqlStore, StorageError
 
-from .helpers import POSTGRES_18
+from .helpers import POSTGRES_18, proxy_for
 from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
-from .proxy import TcpProxy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from sqlalchemy import URL
 
-    from .proxy import Link
+    from .proxy import Link, TcpProxy
 
 SERVERS = [
     pytest.param("postgres", marks=pytest.mark.postgres),
@@ -53,18 +52,6 @@ FAULT_SEED = int(os.environ.get("RUSTRADE_FAULT_SEED", "0")) or secrets.randbelo
 STORE_TIMEOUT = 0.5
 """The timeout of the stores behind faults: short, so that faults turn into timeouts."""
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture(params=SERVERS)
-def server_url(request: pytest.FixtureRequest) -> URL:
-    """The run's migrated database on each server."""
-    url: URL = request.getfixturevalue(f"{request.param}_url")
-    return url
-
-
-def proxy_for(url: URL) -> TcpProxy:
-    default_port = 5432 if url.get_backend_name() == "postgresql" else 3306
-    return TcpProxy(url.host or "127.0.0.1", url.port or default_port)
 
 
 def new_key() -> str:
