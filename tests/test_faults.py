@@ -18,7 +18,6 @@ import os
 import secrets
 import sys
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -28,7 +27,8 @@ import pytest
 
 from rustrade_store import SqlStore, StorageError
 
-from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
+from .checker import check
+from .history import History
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
@@ -76,83 +76,6 @@ async def outcome(call: Awaitable[object]) -> str:
     except StorageError as exc:
         return f"raised {exc}"
     return "returned"
-
-
-# -- the checker, on histories made by hand ------------------------------------------------------
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def _write(value: str, start: float, end: float, outcome: str = ACKNOWLEDGED) -> Write:
-    return Write("k", value, start, end, T0 + timedelta(seconds=start), outcome)
-
-
-def _read(start: float, end: float, seen: Write | str | None, saved: float | None = None) -> Read:
-    """A read of ``seen``, with the save time ``saved`` (default: just after its call)."""
-    if isinstance(seen, Write):
-        saved = seen.start + 1e-6 if saved is None else saved
-        seen = seen.value
-    when = None if saved is None else T0 + timedelta(seconds=saved)
-    return Read("k", start, end, ACKNOWLEDGED, seen, when)
-
-
-A = _write("a", 0.0, 1.0)
-B = _write("b", 2.0, 3.0)
-C = _write("c", 0.2, 1.2)
-F = _write("f", 1.5, 1.8, FAILED)
-LATE = _write("late", 0.5, 1.5, TIMED_OUT)
-RETRIED = _write("retried", 0.0, 2.0)  # acknowledged after a retry
-MEANWHILE = _write("meanwhile", 1.0, 1.5)
-
-CHECKER_CASES: dict[str, tuple[list[Write], list[Read], set[str]]] = {
-    "in order": ([A, B], [_read(1.1, 1.2, A), _read(3.1, 3.2, B)], set()),
-    "overlapping writes seen in either order while they run": (
-        [A, C],
-        [_read(0.5, 0.6, A), _read(0.7, 0.8, C), _read(1.3, 1.4, C)],
-        set(),
-    ),
-    "a failed write landing late in its place": ([A, F], [_read(5, 5.1, F)], set()),
-    "a failed write that never landed": ([A, F], [_read(5, 5.1, A)], set()),
-    "a failed write landing over a newer save": (
-        [LATE, B],
-        [_read(3.5, 3.6, B), _read(4, 4.1, LATE)],
-        {"read went back", "acknowledged write lost", "stale read"},
-    ),
-    "a retry writing over a newer save": (
-        [RETRIED, MEANWHILE],
-        [_read(1.6, 1.7, MEANWHILE), _read(2.5, 2.6, RETRIED)],
-        {"read went back", "acknowledged write lost"},
-    ),
-    "the older of two acknowledged saves": (
-        [A, C],
-        [_read(1.3, 1.4, A)],
-        {"acknowledged write lost"},
-    ),
-    "a missing key after a save": (
-        [A],
-        [_read(1.5, 1.6, None)],
-        {"acknowledged write lost", "stale read"},
-    ),
-    "a read from the future": ([B], [_read(1.0, 1.5, B)], {"read from the future"}),
-    "an unknown value": ([A], [_read(1.5, 1.6, "zzz", 0.5)], {"unknown value"}),
-    "two save times for one write": (
-        [A],
-        [_read(1.1, 1.2, A), _read(1.3, 1.4, A, 0.1)],
-        {"two save times"},
-    ),
-    "a save time before the call": ([A], [_read(1.1, 1.2, A, -1.0)], {"save time before the call"}),
-    "save times out of call order": (
-        [A, B],
-        [_read(0.5, 0.6, A, 2.5), _read(3.5, 3.6, B, 2.1)],
-        {"save times out of call order", "read went back", "acknowledged write lost"},
-    ),
-}
-
-
-@pytest.mark.parametrize("case", CHECKER_CASES)
-def test_the_checker_flags_exactly_the_broken_rules(case: str) -> None:
-    writes, reads, broken = CHECKER_CASES[case]
-    assert {anomaly.rule for anomaly in check(writes, reads)} == broken
 
 
 # -- regression tests --------------------------------------------------------------------------
