@@ -3,7 +3,7 @@
 Every connection goes through a :class:`~tests.proxy.TcpProxy` that withholds or drops answers,
 holds or delays requests, resets links and freezes them. Regression tests each set up one known
 way to lose data (a retry, a late save, a late delete); then writers and readers in two
-processes run through a schedule of faults, and :func:`tests.history.check` holds every key's
+processes run through a schedule of faults, and :func:`tests.checker.check` holds every key's
 history to the promise: a write carrying an older save time (``updated_at``, taken at call time)
 than the stored one never replaces it. Sizes: ``RUSTRADE_FAULT_OPS`` calls and
 ``RUSTRADE_FAULT_FAULTS`` faults per database (2,000 and 20 by default; ``make soak`` runs
@@ -13,11 +13,14 @@ than the stored one never replaces it. Sizes: ``RUSTRADE_FAULT_OPS`` calls and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
 import sys
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -28,15 +31,28 @@ import pytest
 from rustrade_store import SqlStore, StorageError
 
 from .checker import check
-from .history import History
+from .history import ACKNOWLEDGED, History
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from sqlalchemy import URL
 
+    from rustrade_store import Lease
+
     from .proxy import Link
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """How many clients of each kind one process runs."""
+
+    writers: int
+    readers: int
+    compare_and_sets: int
+    restorers: int
+
 
 SERVERS = [
     pytest.param("postgres", marks=pytest.mark.postgres),
@@ -50,6 +66,13 @@ FAULT_FAULTS = int(os.environ.get("RUSTRADE_FAULT_FAULTS", "20"))
 FAULT_SEED = int(os.environ.get("RUSTRADE_FAULT_SEED", "0")) or secrets.randbelow(2**32)
 STORE_TIMEOUT = 0.5
 """The timeout of the stores behind faults: short, so that faults turn into timeouts."""
+LEASE_TTL = 1.5
+"""The lease holders' ttl: a few store timeouts, so that faults on renewals let a lease expire
+and another store take it over."""
+LEASED = "leased"
+"""The first segment of the keys the lease holders write under (with a run's own suffix)."""
+MAIN_MIX = Mix(writers=4, readers=3, compare_and_sets=2, restorers=1)
+CHILD_MIX = Mix(writers=2, readers=1, compare_and_sets=1, restorers=1)
 ROOT = Path(__file__).parent.parent
 
 
@@ -183,35 +206,83 @@ async def test_a_request_that_arrives_after_its_timeout_never_undoes_a_newer_sav
 
 async def clients(
     stores: Sequence[SqlStore],
+    holders: Sequence[SqlStore],
     history: History,
     keys: Sequence[str],
     name: str,
     stop: asyncio.Event,
     rng: Random,
-    *,
-    writers: int,
-    readers: int,
+    mix: Mix,
 ) -> None:
-    """Writers save (a quarter of the time two keys at once) values unique to them; readers
-    read; each on the stores in turn, until ``stop``."""
+    """Until ``stop``, with values unique to them, each on ``stores`` in turn and holding no
+    lease: writers save (a quarter of the time two keys at once); compare-and-set writers load
+    a key, then save it only over what they loaded (only if absent, for a missing key);
+    restorers restore a snapshot of one key with a time in the last few tenths of a second;
+    readers read. One lease holder per store of ``holders`` takes the lease on the prefix of
+    the keys under :data:`LEASED`, writes there under it (plain and compare-and-set), renews
+    it now and then and releases it."""
+    numbers = itertools.count()
+    leased = [key for key in keys if key.startswith(LEASED)]
+    prefix = leased[0].partition("/")[0] + "/"
 
-    async def writer(number: int, store: SqlStore) -> None:
-        step = 0
+    def value() -> str:
+        return f"{name}.{next(numbers)}"
+
+    async def writer(store: SqlStore) -> None:
         while not stop.is_set():
-            step += 1
-            value = f"{name}.{number}.{step}"
             if rng.random() < 0.25:
-                await history.save_many(store, dict.fromkeys(rng.sample(keys, 2), value))
+                await history.save_many(store, dict.fromkeys(rng.sample(keys, 2), value()))
             else:
-                await history.save(store, rng.choice(keys), value)
+                await history.save(store, rng.choice(keys), value())
+
+    async def compare_and_set(store: SqlStore, lease: Lease | None = None) -> None:
+        key = rng.choice(keys if lease is None else leased)
+        read = await history.read(store, key)
+        if read.outcome == ACKNOWLEDGED:
+            await history.compare_and_set(store, key, value(), read.updated_at, lease)
+
+    async def compare_and_sets(store: SqlStore) -> None:
+        while not stop.is_set():
+            await compare_and_set(store)
+
+    async def restorer(store: SqlStore) -> None:
+        while not stop.is_set():
+            own = datetime.now(UTC) - timedelta(seconds=rng.uniform(0, 0.3))
+            await history.restore(store, rng.choice(keys), value(), own)
+
+    async def holder(store: SqlStore) -> None:
+        while not stop.is_set():
+            lease = store.lease(prefix, ttl=LEASE_TTL)
+            if not await history.acquire(lease):
+                await asyncio.sleep(rng.uniform(0.02, 0.2))
+                continue
+            try:
+                for _ in range(rng.randint(1, 8)):
+                    if stop.is_set() or not lease.held:
+                        break
+                    choice = rng.random()
+                    if choice < 0.5:
+                        await history.save(store, rng.choice(leased), value(), lease)
+                    elif choice < 0.8:
+                        await compare_and_set(store, lease)
+                    else:
+                        await history.renew(lease)
+            finally:
+                await history.release(lease)
 
     async def reader(store: SqlStore) -> None:
         while not stop.is_set():
             await history.read(store, rng.choice(keys))
 
+    def spread(work: Callable[[SqlStore], Awaitable[None]], count: int) -> list[Awaitable[None]]:
+        return [work(stores[number % len(stores)]) for number in range(count)]
+
     await asyncio.gather(
-        *(writer(number, stores[number % len(stores)]) for number in range(writers)),
-        *(reader(stores[number % len(stores)]) for number in range(readers)),
+        *spread(writer, mix.writers),
+        *spread(compare_and_sets, mix.compare_and_sets),
+        *spread(restorer, mix.restorers),
+        *spread(reader, mix.readers),
+        *(holder(store) for store in holders),
     )
 
 
@@ -290,23 +361,26 @@ async def start_child(
 
 
 async def test_histories_under_faults_are_an_atomic_register_per_key(
-    server_url: URL, request: pytest.FixtureRequest
+    server_url: URL, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Writers and readers in this process (three stores, so several pooled connections) and in
-    a second one, all through the proxy, while faults are injected; afterwards, with every link
-    closed, a direct read of each key. Every key's history must pass :func:`check`."""
+    """Clients of every kind (:func:`clients`) in this process (three stores, so several pooled
+    connections, and two lease holders) and in a second one, all through the proxy, while
+    faults are injected; afterwards, with every link closed, a direct read of each key. The
+    history must pass :func:`check` (kept in the test's directory if it does not)."""
     rng = Random(FAULT_SEED)
-    keys = [f"faults/{secrets.token_hex(4)}/{number}" for number in range(4)]
+    run = secrets.token_hex(4)
+    keys = [f"faults/{run}/{number}" for number in range(4)]
+    keys += [f"{LEASED}{run}/{number}" for number in range(2)]
     history = History(guard=HANG_GUARD)
     injected: Counter[str] = Counter()
     stop = asyncio.Event()
     async with proxy_for(server_url) as proxy:
         proxied = server_url.set(port=proxy.port)
-        stores = [SqlStore.from_url(proxied, timeout=STORE_TIMEOUT) for _ in range(3)]
+        stores = [SqlStore.from_url(proxied, timeout=STORE_TIMEOUT) for _ in range(5)]
         child = await start_child(proxied, "p1", rng.randrange(2**32), keys)
         try:
             running = asyncio.ensure_future(
-                clients(stores, history, keys, "p0", stop, rng, writers=6, readers=3)
+                clients(stores[:3], stores[3:], history, keys, "p0", stop, rng, MAIN_MIX)
             )
             await inject_faults(
                 proxy,
@@ -333,24 +407,33 @@ async def test_histories_under_faults_are_an_atomic_register_per_key(
         for key in keys:
             await history.read(direct, key)
 
-    anomalies = check(history.writes, history.reads)
+    anomalies = check(history.writes, history.reads, history.leases)
     outcomes = history.outcomes()
-    writes = len(history.writes)
-    reads = len(history.reads)
     kinds = ", ".join(f"{kind}: {count}" for kind, count in injected.items())
     rules = ", ".join(
         f"{rule}: {count}" for rule, count in Counter(a.rule for a in anomalies).items()
     )
+    writes = _tally((w.kind, w.outcome) for w in history.writes)
+    leases = _tally((op.action, op.outcome) for op in history.leases)
     print(
-        f"\n{request.node.callspec.id}: {history.calls} operations checked ({writes} key writes, "
-        f"{reads} reads; outcomes {dict(outcomes)}) in 2 processes, seed {FAULT_SEED}; "
-        f"{injected.total()} faults injected ({kinds}); {len(anomalies)} anomalies"
-        + (f" ({rules})" if anomalies else "")
+        f"\n{request.node.callspec.id}: {history.calls} operations checked "
+        f"({len(history.reads)} reads; key writes {writes}; leases {leases}) in 2 processes, "
+        f"seed {FAULT_SEED}; {injected.total()} faults injected ({kinds}); "
+        f"{len(anomalies)} anomalies" + (f" ({rules})" if anomalies else "")
     )
     for anomaly in anomalies[:10]:
         print(f"  {anomaly}")
+    if anomalies:
+        kept = tmp_path / "history.json"
+        kept.write_text(json.dumps(history.to_json()))
+        print(f"  history kept in {kept}")
     assert not outcomes["hung"], f"{outcomes['hung']} calls hung past {HANG_GUARD} s"
     assert not anomalies, "\n".join(str(anomaly) for anomaly in anomalies[:20])
+
+
+def _tally(items: Iterable[tuple[str, str]]) -> str:
+    counts = Counter(f"{kind} {outcome}" for kind, outcome in items)
+    return "{" + ", ".join(f"{name}: {count}" for name, count in sorted(counts.items())) + "}"
 
 
 # -- the second process ------------------------------------------------------------------------
@@ -360,9 +443,12 @@ async def _child(url: str, name: str, seed: int, keys: list[str]) -> None:
     """Run clients on one store until stdin closes, then print the history as JSON."""
     history = History(guard=HANG_GUARD)
     stop = asyncio.Event()
-    async with SqlStore.from_url(url, timeout=STORE_TIMEOUT) as store:
+    async with (
+        SqlStore.from_url(url, timeout=STORE_TIMEOUT) as store,
+        SqlStore.from_url(url, timeout=STORE_TIMEOUT) as holder,
+    ):
         running = asyncio.ensure_future(
-            clients([store], history, keys, name, stop, Random(seed), writers=2, readers=1)
+            clients([store], [holder], history, keys, name, stop, Random(seed), CHILD_MIX)
         )
         await asyncio.to_thread(sys.stdin.read)
         stop.set()
