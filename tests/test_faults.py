@@ -13,14 +13,11 @@ than the stored one never replaces it. Sizes: ``RUSTRADE_FAULT_OPS`` calls and
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import secrets
 import sys
 from collections import Counter
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -31,7 +28,8 @@ import pytest
 from rustrade_store import SqlStore, StorageError
 
 from .checker import check
-from .history import ACKNOWLEDGED, History
+from .clients import LEASED, Mix, clients
+from .history import History
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
@@ -39,19 +37,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
-    from rustrade_store import Lease
-
     from .proxy import Link
-
-
-@dataclass(frozen=True, slots=True)
-class Mix:
-    """How many clients of each kind one process runs."""
-
-    writers: int
-    readers: int
-    compare_and_sets: int
-    restorers: int
 
 
 SERVERS = [
@@ -66,11 +52,8 @@ FAULT_FAULTS = int(os.environ.get("RUSTRADE_FAULT_FAULTS", "20"))
 FAULT_SEED = int(os.environ.get("RUSTRADE_FAULT_SEED", "0")) or secrets.randbelow(2**32)
 STORE_TIMEOUT = 0.5
 """The timeout of the stores behind faults: short, so that faults turn into timeouts."""
-LEASE_TTL = 1.5
-"""The lease holders' ttl: a few store timeouts, so that faults on renewals let a lease expire
-and another store take it over."""
-LEASED = "leased"
-"""The first segment of the keys the lease holders write under (with a run's own suffix)."""
+SQLITE_TIMEOUT = 5.0
+"""The timeout of the stores of the SQLite run: two processes take turns at its write lock."""
 MAIN_MIX = Mix(writers=4, readers=3, compare_and_sets=2, restorers=1)
 CHILD_MIX = Mix(writers=2, readers=1, compare_and_sets=1, restorers=1)
 ROOT = Path(__file__).parent.parent
@@ -204,88 +187,6 @@ async def test_a_request_that_arrives_after_its_timeout_never_undoes_a_newer_sav
 # -- many writers and readers through a schedule of faults --------------------------------------
 
 
-async def clients(
-    stores: Sequence[SqlStore],
-    holders: Sequence[SqlStore],
-    history: History,
-    keys: Sequence[str],
-    name: str,
-    stop: asyncio.Event,
-    rng: Random,
-    mix: Mix,
-) -> None:
-    """Until ``stop``, with values unique to them, each on ``stores`` in turn and holding no
-    lease: writers save (a quarter of the time two keys at once); compare-and-set writers load
-    a key, then save it only over what they loaded (only if absent, for a missing key);
-    restorers restore a snapshot of one key with a time in the last few tenths of a second;
-    readers read. One lease holder per store of ``holders`` takes the lease on the prefix of
-    the keys under :data:`LEASED`, writes there under it (plain and compare-and-set), renews
-    it now and then and releases it."""
-    numbers = itertools.count()
-    leased = [key for key in keys if key.startswith(LEASED)]
-    prefix = leased[0].partition("/")[0] + "/"
-
-    def value() -> str:
-        return f"{name}.{next(numbers)}"
-
-    async def writer(store: SqlStore) -> None:
-        while not stop.is_set():
-            if rng.random() < 0.25:
-                await history.save_many(store, dict.fromkeys(rng.sample(keys, 2), value()))
-            else:
-                await history.save(store, rng.choice(keys), value())
-
-    async def compare_and_set(store: SqlStore, lease: Lease | None = None) -> None:
-        key = rng.choice(keys if lease is None else leased)
-        read = await history.read(store, key)
-        if read.outcome == ACKNOWLEDGED:
-            await history.compare_and_set(store, key, value(), read.updated_at, lease)
-
-    async def compare_and_sets(store: SqlStore) -> None:
-        while not stop.is_set():
-            await compare_and_set(store)
-
-    async def restorer(store: SqlStore) -> None:
-        while not stop.is_set():
-            own = datetime.now(UTC) - timedelta(seconds=rng.uniform(0, 0.3))
-            await history.restore(store, rng.choice(keys), value(), own)
-
-    async def holder(store: SqlStore) -> None:
-        while not stop.is_set():
-            lease = store.lease(prefix, ttl=LEASE_TTL)
-            if not await history.acquire(lease):
-                await asyncio.sleep(rng.uniform(0.02, 0.2))
-                continue
-            try:
-                for _ in range(rng.randint(1, 8)):
-                    if stop.is_set() or not lease.held:
-                        break
-                    choice = rng.random()
-                    if choice < 0.5:
-                        await history.save(store, rng.choice(leased), value(), lease)
-                    elif choice < 0.8:
-                        await compare_and_set(store, lease)
-                    else:
-                        await history.renew(lease)
-            finally:
-                await history.release(lease)
-
-    async def reader(store: SqlStore) -> None:
-        while not stop.is_set():
-            await history.read(store, rng.choice(keys))
-
-    def spread(work: Callable[[SqlStore], Awaitable[None]], count: int) -> list[Awaitable[None]]:
-        return [work(stores[number % len(stores)]) for number in range(count)]
-
-    await asyncio.gather(
-        *spread(writer, mix.writers),
-        *spread(compare_and_sets, mix.compare_and_sets),
-        *spread(restorer, mix.restorers),
-        *spread(reader, mix.readers),
-        *(holder(store) for store in holders),
-    )
-
-
 async def _answers_withheld_then_reset(links: list[Link], rng: Random, *, drop: bool) -> None:
     for link in links:
         link.withhold_answers(drop=drop)
@@ -368,9 +269,7 @@ async def test_histories_under_faults_are_an_atomic_register_per_key(
     faults are injected; afterwards, with every link closed, a direct read of each key. The
     history must pass :func:`check` (kept in the test's directory if it does not)."""
     rng = Random(FAULT_SEED)
-    run = secrets.token_hex(4)
-    keys = [f"faults/{run}/{number}" for number in range(4)]
-    keys += [f"{LEASED}{run}/{number}" for number in range(2)]
+    keys = history_keys()
     history = History(guard=HANG_GUARD)
     injected: Counter[str] = Counter()
     stop = asyncio.Event()
@@ -407,6 +306,55 @@ async def test_histories_under_faults_are_an_atomic_register_per_key(
         for key in keys:
             await history.read(direct, key)
 
+    verdict(f"{request.node.callspec.id}", history, injected, tmp_path)
+
+
+async def test_histories_on_sqlite_are_an_atomic_register_per_key(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    """SQLite has no network for the proxy to fault: the same clients, in this process and a
+    second one, on one database file, without faults, for a quarter of the fault run's
+    operations. The history must pass :func:`check`."""
+    rng = Random(FAULT_SEED)
+    keys = history_keys()
+    history = History(guard=HANG_GUARD)
+    stop = asyncio.Event()
+    stores = [SqlStore.from_url(sqlite_url, timeout=SQLITE_TIMEOUT) for _ in range(5)]
+    child = await start_child(sqlite_url, "p1", rng.randrange(2**32), keys)
+    try:
+        running = asyncio.ensure_future(
+            clients(stores[:3], stores[3:], history, keys, "p0", stop, rng, MAIN_MIX)
+        )
+        async with asyncio.timeout(HANG_GUARD * 10):
+            while history.calls < FAULT_OPS // 4 and not running.done():
+                await asyncio.wait([running], timeout=0.05)
+        stop.set()
+        await running
+        out, err = await asyncio.wait_for(child.communicate(b""), HANG_GUARD)
+        assert child.returncode == 0, f"the second process failed:\n{err.decode()[-3000:]}"
+        history.extend(json.loads(out))
+        for key in keys:
+            await history.read(stores[0], key)
+    finally:
+        stop.set()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        for store in stores:
+            await store.aclose()
+    verdict("sqlite", history, Counter(), tmp_path)
+
+
+def history_keys() -> list[str]:
+    """Four keys under a prefix no lease covers, two under :data:`LEASED`, new for a run."""
+    run = secrets.token_hex(4)
+    keys = [f"faults/{run}/{number}" for number in range(4)]
+    return keys + [f"{LEASED}{run}/{number}" for number in range(2)]
+
+
+def verdict(name: str, history: History, injected: Counter[str], kept_in: Path) -> None:
+    """Print what was checked and found (the history kept in ``kept_in`` if anything was);
+    fail on an anomaly or a call that hung."""
     anomalies = check(history.writes, history.reads, history.leases)
     outcomes = history.outcomes()
     kinds = ", ".join(f"{kind}: {count}" for kind, count in injected.items())
@@ -416,15 +364,15 @@ async def test_histories_under_faults_are_an_atomic_register_per_key(
     writes = _tally((w.kind, w.outcome) for w in history.writes)
     leases = _tally((op.action, op.outcome) for op in history.leases)
     print(
-        f"\n{request.node.callspec.id}: {history.calls} operations checked "
-        f"({len(history.reads)} reads; key writes {writes}; leases {leases}) in 2 processes, "
-        f"seed {FAULT_SEED}; {injected.total()} faults injected ({kinds}); "
-        f"{len(anomalies)} anomalies" + (f" ({rules})" if anomalies else "")
+        f"\n{name}: {history.calls} operations checked ({len(history.reads)} reads; key writes "
+        f"{writes}; leases {leases}) in 2 processes, seed {FAULT_SEED}; {injected.total()} "
+        f"faults injected ({kinds}); {len(anomalies)} anomalies"
+        + (f" ({rules})" if anomalies else "")
     )
     for anomaly in anomalies[:10]:
         print(f"  {anomaly}")
     if anomalies:
-        kept = tmp_path / "history.json"
+        kept = kept_in / "history.json"
         kept.write_text(json.dumps(history.to_json()))
         print(f"  history kept in {kept}")
     assert not outcomes["hung"], f"{outcomes['hung']} calls hung past {HANG_GUARD} s"
