@@ -237,9 +237,9 @@ class History:
         self.reads.append(read)
         return read
 
-    async def acquire(self, lease: Lease) -> bool:
-        """Try to take ``lease`` without waiting; whether it was taken."""
-        return await self._lease(lease, "acquire", lease.acquire(wait=0))
+    async def acquire(self, lease: Lease, wait: float = 0) -> bool:
+        """Try to take ``lease``, waiting up to ``wait`` seconds; whether it was taken."""
+        return await self._lease(lease, "acquire", lease.acquire(wait=wait))
 
     async def renew(self, lease: Lease) -> bool:
         return await self._lease(lease, "renew", lease.renew())

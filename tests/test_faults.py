@@ -184,6 +184,39 @@ async def test_a_request_that_arrives_after_its_timeout_never_undoes_a_newer_sav
     )
 
 
+async def test_a_write_held_past_a_take_over_never_lands(server_url: URL, tmp_path: Path) -> None:
+    """A lease holder's save is held in the network (its links frozen, new ones refused, so its
+    renewals fail too) until its lease has expired and another store has taken it over and read
+    the key; then the network comes back and the save reaches the server. The fence must refuse
+    it: the history must pass :func:`check` (a write under a superseded lease)."""
+    key = f"{LEASED}{secrets.token_hex(4)}/k"
+    prefix = key.partition("/")[0] + "/"
+    history = History(guard=HANG_GUARD)
+    async with proxy_for(server_url) as proxy:
+        zombie = SqlStore.from_url(server_url.set(port=proxy.port), timeout=HANG_GUARD / 4)
+        other = SqlStore.from_url(server_url)
+        try:
+            old = zombie.lease(prefix, ttl=0.5)
+            assert await history.acquire(old)
+            await history.save(zombie, key, "z1", old)
+            proxy.freeze(proxy.links)
+            proxy.refuse()
+            held = asyncio.ensure_future(history.save(zombie, key, "z2", old))
+            new = other.lease(prefix, ttl=30)
+            assert await history.acquire(new, wait=HANG_GUARD)
+            await history.read(other, key)
+            assert not held.done(), "the held save ended before the take-over"
+            await proxy.restore()
+            await held
+            await history.read(other, key)
+            await history.release(new)
+        finally:
+            await proxy.restore()
+            await zombie.aclose()
+            await other.aclose()
+    verdict("take-over", history, Counter(), tmp_path, processes=1)
+
+
 # -- many writers and readers through a schedule of faults --------------------------------------
 
 
@@ -352,7 +385,9 @@ def history_keys() -> list[str]:
     return keys + [f"{LEASED}{run}/{number}" for number in range(2)]
 
 
-def verdict(name: str, history: History, injected: Counter[str], kept_in: Path) -> None:
+def verdict(
+    name: str, history: History, injected: Counter[str], kept_in: Path, *, processes: int = 2
+) -> None:
     """Print what was checked and found (the history kept in ``kept_in`` if anything was);
     fail on an anomaly or a call that hung."""
     anomalies = check(history.writes, history.reads, history.leases)
@@ -365,8 +400,8 @@ def verdict(name: str, history: History, injected: Counter[str], kept_in: Path) 
     leases = _tally((op.action, op.outcome) for op in history.leases)
     print(
         f"\n{name}: {history.calls} operations checked ({len(history.reads)} reads; key writes "
-        f"{writes}; leases {leases}) in 2 processes, seed {FAULT_SEED}; {injected.total()} "
-        f"faults injected ({kinds}); {len(anomalies)} anomalies"
+        f"{writes}; leases {leases}) in {processes} process(es), seed {FAULT_SEED}; "
+        f"{injected.total()} faults injected ({kinds}); {len(anomalies)} anomalies"
         + (f" ({rules})" if anomalies else "")
     )
     for anomaly in anomalies[:10]:
