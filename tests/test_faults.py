@@ -202,7 +202,7 @@ async def test_a_write_held_past_a_take_over_never_lands(server_url: URL, tmp_pa
             proxy.freeze(proxy.links)
             proxy.refuse()
             held = asyncio.ensure_future(history.save(zombie, key, "z2", old))
-            new = other.lease(prefix, ttl=30)
+            new = other.lease(prefix, ttl=3)
             assert await history.acquire(new, wait=HANG_GUARD)
             await history.read(other, key)
             assert not held.done(), "the held save ended before the take-over"
