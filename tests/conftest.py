@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rustrade_store import upgrade
+from rustrade_store import SqlStore, upgrade
 from rustrade_store.engine import resolve_url
 
 from . import postgres18, servers
@@ -26,13 +26,17 @@ from .helpers import (
     BACKENDS,
     MARIADB_ADMIN_URL,
     POSTGRES_ADMIN_URL,
+    Proxied,
+    commit_request,
     count_checkouts,
     empty,
     new_mariadb_database,
     new_postgres_database,
     open_store,
+    proxy_for,
     stop_counting_checkouts,
     unavailable,
+    unique_prefix,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +45,10 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
-    from rustrade_store import SqlStore
+SERVERS = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +208,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """One line naming each server version the run tested against, printed once."""
     if servers.seen and not hasattr(terminalreporter.config, "workerinput"):
         terminalreporter.write_line(servers.line(servers.seen))
+
+
+@pytest.fixture(params=SERVERS)
+def server_url(request: pytest.FixtureRequest) -> URL:
+    """The run's migrated database on each server."""
+    url: URL = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture
+async def proxied(server_url: URL) -> AsyncIterator[Proxied]:
+    """Two stores on the run's database of each server, ``a`` through a proxy and ``b`` not,
+    with a prefix that ``a`` wrote under (so its lease row exists)."""
+    url = server_url
+    async with (
+        proxy_for(url) as proxy,
+        SqlStore.from_url(url.set(port=proxy.port)) as through,
+        SqlStore.from_url(url) as direct,
+    ):
+        prefix = unique_prefix()
+        await through.save(f"{prefix}first", 0)
+        yield Proxied(through, direct, proxy, prefix, commit_request(url))

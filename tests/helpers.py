@@ -17,7 +17,8 @@ import secrets
 import select
 import selectors
 import socket
-from typing import TYPE_CHECKING, NoReturn
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 import asyncpg
 import pytest
@@ -25,36 +26,54 @@ from sqlalchemy import delete, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from rustrade_store import InMemoryStore, SqlStore
+from rustrade_store import InMemoryStore, OutcomeUnknownError, SqlStore, StoreError
 from rustrade_store.engine import DEFAULT_TIMEOUT, create_engine
 from rustrade_store.schema import snapshots
 
+from .proxy import TcpProxy
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from sqlalchemy import URL
+
+    from .proxy import Link
 
 __all__ = [
     "BACKENDS",
     "BACKENDS_AND_POSTGRES_18",
+    "HANG_GUARD",
     "IN_CI",
     "MARIADB_ADMIN_URL",
     "POSTGRES_18",
     "POSTGRES_ADMIN_URL",
     "CheckoutCounter",
     "FastForwardLoop",
+    "Proxied",
+    "answer_withheld",
     "asyncpg_connection",
     "checked_out",
+    "commit_request",
     "count_checkouts",
     "empty",
+    "ended",
+    "lease_state",
     "new_mariadb_database",
     "new_postgres_database",
     "open_store",
+    "proxy_for",
+    "refusing_values",
     "server_port",
     "stop_counting_checkouts",
     "terminal_output",
+    "true_or_unknown",
     "unavailable",
+    "unique_prefix",
 ]
+
+HANG_GUARD = 120.0
+"""Seconds after which a call counts as hung: far above any timeout of the store, so a slow
+shared machine never fails a test, while a call that would wait for ever still does."""
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 """Under ``CI=true`` a server that cannot be reached fails its tests instead of skipping them."""
@@ -290,3 +309,151 @@ class FastForwardLoop(asyncio.SelectorEventLoop):
             yield
         finally:
             self.skipping = False
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def proxy_for(url: URL) -> TcpProxy:
+    """A :class:`~tests.proxy.TcpProxy` (not started) to the server of ``url``."""
+    default_port = 5432 if url.get_backend_name() == "postgresql" else 3306
+    return TcpProxy(url.host or "127.0.0.1", url.port or default_port)
+
+
+def commit_request(url: URL) -> bytes:
+    """The bytes of a COMMIT as the store's driver sends it to the server of ``url``, and no
+    other request (``BEGIN ... READ COMMITTED`` is not one): asyncpg's ``COMMIT;``, or
+    asyncmy's ``COM_QUERY`` packet (command byte 3) of ``COMMIT``."""
+    return b"COMMIT;" if url.get_backend_name() == "postgresql" else b"\x03COMMIT"
+
+
+class Proxied(NamedTuple):
+    """Store ``a`` through ``proxy``, store ``b`` straight to the server, a prefix whose lease
+    row exists, and the bytes of a COMMIT (:func:`commit_request`)."""
+
+    a: SqlStore
+    b: SqlStore
+    proxy: TcpProxy
+    prefix: str
+    commit: bytes
+
+
+def true_or_unknown(answer: object, expected: object = None) -> bool:
+    """Whether a write's answer is ``expected`` (what it did) or that its outcome is unknown."""
+    return answer == expected or isinstance(answer, OutcomeUnknownError)
+
+
+async def answer_withheld(
+    links: Sequence[Link],
+    after: Sequence[bytes],
+    writing: asyncio.Future[Any],
+    committed: Callable[[], Awaitable[bool]],
+) -> None:
+    """Withhold, on ``links``, the answer to the request that completes ``after`` (see
+    :meth:`~tests.proxy.Link.withhold_answers`); return once it was withheld and ``committed()``
+    holds, with ``writing`` still waiting for that answer."""
+    for link in links:
+        link.withhold_answers(after=after)
+    async with asyncio.timeout(HANG_GUARD):
+        while not (any(link.triggered for link in links) and await committed()):
+            if writing.done():
+                ended = writing.exception() or writing.result()
+                raise AssertionError(
+                    f"the call ended ({ended!r}) before the proxy withheld its answer to "
+                    f"{after}: has the way it writes changed?"
+                )
+            await asyncio.sleep(0.01)
+
+
+_REFUSING = {
+    "sqlite": (
+        [
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots "
+            "WHEN instr(NEW.value, '{marker}') > 0 BEGIN SELECT RAISE(ABORT, 'value refused'); END"
+        ],
+        ["DROP TRIGGER refuse_marked"],
+    ),
+    "postgresql": (
+        [
+            "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF strpos(NEW.value::text, '{marker}') > 0 THEN RAISE EXCEPTION 'value refused'; "
+            "END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_marked()",
+        ],
+        ["DROP TRIGGER refuse_marked ON snapshots", "DROP FUNCTION refuse_marked()"],
+    ),
+    "mysql": (
+        [
+            "CREATE TRIGGER refuse_marked BEFORE INSERT ON snapshots FOR EACH ROW "
+            "BEGIN IF LOCATE('{marker}', NEW.value) > 0 THEN "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'value refused'; END IF; END"
+        ],
+        ["DROP TRIGGER refuse_marked"],
+    ),
+}
+
+
+@contextlib.asynccontextmanager
+async def refusing_values(store: SqlStore, marker: str) -> AsyncIterator[None]:
+    """While open, the database itself (a trigger, not Python) refuses every row written to
+    ``store``'s table whose value's text contains ``marker`` (letters only)."""
+    assert marker.isalpha(), marker
+    backend = store.engine.url.get_backend_name()
+    creates, drops = _REFUSING["mysql" if backend == "mariadb" else backend]
+    await store.is_empty()  # an in-memory database gets its schema at first use
+    async with store.engine.begin() as connection:
+        for statement in creates:
+            await connection.exec_driver_sql(statement.replace("{marker}", marker))
+    try:
+        yield
+    finally:
+        async with store.engine.begin() as connection:
+            for statement in drops:
+                await connection.exec_driver_sql(statement)
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+def unique_prefix() -> str:
+    """A lease prefix of its own: the server databases are shared by the whole run."""
+    return f"p{secrets.token_hex(4)}/"
+
+
+async def ended(call: Awaitable[Any]) -> Any:
+    """What ``call`` returned, or the :class:`StoreError` it raised (within HANG_GUARD)."""
+    try:
+        return await asyncio.wait_for(call, HANG_GUARD)
+    except StoreError as exc:
+        return exc
+
+
+def _take_and_vanish(url: URL, prefix: str) -> None:
+    """Take the lease on ``prefix`` with a short ttl in a store of another event loop, then end
+    that loop without releasing it: the lease expires."""
+
+    async def run() -> None:
+        holder = SqlStore.from_url(url)
+        await holder.lease(prefix, ttl=0.2).acquire()
+        await holder.engine.dispose()  # its renewer is cancelled when the loop ends
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),))
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive()
+
+
+async def lease_state(store: SqlStore, url: URL, prefix: str, state: str) -> None:
+    """Leave the lease on ``prefix`` released, expired, or never taken (no lease row)."""
+    if state == "released":
+        async with store.lease(prefix):
+            pass
+    elif state == "expired":
+        await asyncio.to_thread(_take_and_vanish, url, prefix)
+        async with asyncio.timeout(HANG_GUARD):
+            while True:
+                live = [info.live for info in await store.leases() if info.prefix == prefix]
+                if live == [False]:
+                    break
+                await asyncio.sleep(0.05)

@@ -1,49 +1,67 @@
-"""Histories of store operations, and a checker that each key behaved as one atomic register.
+"""Histories of store operations, recorded for :func:`tests.checker.check`.
 
 Every operation is recorded with its start and end (``time.monotonic``, one clock for every
 process of the machine) and its result. Writes carry values unique per key; reads use
-``load_snapshot`` and so see the value and its save time (``updated_at``).
+``load_snapshot`` and so see the value and its save time (``updated_at``). Besides plain saves:
+compare-and-set (``if_updated_at``, ``if_absent``), whose refusal (:class:`ConflictError`) is a
+read of the stored time; restores of one snapshot with its own time, with how the report
+counted it; and leases (acquire, renew, release), with the writes made under each.
 
 The register the store promises is ordered by save time: ``updated_at`` is assigned at
 ``save()`` call time, strictly increasing per process, and a write whose save time is older than
-the stored one never replaces it. A write that failed or timed out is indeterminate: it may take
-effect any time after it began, or never, but only in its save-time place. :func:`check` holds a
-history to that, with rules that a correct store cannot break (each rule's docstring says why).
+the stored one never replaces it. A write that failed, timed out, or whose outcome the store
+calls unknown is indeterminate: it may take effect any time after it began, or never, but only
+in its save-time place. A write refused with an answer (a conflict, a lease held or lost, a
+restore that kept a newer snapshot) wrote nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rustrade_store import StorageError
+from rustrade_store import (
+    ConflictError,
+    LeaseHeldError,
+    LeaseLostError,
+    OutcomeUnknownError,
+    Snapshot,
+    StorageError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Mapping, Sequence
     from random import Random
 
-    from rustrade_store import SqlStore
+    from rustrade_store import Lease, SqlStore
 
-__all__ = ["Anomaly", "History", "Read", "Write", "check", "clients"]
+__all__ = ["Anomaly", "History", "LeaseOp", "Read", "Write", "clients"]
 
 ACKNOWLEDGED = "ok"
 FAILED = "failed"
 TIMED_OUT = "timed out"
+UNKNOWN = "outcome unknown"
 HUNG = "hung"
-"""Outcomes. Every one but ``ok`` leaves a write indeterminate; a failed read tells nothing."""
+"""Outcomes. Every one but ``ok`` leaves a write indeterminate, bar the refusals below; a
+failed read tells nothing."""
+CONFLICT = "conflict"
+HELD = "lease held"
+LOST = "lease lost"
+KEPT = "kept newer"
+REFUSED = frozenset({CONFLICT, HELD, LOST, KEPT})
+"""Outcomes of a write refused with an answer: nothing was written."""
 
-_NEVER = datetime.min.replace(tzinfo=UTC)
+NEVER = datetime.min.replace(tzinfo=UTC)
 """The save time of a missing key: older than any save."""
 
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One key's part of a ``save`` or ``save_many`` call."""
+    """One key's part of a ``save``, ``save_many`` or ``restore`` call."""
 
     key: str
     value: str
@@ -52,6 +70,19 @@ class Write:
     called_at: datetime
     """The wall clock just before the call: the store's save time is not earlier."""
     outcome: str
+    kind: str = "save"
+    """``save``, ``cas`` (compare-and-set) or ``restore``."""
+    expected: datetime | None = None
+    """A compare-and-set's base: the save time it expects stored (:data:`NEVER`: absent)."""
+    conflict_at: datetime | None = None
+    """A refused compare-and-set's stored time, from its error (:data:`NEVER`: missing)."""
+    own_time: datetime | None = None
+    """A restore's save time, the snapshot's own."""
+    counted: str | None = None
+    """How a restore's report counted it: added, replaced, newer, conflicting or unchanged."""
+    holder: str | None = None
+    """The id of the writer's lease on the key's prefix (``None``: it held none)."""
+    token: int | None = None
 
     @property
     def acknowledged(self) -> bool:
@@ -68,10 +99,28 @@ class Read:
     outcome: str
     value: str | None = None
     updated_at: datetime | None = None
+    with_value: bool = True
+    """False for what a compare-and-set's conflict saw: the stored time, not the value."""
 
     @property
     def saved(self) -> datetime:
-        return _NEVER if self.updated_at is None else self.updated_at
+        return NEVER if self.updated_at is None else self.updated_at
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOp:
+    """An ``acquire``, ``renew`` or ``release`` of a lease on ``prefix``. ``holder`` names one
+    tenure (the id a take-over writes); ``live_until`` is the monotonic time until which the
+    database keeps it live, from the expiry the call returned (its end is the earliest)."""
+
+    prefix: str
+    action: str
+    start: float
+    end: float
+    outcome: str
+    holder: str | None = None
+    token: int | None = None
+    live_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,49 +133,135 @@ class Anomaly:
         return f"{self.rule} on {self.key!r}: {self.detail}"
 
 
+_ERRORS: list[tuple[type[BaseException], str]] = [
+    (ConflictError, CONFLICT),
+    (LeaseHeldError, HELD),
+    (LeaseLostError, LOST),
+    (OutcomeUnknownError, UNKNOWN),
+]
+
+
 @dataclass(slots=True)
 class History:
     """Operations as they happened; ``calls`` counts store calls (a ``save_many`` is one)."""
 
     writes: list[Write] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
+    leases: list[LeaseOp] = field(default_factory=list)
     calls: int = 0
     guard: float = 120.0
     """Seconds after which a call counts as hung (the store promises it never hangs)."""
 
     async def _call(self, call: Awaitable[Any]) -> tuple[str, Any]:
+        """The outcome of ``call``, and its result (its error, if it raised a refusal)."""
         self.calls += 1
         try:
             return ACKNOWLEDGED, await asyncio.wait_for(call, self.guard)
+        except (ConflictError, LeaseHeldError, LeaseLostError, OutcomeUnknownError) as exc:
+            return next(name for kind, name in _ERRORS if isinstance(exc, kind)), exc
         except StorageError as exc:
             return (TIMED_OUT if "timed out" in str(exc) else FAILED), None
         except TimeoutError:
             return HUNG, None
 
-    async def save(self, store: SqlStore, key: str, value: str) -> None:
-        await self._write(store.save(key, value), {key: value})
+    async def save(self, store: SqlStore, key: str, value: str, lease: Lease | None = None) -> None:
+        await self._write(store.save(key, value), {key: value}, lease=lease)
 
-    async def save_many(self, store: SqlStore, values: Mapping[str, str]) -> None:
-        await self._write(store.save_many(values), values)
+    async def save_many(
+        self, store: SqlStore, values: Mapping[str, str], lease: Lease | None = None
+    ) -> None:
+        await self._write(store.save_many(values), values, lease=lease)
 
-    async def _write(self, call: Awaitable[None], values: Mapping[str, str]) -> None:
+    async def compare_and_set(
+        self,
+        store: SqlStore,
+        key: str,
+        value: str,
+        expected: datetime | None,
+        lease: Lease | None = None,
+    ) -> None:
+        """``save`` with ``if_updated_at=expected``, or ``if_absent`` for ``None``."""
+        call = (
+            store.save(key, value, if_absent=True)
+            if expected is None
+            else store.save(key, value, if_updated_at=expected)
+        )
+        base = NEVER if expected is None else expected
+        await self._write(call, {key: value}, lease=lease, kind="cas", expected=base)
+
+    async def restore(self, store: SqlStore, key: str, value: str, own_time: datetime) -> None:
+        """Restore one snapshot with its own time, counted as its report says."""
+        await self._write(
+            store.restore([Snapshot(key, value, own_time)]),
+            {key: value},
+            kind="restore",
+            own_time=own_time,
+        )
+
+    async def _write(
+        self,
+        call: Awaitable[Any],
+        values: Mapping[str, str],
+        *,
+        lease: Lease | None = None,
+        **extra: Any,
+    ) -> None:
+        if lease is not None:
+            extra |= {"holder": lease.holder.get("id"), "token": lease.token}
         called_at = datetime.now(UTC)  # before ``call`` starts running, so before its save time
         start = time.monotonic()
-        outcome, _ = await self._call(call)
+        outcome, result = await self._call(call)
         end = time.monotonic()
+        if isinstance(result, ConflictError):
+            extra["conflict_at"] = NEVER if result.stored_at is None else result.stored_at
+        if extra.get("kind") == "restore" and outcome == ACKNOWLEDGED:
+            counted = next(
+                name
+                for name in ("added", "replaced", "newer", "conflicting", "unchanged")
+                if getattr(result, name)
+            )
+            extra["counted"] = counted
+            outcome = ACKNOWLEDGED if counted in ("added", "replaced") else KEPT
         for key, value in values.items():
-            self.writes.append(Write(key, value, start, end, called_at, outcome))
+            self.writes.append(Write(key, value, start, end, called_at, outcome, **extra))
 
-    async def read(self, store: SqlStore, key: str) -> None:
+    async def read(self, store: SqlStore, key: str) -> Read:
         start = time.monotonic()
         outcome, snapshot = await self._call(store.load_snapshot(key))
         end = time.monotonic()
         if snapshot is None:
-            self.reads.append(Read(key, start, end, outcome))
+            read = Read(key, start, end, outcome)
         else:
             value = snapshot.value
             assert isinstance(value, str), f"{key!r} holds {value!r}, which no writer saves"
-            self.reads.append(Read(key, start, end, outcome, value, snapshot.updated_at))
+            read = Read(key, start, end, outcome, value, snapshot.updated_at)
+        self.reads.append(read)
+        return read
+
+    async def acquire(self, lease: Lease, wait: float = 0) -> bool:
+        """Try to take ``lease``, waiting up to ``wait`` seconds; whether it was taken."""
+        return await self._lease(lease, "acquire", lease.acquire(wait=wait))
+
+    async def renew(self, lease: Lease) -> bool:
+        return await self._lease(lease, "renew", lease.renew())
+
+    async def release(self, lease: Lease) -> None:
+        await self._lease(lease, "release", lease.release())
+
+    async def _lease(self, lease: Lease, action: str, call: Awaitable[Any]) -> bool:
+        holder = lease.holder.get("id") if action != "acquire" else None
+        start = time.monotonic()
+        outcome, _ = await self._call(call)
+        end = time.monotonic()
+        wall = datetime.now(UTC)
+        live_until = None
+        if outcome == ACKNOWLEDGED and action != "release" and lease.expires_at is not None:
+            holder = lease.holder.get("id")
+            live_until = end + (lease.expires_at - wall).total_seconds()
+        self.leases.append(
+            LeaseOp(lease.prefix, action, start, end, outcome, holder, lease.token, live_until)
+        )
+        return outcome == ACKNOWLEDGED
 
     def outcomes(self) -> Counter[str]:
         """Calls by outcome (a ``save_many`` counted once per key)."""
@@ -135,25 +270,17 @@ class History:
     def to_json(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
-            "writes": [
-                [w.key, w.value, w.start, w.end, w.called_at.isoformat(), w.outcome]
-                for w in self.writes
-            ],
-            "reads": [
-                [r.key, r.start, r.end, r.outcome, r.value, _iso(r.updated_at)] for r in self.reads
-            ],
+            "writes": [_pack(w) for w in self.writes],
+            "reads": [_pack(r) for r in self.reads],
+            "leases": [_pack(op) for op in self.leases],
         }
 
     def extend(self, data: Mapping[str, Any]) -> None:
         """Add a history another process sent as :meth:`to_json`."""
         self.calls += data["calls"]
-        for key, value, start, end, called_at, outcome in data["writes"]:
-            self.writes.append(
-                Write(key, value, start, end, datetime.fromisoformat(called_at), outcome)
-            )
-        for key, start, end, outcome, value, updated_at in data["reads"]:
-            saved = None if updated_at is None else datetime.fromisoformat(updated_at)
-            self.reads.append(Read(key, start, end, outcome, value, saved))
+        self.writes += [Write(**_unpack(Write, w)) for w in data["writes"]]
+        self.reads += [Read(**_unpack(Read, r)) for r in data["reads"]]
+        self.leases += [LeaseOp(**_unpack(LeaseOp, op)) for op in data["leases"]]
 
 
 async def clients(
@@ -205,210 +332,17 @@ def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
 
-def check(writes: Iterable[Write], reads: Iterable[Read]) -> list[Anomaly]:
-    """Every anomaly of the history, key by key (failed reads are left out: they saw nothing)."""
-    writes_by_key: dict[str, list[Write]] = {}
-    reads_by_key: dict[str, list[Read]] = {}
-    for write in writes:
-        writes_by_key.setdefault(write.key, []).append(write)
-    for read in reads:
-        if read.outcome == ACKNOWLEDGED:
-            reads_by_key.setdefault(read.key, []).append(read)
-    anomalies: list[Anomaly] = []
-    for key in sorted(writes_by_key.keys() | reads_by_key.keys()):
-        anomalies += _Register(key, writes_by_key.get(key, []), reads_by_key.get(key, [])).check()
-    return anomalies
+def _pack(record: Write | Read | LeaseOp) -> dict[str, Any]:
+    return {
+        f.name: value.isoformat() if isinstance(value, datetime) else value
+        for f in fields(record)
+        if (value := getattr(record, f.name)) is not None
+    }
 
 
-class _Register:
-    """One key's history."""
-
-    __slots__ = ("acked", "key", "reads", "saved_at", "writes")
-
-    def __init__(self, key: str, writes: list[Write], reads: list[Read]) -> None:
-        self.key = key
-        self.writes: dict[str, Write] = {}
-        for write in writes:
-            if write.value in self.writes:
-                raise ValueError(f"value {write.value!r} written twice to {key!r}: not unique")
-            self.writes[write.value] = write
-        self.reads = sorted(reads, key=lambda read: read.end)
-        self.acked = sorted((w for w in writes if w.acknowledged), key=lambda w: w.end)
-        self.saved_at: dict[str, datetime] = {}
-        """The save time of each write some read saw."""
-
-    def check(self) -> list[Anomaly]:
-        found = self.known_values()
-        found += self.one_save_time_per_write()
-        found += self.save_times_follow_calls()
-        found += self.no_read_from_the_future()
-        found += self.reads_never_go_back()
-        found += self.no_acknowledged_write_lost()
-        found += self.no_read_older_than_an_acknowledged_write()
-        return found
-
-    def _anomaly(self, rule: str, detail: str) -> Anomaly:
-        return Anomaly(rule, self.key, detail)
-
-    def _seen(self) -> list[tuple[Read, Write]]:
-        return [(read, self.writes[read.value]) for read in self.reads if read.value in self.writes]
-
-    def known_values(self) -> list[Anomaly]:
-        """A read returns a value some write put there (values are unique) or a missing key."""
-        return [
-            self._anomaly("unknown value", f"read at {r.start:.3f} returned {r.value!r}")
-            for r in self.reads
-            if r.value is not None and r.value not in self.writes
-        ]
-
-    def one_save_time_per_write(self) -> list[Anomaly]:
-        """A write has one save time, fixed before its first attempt, so every read of its value
-        sees the same ``updated_at``."""
-        found = []
-        for read, write in self._seen():
-            assert read.updated_at is not None
-            first = self.saved_at.setdefault(write.value, read.updated_at)
-            if first != read.updated_at:
-                found.append(
-                    self._anomaly(
-                        "two save times",
-                        f"{write.value!r} read with updated_at {first} and {read.updated_at}",
-                    )
-                )
-        return found
-
-    def save_times_follow_calls(self) -> list[Anomaly]:
-        """The save time is taken at call time, so it is not before the wall clock read just
-        before the call, and a write called after another one ended has a later save time."""
-        found = [
-            self._anomaly(
-                "save time before the call",
-                f"{value!r} has updated_at {saved}, called at {self.writes[value].called_at}",
-            )
-            for value, saved in self.saved_at.items()
-            if saved < self.writes[value].called_at
-        ]
-        timed = sorted((self.writes[value] for value in self.saved_at), key=lambda w: w.end)
-        ends = [w.end for w in timed]
-        latest: list[Write] = []  # latest[i]: the latest-saved among timed[: i + 1]
-        for write in timed:
-            before = latest[-1] if latest else write
-            latest.append(
-                write if self.saved_at[write.value] >= self.saved_at[before.value] else before
-            )
-        for write in timed:
-            count = bisect_left(ends, write.start)
-            if count and self.saved_at[latest[count - 1].value] >= self.saved_at[write.value]:
-                earlier = latest[count - 1]
-                found.append(
-                    self._anomaly(
-                        "save times out of call order",
-                        f"{earlier.value!r} (ended {earlier.end:.3f}, updated_at "
-                        f"{self.saved_at[earlier.value]}) is not older than {write.value!r} "
-                        f"(began {write.start:.3f}, updated_at {self.saved_at[write.value]})",
-                    )
-                )
-        return found
-
-    def no_read_from_the_future(self) -> list[Anomaly]:
-        """A write cannot take effect before it is called, so no read that ended before a write
-        began returns it."""
-        return [
-            self._anomaly(
-                "read from the future",
-                f"read {read.start:.3f}-{read.end:.3f} returned {write.value!r}, "
-                f"called at {write.start:.3f}",
-            )
-            for read, write in self._seen()
-            if write.start > read.end
-        ]
-
-    def reads_never_go_back(self) -> list[Anomaly]:
-        """The stored save time of a key never decreases (an older write never replaces a newer
-        one, nothing deletes), so a read that starts after another ended sees a save time at least
-        as recent."""
-        found = []
-        ends = [read.end for read in self.reads]
-        latest: list[Read] = []  # latest[i]: the most recent save time among reads[: i + 1]
-        for read in self.reads:
-            latest.append(read if not latest or read.saved >= latest[-1].saved else latest[-1])
-        for read in self.reads:
-            count = bisect_left(ends, read.start)
-            if count and latest[count - 1].saved > read.saved:
-                earlier = latest[count - 1]
-                found.append(
-                    self._anomaly(
-                        "read went back",
-                        f"read {read.start:.3f}-{read.end:.3f} returned {read.value!r} "
-                        f"(updated_at {read.updated_at}) after read "
-                        f"{earlier.start:.3f}-{earlier.end:.3f} had returned {earlier.value!r} "
-                        f"(updated_at {earlier.updated_at})",
-                    )
-                )
-        return found
-
-    def _acked_before(self) -> tuple[list[float], list[Write], list[Write]]:
-        """Acknowledged writes by end, with running maxima: of start, and of known save time."""
-        ends = [w.end for w in self.acked]
-        latest_start: list[Write] = []
-        latest_saved: list[Write] = []
-        for write in self.acked:
-            if not latest_start or write.start > latest_start[-1].start:
-                latest_start.append(write)
-            else:
-                latest_start.append(latest_start[-1])
-            if not latest_saved or self._floor(write) > self._floor(latest_saved[-1]):
-                latest_saved.append(write)
-            else:
-                latest_saved.append(latest_saved[-1])
-        return ends, latest_start, latest_saved
-
-    def _floor(self, write: Write) -> datetime:
-        """The earliest the save time of ``write`` can be: seen by a read, else its call time."""
-        return self.saved_at.get(write.value, write.called_at)
-
-    def no_acknowledged_write_lost(self) -> list[Anomaly]:
-        """Once a write is acknowledged the stored save time is at least its own (its upsert
-        either wrote or met a newer row) and never decreases, so a read that starts later sees
-        a save time no older than the write's (its call time, or the one a read saw)."""
-        ends, _, latest_saved = self._acked_before()
-        found = []
-        for read in self.reads:
-            count = bisect_left(ends, read.start)
-            if count and self._floor(latest_saved[count - 1]) > read.saved:
-                lost = latest_saved[count - 1]
-                found.append(
-                    self._anomaly(
-                        "acknowledged write lost",
-                        f"read {read.start:.3f}-{read.end:.3f} returned {read.value!r} "
-                        f"(updated_at {read.updated_at}) after {lost.value!r} "
-                        f"(called {lost.start:.3f} at {lost.called_at}, updated_at "
-                        f"{self.saved_at.get(lost.value, 'never read')}) was acknowledged "
-                        f"at {lost.end:.3f}",
-                    )
-                )
-        return found
-
-    def no_read_older_than_an_acknowledged_write(self) -> list[Anomaly]:
-        """A write that ended before an acknowledged write ``w`` began has an older save time
-        (call order), so once ``w`` is acknowledged no read returns it, whether it was itself
-        acknowledged or not: a late write may land, but not over a newer one."""
-        ends, latest_start, _ = self._acked_before()
-        found = []
-        for read in self.reads:
-            count = bisect_left(ends, read.start)
-            if not count:
-                continue
-            newer = latest_start[count - 1]
-            returned = self.writes.get(read.value) if read.value is not None else None
-            if read.value is None or (returned is not None and returned.end < newer.start):
-                ended = "never written" if returned is None else f"ended {returned.end:.3f}"
-                found.append(
-                    self._anomaly(
-                        "stale read",
-                        f"read {read.start:.3f}-{read.end:.3f} returned {read.value!r} "
-                        f"({ended}) though {newer.value!r}, begun {newer.start:.3f}, "
-                        f"was acknowledged at {newer.end:.3f}",
-                    )
-                )
-        return found
+def _unpack(kind: type[Write | Read | LeaseOp], data: Mapping[str, Any]) -> dict[str, Any]:
+    timed = {f.name for f in fields(kind) if "datetime" in str(f.type)}
+    return {
+        name: datetime.fromisoformat(value) if name in timed else value
+        for name, value in data.items()
+    }

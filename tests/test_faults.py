@@ -3,7 +3,7 @@
 Every connection goes through a :class:`~tests.proxy.TcpProxy` that withholds or drops answers,
 holds or delays requests, resets links and freezes them. Regression tests each set up one known
 way to lose data (a retry, a late save, a late delete); then writers and readers in two
-processes run through a schedule of faults, and :func:`tests.history.check` holds every key's
+processes run through a schedule of faults, and :func:`tests.checker.check` holds every key's
 history to the promise: a write carrying an older save time (``updated_at``, taken at call time)
 than the stored one never replaces it. Sizes: ``RUSTRADE_FAULT_OPS`` calls and
 ``RUSTRADE_FAULT_FAULTS`` faults per database (2,000 and 20 by default; ``make soak`` runs
@@ -18,7 +18,6 @@ import os
 import secrets
 import sys
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -28,16 +27,19 @@ import pytest
 
 from rustrade_store import SqlStore, StorageError
 
-from .helpers import POSTGRES_18
-from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
+from .checker import check
+from .clients import LEASED, Mix, clients
+from .helpers import POSTGRES_18, proxy_for
+from .history import History
 from .proxy import TcpProxy
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from sqlalchemy import URL
 
-    from .proxy import Link
+    from .proxy import Link, TcpProxy
+
 
 SERVERS = [
     pytest.param("postgres", marks=pytest.mark.postgres),
@@ -52,19 +54,11 @@ FAULT_FAULTS = int(os.environ.get("RUSTRADE_FAULT_FAULTS", "20"))
 FAULT_SEED = int(os.environ.get("RUSTRADE_FAULT_SEED", "0")) or secrets.randbelow(2**32)
 STORE_TIMEOUT = 0.5
 """The timeout of the stores behind faults: short, so that faults turn into timeouts."""
+SQLITE_TIMEOUT = 5.0
+"""The timeout of the stores of the SQLite run: two processes take turns at its write lock."""
+MAIN_MIX = Mix(writers=4, readers=3, compare_and_sets=2, restorers=1)
+CHILD_MIX = Mix(writers=2, readers=1, compare_and_sets=1, restorers=1)
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture(params=SERVERS)
-def server_url(request: pytest.FixtureRequest) -> URL:
-    """The run's migrated database on each server."""
-    url: URL = request.getfixturevalue(f"{request.param}_url")
-    return url
-
-
-def proxy_for(url: URL) -> TcpProxy:
-    default_port = 5432 if url.get_backend_name() == "postgresql" else 3306
-    return TcpProxy(url.host or "127.0.0.1", url.port or default_port)
 
 
 def new_key() -> str:
@@ -78,83 +72,6 @@ async def outcome(call: Awaitable[object]) -> str:
     except StorageError as exc:
         return f"raised {exc}"
     return "returned"
-
-
-# -- the checker, on histories made by hand ------------------------------------------------------
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def _write(value: str, start: float, end: float, outcome: str = ACKNOWLEDGED) -> Write:
-    return Write("k", value, start, end, T0 + timedelta(seconds=start), outcome)
-
-
-def _read(start: float, end: float, seen: Write | str | None, saved: float | None = None) -> Read:
-    """A read of ``seen``, with the save time ``saved`` (default: just after its call)."""
-    if isinstance(seen, Write):
-        saved = seen.start + 1e-6 if saved is None else saved
-        seen = seen.value
-    when = None if saved is None else T0 + timedelta(seconds=saved)
-    return Read("k", start, end, ACKNOWLEDGED, seen, when)
-
-
-A = _write("a", 0.0, 1.0)
-B = _write("b", 2.0, 3.0)
-C = _write("c", 0.2, 1.2)
-F = _write("f", 1.5, 1.8, FAILED)
-LATE = _write("late", 0.5, 1.5, TIMED_OUT)
-RETRIED = _write("retried", 0.0, 2.0)  # acknowledged after a retry
-MEANWHILE = _write("meanwhile", 1.0, 1.5)
-
-CHECKER_CASES: dict[str, tuple[list[Write], list[Read], set[str]]] = {
-    "in order": ([A, B], [_read(1.1, 1.2, A), _read(3.1, 3.2, B)], set()),
-    "overlapping writes seen in either order while they run": (
-        [A, C],
-        [_read(0.5, 0.6, A), _read(0.7, 0.8, C), _read(1.3, 1.4, C)],
-        set(),
-    ),
-    "a failed write landing late in its place": ([A, F], [_read(5, 5.1, F)], set()),
-    "a failed write that never landed": ([A, F], [_read(5, 5.1, A)], set()),
-    "a failed write landing over a newer save": (
-        [LATE, B],
-        [_read(3.5, 3.6, B), _read(4, 4.1, LATE)],
-        {"read went back", "acknowledged write lost", "stale read"},
-    ),
-    "a retry writing over a newer save": (
-        [RETRIED, MEANWHILE],
-        [_read(1.6, 1.7, MEANWHILE), _read(2.5, 2.6, RETRIED)],
-        {"read went back", "acknowledged write lost"},
-    ),
-    "the older of two acknowledged saves": (
-        [A, C],
-        [_read(1.3, 1.4, A)],
-        {"acknowledged write lost"},
-    ),
-    "a missing key after a save": (
-        [A],
-        [_read(1.5, 1.6, None)],
-        {"acknowledged write lost", "stale read"},
-    ),
-    "a read from the future": ([B], [_read(1.0, 1.5, B)], {"read from the future"}),
-    "an unknown value": ([A], [_read(1.5, 1.6, "zzz", 0.5)], {"unknown value"}),
-    "two save times for one write": (
-        [A],
-        [_read(1.1, 1.2, A), _read(1.3, 1.4, A, 0.1)],
-        {"two save times"},
-    ),
-    "a save time before the call": ([A], [_read(1.1, 1.2, A, -1.0)], {"save time before the call"}),
-    "save times out of call order": (
-        [A, B],
-        [_read(0.5, 0.6, A, 2.5), _read(3.5, 3.6, B, 2.1)],
-        {"save times out of call order", "read went back", "acknowledged write lost"},
-    ),
-}
-
-
-@pytest.mark.parametrize("case", CHECKER_CASES)
-def test_the_checker_flags_exactly_the_broken_rules(case: str) -> None:
-    writes, reads, broken = CHECKER_CASES[case]
-    assert {anomaly.rule for anomaly in check(writes, reads)} == broken
 
 
 # -- regression tests --------------------------------------------------------------------------
@@ -257,41 +174,40 @@ async def test_a_request_that_arrives_after_its_timeout_never_undoes_a_newer_sav
     )
 
 
+async def test_a_write_held_past_a_take_over_never_lands(server_url: URL, tmp_path: Path) -> None:
+    """A lease holder's save is held in the network (its links frozen, new ones refused, so its
+    renewals fail too) until its lease has expired and another store has taken it over and read
+    the key; then the network comes back and the save reaches the server. The fence must refuse
+    it: the history must pass :func:`check` (a write under a superseded lease)."""
+    key = f"{LEASED}{secrets.token_hex(4)}/k"
+    prefix = key.partition("/")[0] + "/"
+    history = History(guard=HANG_GUARD)
+    async with proxy_for(server_url) as proxy:
+        zombie = SqlStore.from_url(server_url.set(port=proxy.port), timeout=HANG_GUARD / 4)
+        other = SqlStore.from_url(server_url)
+        try:
+            old = zombie.lease(prefix, ttl=0.5)
+            assert await history.acquire(old)
+            await history.save(zombie, key, "z1", old)
+            proxy.freeze(proxy.links)
+            proxy.refuse()
+            held = asyncio.ensure_future(history.save(zombie, key, "z2", old))
+            new = other.lease(prefix, ttl=3)
+            assert await history.acquire(new, wait=HANG_GUARD)
+            await history.read(other, key)
+            assert not held.done(), "the held save ended before the take-over"
+            await proxy.restore()
+            await held
+            await history.read(other, key)
+            await history.release(new)
+        finally:
+            await proxy.restore()
+            await zombie.aclose()
+            await other.aclose()
+    verdict("take-over", history, Counter(), tmp_path, processes=1)
+
+
 # -- many writers and readers through a schedule of faults --------------------------------------
-
-
-async def clients(
-    stores: Sequence[SqlStore],
-    history: History,
-    keys: Sequence[str],
-    name: str,
-    stop: asyncio.Event,
-    rng: Random,
-    *,
-    writers: int,
-    readers: int,
-) -> None:
-    """Writers save (a quarter of the time two keys at once) values unique to them; readers
-    read; each on the stores in turn, until ``stop``."""
-
-    async def writer(number: int, store: SqlStore) -> None:
-        step = 0
-        while not stop.is_set():
-            step += 1
-            value = f"{name}.{number}.{step}"
-            if rng.random() < 0.25:
-                await history.save_many(store, dict.fromkeys(rng.sample(keys, 2), value))
-            else:
-                await history.save(store, rng.choice(keys), value)
-
-    async def reader(store: SqlStore) -> None:
-        while not stop.is_set():
-            await history.read(store, rng.choice(keys))
-
-    await asyncio.gather(
-        *(writer(number, stores[number % len(stores)]) for number in range(writers)),
-        *(reader(stores[number % len(stores)]) for number in range(readers)),
-    )
 
 
 async def _answers_withheld_then_reset(links: list[Link], rng: Random, *, drop: bool) -> None:
@@ -369,23 +285,24 @@ async def start_child(
 
 
 async def test_histories_under_faults_are_an_atomic_register_per_key(
-    server_url: URL, request: pytest.FixtureRequest
+    server_url: URL, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Writers and readers in this process (three stores, so several pooled connections) and in
-    a second one, all through the proxy, while faults are injected; afterwards, with every link
-    closed, a direct read of each key. Every key's history must pass :func:`check`."""
+    """Clients of every kind (:func:`clients`) in this process (three stores, so several pooled
+    connections, and two lease holders) and in a second one, all through the proxy, while
+    faults are injected; afterwards, with every link closed, a direct read of each key. The
+    history must pass :func:`check` (kept in the test's directory if it does not)."""
     rng = Random(FAULT_SEED)
-    keys = [f"faults/{secrets.token_hex(4)}/{number}" for number in range(4)]
+    keys = history_keys()
     history = History(guard=HANG_GUARD)
     injected: Counter[str] = Counter()
     stop = asyncio.Event()
     async with proxy_for(server_url) as proxy:
         proxied = server_url.set(port=proxy.port)
-        stores = [SqlStore.from_url(proxied, timeout=STORE_TIMEOUT) for _ in range(3)]
+        stores = [SqlStore.from_url(proxied, timeout=STORE_TIMEOUT) for _ in range(5)]
         child = await start_child(proxied, "p1", rng.randrange(2**32), keys)
         try:
             running = asyncio.ensure_future(
-                clients(stores, history, keys, "p0", stop, rng, writers=6, readers=3)
+                clients(stores[:3], stores[3:], history, keys, "p0", stop, rng, MAIN_MIX)
             )
             await inject_faults(
                 proxy,
@@ -412,24 +329,84 @@ async def test_histories_under_faults_are_an_atomic_register_per_key(
         for key in keys:
             await history.read(direct, key)
 
-    anomalies = check(history.writes, history.reads)
+    verdict(f"{request.node.callspec.id}", history, injected, tmp_path)
+
+
+async def test_histories_on_sqlite_are_an_atomic_register_per_key(
+    sqlite_url: URL, tmp_path: Path
+) -> None:
+    """SQLite has no network for the proxy to fault: the same clients, in this process and a
+    second one, on one database file, without faults, for a quarter of the fault run's
+    operations. The history must pass :func:`check`."""
+    rng = Random(FAULT_SEED)
+    keys = history_keys()
+    history = History(guard=HANG_GUARD)
+    stop = asyncio.Event()
+    stores = [SqlStore.from_url(sqlite_url, timeout=SQLITE_TIMEOUT) for _ in range(5)]
+    child = await start_child(sqlite_url, "p1", rng.randrange(2**32), keys)
+    try:
+        running = asyncio.ensure_future(
+            clients(stores[:3], stores[3:], history, keys, "p0", stop, rng, MAIN_MIX)
+        )
+        async with asyncio.timeout(HANG_GUARD * 10):
+            while history.calls < FAULT_OPS // 4 and not running.done():
+                await asyncio.wait([running], timeout=0.05)
+        stop.set()
+        await running
+        out, err = await asyncio.wait_for(child.communicate(b""), HANG_GUARD)
+        assert child.returncode == 0, f"the second process failed:\n{err.decode()[-3000:]}"
+        history.extend(json.loads(out))
+        for key in keys:
+            await history.read(stores[0], key)
+    finally:
+        stop.set()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        for store in stores:
+            await store.aclose()
+    verdict("sqlite", history, Counter(), tmp_path)
+
+
+def history_keys() -> list[str]:
+    """Four keys under a prefix no lease covers, two under :data:`LEASED`, new for a run."""
+    run = secrets.token_hex(4)
+    keys = [f"faults/{run}/{number}" for number in range(4)]
+    return keys + [f"{LEASED}{run}/{number}" for number in range(2)]
+
+
+def verdict(
+    name: str, history: History, injected: Counter[str], kept_in: Path, *, processes: int = 2
+) -> None:
+    """Print what was checked and found (the history kept in ``kept_in`` if anything was);
+    fail on an anomaly or a call that hung."""
+    anomalies = check(history.writes, history.reads, history.leases)
     outcomes = history.outcomes()
-    writes = len(history.writes)
-    reads = len(history.reads)
     kinds = ", ".join(f"{kind}: {count}" for kind, count in injected.items())
     rules = ", ".join(
         f"{rule}: {count}" for rule, count in Counter(a.rule for a in anomalies).items()
     )
+    writes = _tally((w.kind, w.outcome) for w in history.writes)
+    leases = _tally((op.action, op.outcome) for op in history.leases)
     print(
-        f"\n{request.node.callspec.id}: {history.calls} operations checked ({writes} key writes, "
-        f"{reads} reads; outcomes {dict(outcomes)}) in 2 processes, seed {FAULT_SEED}; "
+        f"\n{name}: {history.calls} operations checked ({len(history.reads)} reads; key writes "
+        f"{writes}; leases {leases}) in {processes} process(es), seed {FAULT_SEED}; "
         f"{injected.total()} faults injected ({kinds}); {len(anomalies)} anomalies"
         + (f" ({rules})" if anomalies else "")
     )
     for anomaly in anomalies[:10]:
         print(f"  {anomaly}")
+    if anomalies:
+        kept = kept_in / "history.json"
+        kept.write_text(json.dumps(history.to_json()))
+        print(f"  history kept in {kept}")
     assert not outcomes["hung"], f"{outcomes['hung']} calls hung past {HANG_GUARD} s"
     assert not anomalies, "\n".join(str(anomaly) for anomaly in anomalies[:20])
+
+
+def _tally(items: Iterable[tuple[str, str]]) -> str:
+    counts = Counter(f"{kind} {outcome}" for kind, outcome in items)
+    return "{" + ", ".join(f"{name}: {count}" for name, count in sorted(counts.items())) + "}"
 
 
 # -- the second process ------------------------------------------------------------------------
@@ -439,9 +416,12 @@ async def _child(url: str, name: str, seed: int, keys: list[str]) -> None:
     """Run clients on one store until stdin closes, then print the history as JSON."""
     history = History(guard=HANG_GUARD)
     stop = asyncio.Event()
-    async with SqlStore.from_url(url, timeout=STORE_TIMEOUT) as store:
+    async with (
+        SqlStore.from_url(url, timeout=STORE_TIMEOUT) as store,
+        SqlStore.from_url(url, timeout=STORE_TIMEOUT) as holder,
+    ):
         running = asyncio.ensure_future(
-            clients([store], history, keys, name, stop, Random(seed), writers=2, readers=1)
+            clients([store], [holder], history, keys, name, stop, Random(seed), CHILD_MIX)
         )
         await asyncio.to_thread(sys.stdin.read)
         stop.set()

@@ -24,8 +24,9 @@ from sqlalchemy import text
 
 from rustrade_store import SqlStore, StorageError
 
+from .checker import check
 from .galera import running_cluster
-from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, check, clients
+from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, clients
 from .test_failover import NotedHistory, lost_saves, read_all
 
 if TYPE_CHECKING:
