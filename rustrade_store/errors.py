@@ -3,6 +3,7 @@ error into :class:`StorageError`."""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "describe",
     "root_cause",
     "storage_error",
+    "upgrade_hint",
 ]
 
 
@@ -148,6 +150,18 @@ def storage_error(
         detail = f"{detail} {hint}"
     subject = action if key is None else f"{action} {key!r}"
     return StorageError(f"{subject} failed on {where}: {detail}")
+
+
+def upgrade_hint(url_text: str) -> str:
+    """How to migrate the database at ``url_text`` (its URL as shown: password masked), as
+    commands that work as printed wherever the package is installed: from a shell, or from
+    the caller's Python. The one wording of it, for the store, the migrations and the CLI."""
+    command = f"rustrade-store --url {shlex.quote(url_text)} upgrade"
+    if "***" in url_text:
+        command += "` (with the password where the URL shows ***)"
+    else:
+        command += "`"
+    return f"`{command}, or from Python `await rustrade_store.upgrade(url)` with the same URL"
 
 
 class LeaseError(StoreError):

@@ -25,7 +25,7 @@ from .engine import (
     refuse_memory_url,
     resolve_url,
 )
-from .errors import SchemaError, storage_error
+from .errors import SchemaError, storage_error, upgrade_hint
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -282,11 +282,6 @@ async def downgrade(
 
 SchemaState = Literal["missing", "behind", "current", "ahead-unknown"]
 
-_HOW_TO_UPGRADE = (
-    "run `rustrade-store upgrade` (or `alembic upgrade head`, "
-    "or `await rustrade_store.upgrade(url)`)"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class SchemaStatus:
@@ -310,20 +305,31 @@ def _read_revision(connection: Connection) -> str | None:
     return connection.execute(select(version_table.c.version_num)).scalar()
 
 
-def _status(connection: Connection, where: str | None = None) -> SchemaStatus:
-    where = masked(connection.engine.url) if where is None else where
+def _status(
+    connection: Connection, where: str | None = None, url_text: str | None = None
+) -> SchemaStatus:
+    url = connection.engine.url
+    where = masked(url) if where is None else where
+    how = upgrade_hint(masked(url) if url_text is None else url_text)
     current = _read_revision(connection)
     head = head_revision()
     state: SchemaState
     if current == head:
         state, message = "current", f"{where} is at schema revision {head}, this release's head"
     elif current is None:
-        state, message = "missing", f"{where} has no rustrade-store schema: {_HOW_TO_UPGRADE} first"
+        state, message = "missing", f"{where} has no rustrade-store schema: create it with {how}"
+        if url.get_backend_name() == "postgresql" and not url.database:
+            message = (
+                f"{where} names no database, so the server chose its default, "
+                f"{connection.exec_driver_sql('SELECT current_database()').scalar()!r}, "
+                "which has no rustrade-store schema: name the database in the URL "
+                "(postgresql://user@host/dbname), then migrate it"
+            )
     elif known_revision(current):
         state = "behind"
         message = (
             f"{where} is at schema revision {current}, older than this release's {head}: "
-            f"{_HOW_TO_UPGRADE}"
+            f"migrate it with {how}"
         )
     else:
         state = "ahead-unknown"
@@ -335,10 +341,13 @@ def _status(connection: Connection, where: str | None = None) -> SchemaStatus:
     return SchemaStatus(current, head, state, message)
 
 
-async def schema_status(connection: AsyncConnection, where: str | None = None) -> SchemaStatus:
+async def schema_status(
+    connection: AsyncConnection, where: str | None = None, *, url_text: str | None = None
+) -> SchemaStatus:
     """The database's revision against this release's head; ``where`` names the database in
-    the message (default: its URL, password masked)."""
-    return await connection.run_sync(_status, where)
+    the message (default: its URL, password masked), ``url_text`` is the URL its upgrade
+    command gives (default: the connection's, password masked; the CLI gives its ``--url``)."""
+    return await connection.run_sync(_status, where, url_text)
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:
@@ -346,9 +355,12 @@ async def current_revision(connection: AsyncConnection) -> str | None:
     return await connection.run_sync(_read_revision)
 
 
-async def check_revision(connection: AsyncConnection, where: str) -> None:
-    """Raise :class:`SchemaError` unless the database is at this release's head revision."""
-    status = await schema_status(connection, where)
+async def check_revision(
+    connection: AsyncConnection, where: str, *, url_text: str | None = None
+) -> None:
+    """Raise :class:`SchemaError` unless the database is at this release's head revision
+    (``url_text`` as for :func:`schema_status`)."""
+    status = await schema_status(connection, where, url_text=url_text)
     if status.state != "current":
         raise SchemaError(status.message)
 
