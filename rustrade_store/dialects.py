@@ -8,6 +8,7 @@ rest of the package uses what it gets.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,8 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH
-from .engine import MYSQL_BACKENDS, is_memory_url
+from .engine import MYSQL_BACKENDS, is_memory_url, masked
+from .errors import causes, connection_hint, upgrade_hint
 from .schema import UtcTimestamp
 
 if TYPE_CHECKING:
@@ -167,12 +169,96 @@ def _no_hint(writing: bool, cause: BaseException) -> str:
     return ""
 
 
+def _address(url: URL, default_port: int) -> str:
+    """``host:port`` of the server ``url`` names, or its hosts (a multi-host URL)."""
+    if url.host:
+        return f"{url.host}:{url.port or default_port}"
+    hosts = url.query.get("host", ())
+    listed = (hosts,) if isinstance(hosts, str) else tuple(hosts)
+    return ", ".join(listed) if listed else f"localhost:{default_port}"
+
+
+def _create_database(url: URL, address: str, statement: str) -> str:
+    return (
+        f"(create it on {address}, as a user allowed to, with `{statement}`, then its schema "
+        f"with {upgrade_hint(masked(url))})"
+    )
+
+
+_POSTGRES_PORT = 5432
+_MYSQL_PORT = 3306
+_PLAIN_POSTGRES_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_PLAIN_MYSQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""Database names a CREATE DATABASE statement takes unquoted, as they are (PostgreSQL folds
+unquoted names to lower case)."""
+
+
+def _postgres_hint(url: URL) -> Callable[[bool, BaseException], str]:
+    """The connection's failure, what to check, and for a missing database the statement
+    creating it (SQLSTATE 3D000); asyncpg raises a bare ``ConnectionError`` when the server
+    answers its SSL request as no PostgreSQL server does (another database's port)."""
+    address = _address(url, _POSTGRES_PORT)
+
+    def hint(writing: bool, cause: BaseException) -> str:
+        found = connection_hint(cause, address)
+        if found:
+            return found
+        for error in causes(cause):
+            sqlstate = getattr(error, "sqlstate", None)
+            if sqlstate == "3D000":  # invalid_catalog_name
+                name = url.database or url.username or "postgres"
+                if not _PLAIN_POSTGRES_NAME.fullmatch(name):
+                    name = '"{}"'.format(name.replace('"', '""'))
+                return _create_database(url, address, f"CREATE DATABASE {name}")
+            if sqlstate in ("28P01", "28000"):  # invalid password, or no such role or entry
+                return "(check the user name and password in the URL)"
+            if type(error) is ConnectionError:
+                return (
+                    f"(the server at {address} does not answer as PostgreSQL does: is that "
+                    f"another database's port? PostgreSQL's is usually {_POSTGRES_PORT})"
+                )
+        return ""
+
+    return hint
+
+
+def _mysql_hint(url: URL) -> Callable[[bool, BaseException], str]:
+    """As :func:`_postgres_hint`, by asyncmy's error codes (1049 unknown database, 1045
+    access denied), and the packet limit for a write cut off."""
+    address = _address(url, _MYSQL_PORT)
+
+    def hint(writing: bool, cause: BaseException) -> str:
+        found = connection_hint(cause, address)
+        if found:
+            return found
+        code = cause.args[0] if cause.args else None
+        if code == 1049:  # ER_BAD_DB_ERROR
+            name = url.database or ""
+            if not _PLAIN_MYSQL_NAME.fullmatch(name):
+                name = "`{}`".format(name.replace("`", "``"))
+            statement = f"CREATE DATABASE {name} CHARACTER SET utf8mb4"
+            return _create_database(url, address, statement)
+        if code == 1045:  # ER_ACCESS_DENIED_ERROR
+            return "(check the user name and password in the URL)"
+        if code == 2013 and _mysql_timeout(cause):
+            other = (
+                f": {_POSTGRES_PORT} is PostgreSQL's usual port, which never answers a MariaDB "
+                "client; is a MariaDB server listening there?"
+                if url.port == _POSTGRES_PORT
+                else ""
+            )
+            return f"(no answer from {address} in time{other})"
+        return _packet_hint(writing, cause)
+
+    return hint
+
+
 # ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
 # server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
 _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
 
 
-def _mysql_hint(writing: bool, cause: BaseException) -> str:
+def _packet_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
     # asyncmy also reports a packet cut off by the server as a wrong sequence number.
     cut_off = "Packet sequence number wrong" in str(cause)
@@ -329,7 +415,8 @@ class DialectFacts:
     """The value to bind as ``keys`` for :attr:`key_in`."""
     failure_hint: Callable[[bool, BaseException], str] = _no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
-    error: what the database's own message leaves out."""
+    error: what the database's own message leaves out (what kind of connection failure, what
+    to check, the statement creating a missing database)."""
     is_timeout: Callable[[BaseException], bool] = _never
     """Whether the driver's error is a timeout (of a read, of a lock wait) that it does not
     raise as :class:`TimeoutError`: not retried, and worded as a timeout."""
@@ -384,6 +471,7 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
+            failure_hint=_postgres_hint(url),
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
         )
@@ -411,7 +499,7 @@ def facts_for(url: URL) -> DialectFacts:
             # text that must fit max_allowed_packet, 16 MiB by default.
             max_statement_bytes=4 * 1024 * 1024,
             keys_param=_as_list,
-            failure_hint=_mysql_hint,
+            failure_hint=_mysql_hint(url),
             is_timeout=_mysql_timeout,
             is_unreachable=_mysql_unreachable,
             is_read_only=_mysql_read_only,

@@ -16,6 +16,7 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .dialects import facts_for
 from .engine import (
     DEFAULT_TIMEOUT,
     MYSQL_BACKENDS,
@@ -25,7 +26,7 @@ from .engine import (
     refuse_memory_url,
     resolve_url,
 )
-from .errors import SchemaError, storage_error, upgrade_hint
+from .errors import SchemaError, root_cause, storage_error, upgrade_hint
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -242,7 +243,8 @@ async def _run(
         async with _migration_lock(engine, wait) as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc) from exc
+        hint = facts_for(engine.url).failure_hint(True, root_cause(exc))
+        raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc, hint) from exc
     finally:
         if engine is not target:
             await engine.dispose()

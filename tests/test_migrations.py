@@ -143,6 +143,22 @@ async def test_version_table_lives_beside_an_applications_own(empty_url: URL) ->
         await engine.dispose()
 
 
+def run_as_printed(command: str, cwd: Path) -> int:
+    """Run a command the package printed, as a shell would, without RUSTRADE_STORE_URL."""
+    args = shlex.split(command)
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name(args[0])), *args[1:]],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != ENV_VAR},
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.returncode
+
+
 async def test_never_migrated_database_says_how_to_migrate(empty_url: URL, tmp_path: Path) -> None:
     """The hint is a command that works as printed from where the user is: the database's own
     URL (an upgrade without it would migrate another one), never ``alembic upgrade head``
@@ -159,18 +175,7 @@ async def test_never_migrated_database_says_how_to_migrate(empty_url: URL, tmp_p
     assert command is not None, message
     elsewhere = tmp_path / "elsewhere"  # not the repository: no alembic.ini, no state file
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    completed = await asyncio.to_thread(
-        subprocess.run,
-        [Path(sys.executable).with_name("rustrade-store"), *shlex.split(command.group(1))[1:]],
-        capture_output=True,
-        text=True,
-        cwd=elsewhere,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    assert await asyncio.to_thread(run_as_printed, command.group(1), elsewhere) == 0
     async with SqlStore.from_url(empty_url) as store:
         await store.save("k", 1)
         assert await store.load("k") == 1
