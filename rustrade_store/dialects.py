@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import (
     DateTime,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL, ColumnElement, FromClause, Select, Table
     from sqlalchemy.sql.dml import Insert
 
-__all__ = ["DialectFacts", "RowSource", "facts_for"]
+__all__ = ["DialectFacts", "FailureHint", "RowSource", "facts_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,16 @@ def _utc_text_time(when: datetime) -> str:
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _no_hint(writing: bool, cause: BaseException) -> str:
+class FailureHint(Protocol):
+    """What to add to the message of a failed operation: see :attr:`DialectFacts.failure_hint`."""
+
+    def __call__(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
+        """``writing``: the operation writes; ``cause``: the driver's error; ``written``: the
+        bytes of JSON text the write sent, if known."""
+        ...
+
+
+def _no_hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
     return ""
 
 
@@ -193,13 +202,13 @@ _PLAIN_MYSQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 unquoted names to lower case)."""
 
 
-def _postgres_hint(url: URL) -> Callable[[bool, BaseException], str]:
+def _postgres_hint(url: URL) -> FailureHint:
     """The connection's failure, what to check, and for a missing database the statement
     creating it (SQLSTATE 3D000); asyncpg raises a bare ``ConnectionError`` when the server
     answers its SSL request as no PostgreSQL server does (another database's port)."""
     address = _address(url, _POSTGRES_PORT)
 
-    def hint(writing: bool, cause: BaseException) -> str:
+    def hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
         found = connection_hint(cause, address)
         if found:
             return found
@@ -222,12 +231,12 @@ def _postgres_hint(url: URL) -> Callable[[bool, BaseException], str]:
     return hint
 
 
-def _mysql_hint(url: URL) -> Callable[[bool, BaseException], str]:
+def _mysql_hint(url: URL) -> FailureHint:
     """As :func:`_postgres_hint`, by asyncmy's error codes (1049 unknown database, 1045
     access denied), and the packet limit for a write cut off."""
     address = _address(url, _MYSQL_PORT)
 
-    def hint(writing: bool, cause: BaseException) -> str:
+    def hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
         found = connection_hint(cause, address)
         if found:
             return found
@@ -248,7 +257,7 @@ def _mysql_hint(url: URL) -> Callable[[bool, BaseException], str]:
                 else ""
             )
             return f"(no answer from {address} in time{other})"
-        return _packet_hint(writing, cause)
+        return _packet_hint(writing, cause, written)
 
     return hint
 
@@ -258,12 +267,19 @@ def _mysql_hint(url: URL) -> Callable[[bool, BaseException], str]:
 _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
 
 
-def _packet_hint(writing: bool, cause: BaseException) -> str:
+_PACKET_HINT_BYTES = 512 * 1024
+"""The least JSON text a write must carry for max_allowed_packet to be worth naming: escaped,
+it takes up to twice that, 1 MiB, the smallest max_allowed_packet in common use."""
+
+
+def _packet_hint(writing: bool, cause: BaseException, written: int | None) -> str:
     code = cause.args[0] if cause.args else None
     # asyncmy also reports a packet cut off by the server as a wrong sequence number.
     cut_off = "Packet sequence number wrong" in str(cause)
     if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
+    if written is not None and written < _PACKET_HINT_BYTES:
+        return ""  # a few bytes: a lost connection, not a packet too large
     return (
         "(the server also closes the connection on a statement larger than its "
         "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
@@ -413,7 +429,7 @@ class DialectFacts:
     ``None`` for no limit."""
     keys_param: Callable[[list[str]], Any]
     """The value to bind as ``keys`` for :attr:`key_in`."""
-    failure_hint: Callable[[bool, BaseException], str] = _no_hint
+    failure_hint: FailureHint = _no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out (what kind of connection failure, what
     to check, the statement creating a missing database)."""
