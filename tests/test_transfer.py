@@ -246,6 +246,21 @@ async def test_a_key_given_twice_ends_with_its_last_line(target: SqlStore) -> No
     assert await target.load("k") == "last"
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("apart", [False, True], ids=["one batch", "two batches"])
+async def test_a_key_given_twice_keeps_its_later_updated_at(
+    target: SqlStore, apart: bool, overwrite: bool
+) -> None:
+    """Not its last line: the line with the later time, whichever comes first in the file
+    (docs/operations.md). Except with ``overwrite`` when the two fall in different batches of
+    1,000: the second batch then overwrites what the first one stored, as it would any stored
+    snapshot."""
+    filler = many(BATCH_ROWS) if apart else []
+    lines = [Snapshot("k", "later", LATER), *filler, Snapshot("k", "last line", T0)]
+    await import_lines(target, io.BytesIO(export_bytes(lines)), Bad(), overwrite=overwrite)
+    assert await target.load("k") == ("last line" if apart and overwrite else "later")
+
+
 async def test_import_keeps_newer_state_unless_told_to_overwrite(target: SqlStore) -> None:
     await target.restore(
         [
