@@ -8,10 +8,9 @@ rest of the package uses what it gets.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     DateTime,
@@ -29,9 +28,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
+from ._hints import (
+    FailureHint,
+    mysql_hint,
+    mysql_hopeless,
+    mysql_timeout,
+    no_hint,
+    postgres_hint,
+    postgres_hopeless,
+)
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH
-from .engine import MYSQL_BACKENDS, is_memory_url, masked
-from .errors import causes, connection_hint, upgrade_hint
+from .engine import MYSQL_BACKENDS, is_memory_url
 from .schema import UtcTimestamp
 
 if TYPE_CHECKING:
@@ -165,129 +172,6 @@ def _utc_text_time(when: datetime) -> str:
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-class FailureHint(Protocol):
-    """What to add to the message of a failed operation: see :attr:`DialectFacts.failure_hint`."""
-
-    def __call__(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
-        """``writing``: the operation writes; ``cause``: the driver's error; ``written``: the
-        bytes of JSON text the write sent, if known."""
-        ...
-
-
-def _no_hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
-    return ""
-
-
-def _address(url: URL, default_port: int) -> str:
-    """``host:port`` of the server ``url`` names, or its hosts (a multi-host URL)."""
-    if url.host:
-        return f"{url.host}:{url.port or default_port}"
-    hosts = url.query.get("host", ())
-    listed = (hosts,) if isinstance(hosts, str) else tuple(hosts)
-    return ", ".join(listed) if listed else f"localhost:{default_port}"
-
-
-def _create_database(url: URL, address: str, statement: str) -> str:
-    return (
-        f"(create it on {address}, as a user allowed to, with `{statement}`, then its schema "
-        f"with {upgrade_hint(masked(url))})"
-    )
-
-
-_POSTGRES_PORT = 5432
-_MYSQL_PORT = 3306
-_PLAIN_POSTGRES_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-_PLAIN_MYSQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-"""Database names a CREATE DATABASE statement takes unquoted, as they are (PostgreSQL folds
-unquoted names to lower case)."""
-
-
-def _postgres_hint(url: URL) -> FailureHint:
-    """The connection's failure, what to check, and for a missing database the statement
-    creating it (SQLSTATE 3D000); asyncpg raises a bare ``ConnectionError`` when the server
-    answers its SSL request as no PostgreSQL server does (another database's port)."""
-    address = _address(url, _POSTGRES_PORT)
-
-    def hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
-        found = connection_hint(cause, address)
-        if found:
-            return found
-        for error in causes(cause):
-            sqlstate = getattr(error, "sqlstate", None)
-            if sqlstate == "3D000":  # invalid_catalog_name
-                name = url.database or url.username or "postgres"
-                if not _PLAIN_POSTGRES_NAME.fullmatch(name):
-                    name = '"{}"'.format(name.replace('"', '""'))
-                return _create_database(url, address, f"CREATE DATABASE {name}")
-            if sqlstate in ("28P01", "28000"):  # invalid password, or no such role or entry
-                return "(check the user name and password in the URL)"
-            if type(error) is ConnectionError:
-                return (
-                    f"(the server at {address} does not answer as PostgreSQL does: is that "
-                    f"another database's port? PostgreSQL's is usually {_POSTGRES_PORT})"
-                )
-        return ""
-
-    return hint
-
-
-def _mysql_hint(url: URL) -> FailureHint:
-    """As :func:`_postgres_hint`, by asyncmy's error codes (1049 unknown database, 1045
-    access denied), and the packet limit for a write cut off."""
-    address = _address(url, _MYSQL_PORT)
-
-    def hint(writing: bool, cause: BaseException, written: int | None = None) -> str:
-        found = connection_hint(cause, address)
-        if found:
-            return found
-        code = cause.args[0] if cause.args else None
-        if code == 1049:  # ER_BAD_DB_ERROR
-            name = url.database or ""
-            if not _PLAIN_MYSQL_NAME.fullmatch(name):
-                name = "`{}`".format(name.replace("`", "``"))
-            statement = f"CREATE DATABASE {name} CHARACTER SET utf8mb4"
-            return _create_database(url, address, statement)
-        if code == 1045:  # ER_ACCESS_DENIED_ERROR
-            return "(check the user name and password in the URL)"
-        if code == 2013 and _mysql_timeout(cause):
-            other = (
-                f": {_POSTGRES_PORT} is PostgreSQL's usual port, which never answers a MariaDB "
-                "client; is a MariaDB server listening there?"
-                if url.port == _POSTGRES_PORT
-                else ""
-            )
-            return f"(no answer from {address} in time{other})"
-        return _packet_hint(writing, cause, written)
-
-    return hint
-
-
-# ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
-# server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
-_MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
-
-
-_PACKET_HINT_BYTES = 512 * 1024
-"""The least JSON text a write must carry for max_allowed_packet to be worth naming: escaped,
-it takes up to twice that, 1 MiB, the smallest max_allowed_packet in common use."""
-
-
-def _packet_hint(writing: bool, cause: BaseException, written: int | None) -> str:
-    code = cause.args[0] if cause.args else None
-    # asyncmy also reports a packet cut off by the server as a wrong sequence number.
-    cut_off = "Packet sequence number wrong" in str(cause)
-    if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
-        return ""
-    if written is not None and written < _PACKET_HINT_BYTES:
-        return ""  # a few bytes: a lost connection, not a packet too large
-    return (
-        "(the server also closes the connection on a statement larger than its "
-        "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
-        "quotes and backslashes count twice: if this write is that large, raise "
-        "max_allowed_packet on the server or save smaller values)"
-    )
-
-
 def _in_expanded_list(column: ColumnElement[str]) -> ColumnElement[bool]:
     return column.in_(bindparam("keys", expanding=True))
 
@@ -348,13 +232,6 @@ def _postgres_unreachable(cause: BaseException) -> bool:
 def _mysql_read_only(cause: BaseException) -> bool:
     # ER_OPTION_PREVENTS_STATEMENT for --read-only; ER_READ_ONLY_MODE for a read-only engine.
     return bool(cause.args) and cause.args[0] in (1290, 1836)
-
-
-def _mysql_timeout(cause: BaseException) -> bool:
-    # asyncmy reports its read timeout as CR_SERVER_LOST with this text; 1205 is
-    # ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout.
-    code = cause.args[0] if cause.args else None
-    return (code == 2013 and "read timeout" in str(cause)) or code == 1205
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
@@ -429,7 +306,7 @@ class DialectFacts:
     ``None`` for no limit."""
     keys_param: Callable[[list[str]], Any]
     """The value to bind as ``keys`` for :attr:`key_in`."""
-    failure_hint: FailureHint = _no_hint
+    failure_hint: FailureHint = no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
     error: what the database's own message leaves out (what kind of connection failure, what
     to check, the statement creating a missing database)."""
@@ -439,6 +316,10 @@ class DialectFacts:
     is_unreachable: Callable[[BaseException], bool] = _never
     """Whether the driver's error says no server is there to take the call (refused, going
     down, not yet promoted): a lost connection, retried until the deadline."""
+    is_hopeless: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says no retry can succeed as configured (an unknown host, a
+    server speaking another protocol, a database that does not exist, credentials refused):
+    for the executor, not worth retrying until the deadline."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
@@ -487,7 +368,8 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
-            failure_hint=_postgres_hint(url),
+            failure_hint=postgres_hint(url),
+            is_hopeless=postgres_hopeless,
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
         )
@@ -515,8 +397,9 @@ def facts_for(url: URL) -> DialectFacts:
             # text that must fit max_allowed_packet, 16 MiB by default.
             max_statement_bytes=4 * 1024 * 1024,
             keys_param=_as_list,
-            failure_hint=_mysql_hint(url),
-            is_timeout=_mysql_timeout,
+            failure_hint=mysql_hint(url),
+            is_hopeless=mysql_hopeless,
+            is_timeout=mysql_timeout,
             is_unreachable=_mysql_unreachable,
             is_read_only=_mysql_read_only,
         )

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import SqlStore, StorageError, upgrade
+from rustrade_store.dialects import facts_for
+from rustrade_store.errors import causes
 
 from .helpers import MARIADB_ADMIN_URL, POSTGRES_ADMIN_URL, run_as_admin, server_port
 
@@ -22,12 +24,15 @@ WAIT = 1.0
 """The store's timeout in these tests: a refused connection is retried until it passes."""
 
 
-async def failure(url: str | URL) -> str:
+async def failure(url: str | URL, *, hopeless: bool = True) -> str:
     """The message of the StorageError that a store's first call on ``url`` raises, and that of
-    an upgrade of it (they must agree on the hint)."""
+    an upgrade of it (they must agree on the hint). ``hopeless``: whether the dialect calls the
+    driver's error one that no retry can mend (the executor's test before retrying)."""
     async with SqlStore.from_url(url, timeout=WAIT) as store:
         with pytest.raises(StorageError) as caught:
             await store.load("k")
+        facts = facts_for(store.engine.url)
+    assert any(facts.is_hopeless(error) for error in causes(caught.value)) == hopeless
     with pytest.raises(StorageError) as migrating:
         await upgrade(url, wait=WAIT)
     message = str(caught.value)
@@ -39,7 +44,7 @@ async def failure(url: str | URL) -> str:
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 async def test_connection_refused_asks_whether_the_server_runs_there(scheme: str) -> None:
     port = server_port()  # free: nothing listens there
-    message = await failure(f"{scheme}://u@127.0.0.1:{port}/db")
+    message = await failure(f"{scheme}://u@127.0.0.1:{port}/db", hopeless=False)
     assert f"(connection refused: is the server running on 127.0.0.1:{port}?)" in message
 
 
@@ -66,7 +71,9 @@ async def test_a_mysql_url_at_the_postgres_port_says_it_is_postgresqls(
     postgres_admin_url: URL, mariadb_admin_url: URL
 ) -> None:
     """It was "(2013, 'Lost connection to MySQL server during query (read timeout)')"."""
-    message = await failure(mariadb_admin_url.set(host=postgres_admin_url.host, port=5432))
+    message = await failure(
+        mariadb_admin_url.set(host=postgres_admin_url.host, port=5432), hopeless=False
+    )
     assert "5432 is PostgreSQL's usual port" in message
     assert "is a MariaDB server listening there?" in message
 
