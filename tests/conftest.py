@@ -121,6 +121,22 @@ def sqlite_url(tmp_path: Path) -> URL:
     return url
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
+    ]
+)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
+    """An empty, never migrated database of each kind (an SQLite file not yet created)."""
+    if request.param == "sqlite":
+        return resolve_url(f"sqlite:///{tmp_path / 'fresh.db'}")
+    url: URL = request.getfixturevalue(f"fresh_{request.param}")
+    return url
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param

@@ -37,22 +37,6 @@ HANG_GUARD = 120.0
 """Seconds after which a wait that would otherwise hang fails the test: a guard, not a measure."""
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-        pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
-    ]
-)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
-    """An empty, never migrated database of each kind."""
-    if request.param == "sqlite":
-        return resolve_url(f"sqlite:///{tmp_path / 'fresh.db'}")
-    url: URL = request.getfixturevalue(f"fresh_{request.param}")
-    return url
-
-
 def alembic(*args: str, env: dict[str, str] | None = None) -> str:
     completed = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
