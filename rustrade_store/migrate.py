@@ -174,14 +174,12 @@ pooling, where a session's lock could outlive it on a shared server connection."
 _SQLITE_LOCK = "BEGIN IMMEDIATE"
 """SQLite's write lock on the file, taken before the first read: pysqlite opens no
 transaction before DDL, so Alembic's reads and CREATEs would otherwise run unlocked."""
-_MYSQL_LOCK = text("SELECT GET_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())), :wait)").bindparams(
-    name=_LOCK_NAME
-)
+_MYSQL_LOCK_NAME = "CONCAT(:name, ' ', SHA1(COALESCE(DATABASE(), '')))"
 """A lock of the session, named after the database (GET_LOCK's names are server-wide): DDL
-commits implicitly, so no transaction could hold it. 1 taken, 0 timed out."""
-_MYSQL_UNLOCK = text("SELECT RELEASE_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())))").bindparams(
-    name=_LOCK_NAME
-)
+commits implicitly, so no transaction could hold it."""
+_MYSQL_LOCK = text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :wait)").bindparams(name=_LOCK_NAME)
+"""1 taken, 0 timed out."""
+_MYSQL_UNLOCK = text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})").bindparams(name=_LOCK_NAME)
 
 
 @contextlib.asynccontextmanager
