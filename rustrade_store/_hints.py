@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
 __all__ = [
+    "MYSQL_CONFLICTS",
     "FailureHint",
     "mysql_hint",
     "mysql_hopeless",
@@ -122,6 +123,10 @@ def mysql_hint(url: URL) -> FailureHint:
     return hint
 
 
+MYSQL_CONFLICTS = frozenset({1213})
+"""ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock's victim, or (on Galera) a write
+through another node certified first; either way it was rolled back, nothing committed."""
+
 # ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
 # server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
 _MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
@@ -133,9 +138,17 @@ it takes up to twice that, 1 MiB, the smallest max_allowed_packet in common use.
 
 
 def _packet_hint(writing: bool, cause: BaseException, written: int | None) -> str:
+    from asyncmy.errors import InternalError
+
     code = cause.args[0] if cause.args else None
-    # asyncmy also reports a packet cut off by the server as a wrong sequence number.
-    cut_off = "Packet sequence number wrong" in str(cause)
+    # asyncmy also reports a packet cut off by the server as a wrong sequence number: an
+    # InternalError with no error code, the one driver error recognised by its type alone.
+    cut_off = isinstance(cause, InternalError) and not isinstance(code, int)
+    if code in MYSQL_CONFLICTS:
+        return (
+            "(a conflict with another write to the same rows, through another Galera node or "
+            "in a deadlock: this attempt wrote nothing)"
+        )
     if not writing or mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
     if written is not None and written < _PACKET_HINT_BYTES:
@@ -171,7 +184,8 @@ def mysql_hopeless(cause: BaseException) -> bool:
 
 
 def mysql_timeout(cause: BaseException) -> bool:
-    # asyncmy reports its read timeout as CR_SERVER_LOST with this text; 1205 is
-    # ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout.
+    """Whether asyncmy's error is a timeout: its read timeout is CR_SERVER_LOST, the code of any
+    lost connection, and only the asyncio.TimeoutError it was raised from tells them apart;
+    1205 is ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout."""
     code = cause.args[0] if cause.args else None
-    return (code == 2013 and "read timeout" in str(cause)) or code == 1205
+    return (code == 2013 and isinstance(cause.__context__, TimeoutError)) or code == 1205

@@ -80,9 +80,12 @@ LEASE_PREFIX = "@lease/"
 
 def lease_key(key: str) -> str | None:
     """The lease row covering ``key``: that of its first path segment (``bot1/`` for
-    ``bot1/BTCUSDT``), or ``None`` for a key with no ``/``, which no lease covers."""
+    ``bot1/BTCUSDT``), or ``None`` for a key no lease covers: one with no ``/``, or whose first
+    segment is too long to name a lease row (MariaDB printed "Data truncated" at each write)."""
     segment, slash, _ = key.partition("/")
-    return f"{LEASE_PREFIX}{segment}/" if slash else None
+    if not slash or len(LEASE_PREFIX) + len(segment) + 1 > MAX_KEY_LENGTH:
+        return None
+    return f"{LEASE_PREFIX}{segment}/"
 
 
 def check_key(key: object) -> str:

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
 from ._hints import (
+    MYSQL_CONFLICTS,
     FailureHint,
     mysql_hint,
     mysql_hopeless,
@@ -37,7 +38,6 @@ from ._hints import (
     postgres_hint,
     postgres_hopeless,
 )
-from .codec import LEASE_PREFIX, MAX_KEY_LENGTH
 from .engine import MYSQL_BACKENDS, is_memory_url
 from .schema import UtcTimestamp
 
@@ -92,9 +92,6 @@ def _sqlite_rows() -> RowSource:
 
 
 _MYSQL_KEY = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
-_MYSQL_LEASE_KEY = _MYSQL_KEY.replace("255", str(len(LEASE_PREFIX) + MAX_KEY_LENGTH))
-"""A lease row key as a write names it, longer than any key when the first segment is (no
-lease row can then exist): cut to 255, MariaDB printed "Data truncated" at each write."""
 _MYSQL_TEXT = "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 
 
@@ -103,7 +100,7 @@ def _mysql_rows() -> RowSource:
     rows = text(
         f"JSON_TABLE(:rows, '$[*]' COLUMNS (k {_MYSQL_KEY} PATH '$.key', "
         f"val {_MYSQL_TEXT} PATH '$.value', t DATETIME(6) PATH '$.updated_at', "
-        f"lk {_MYSQL_LEASE_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
+        f"lk {_MYSQL_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
     )
     c = literal_column
     return RowSource(rows, c("v.k"), c("v.val"), c("v.t"), c("v.lk"), c("v.mine"))  # type: ignore[arg-type]
@@ -220,13 +217,26 @@ _POSTGRES_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 def _postgres_unreachable(cause: BaseException) -> bool:
     # Connection exceptions (class 08), a server going down or not up yet, and asyncpg finding
     # no host of a multi-host URL read-write (a failover under way; it has no SQLSTATE).
+    from asyncpg.exceptions import TargetServerAttributeNotMatched
+
     sqlstate = str(getattr(cause, "sqlstate", None) or "")
-    driver = type(cause.__cause__).__name__ if cause.__cause__ is not None else ""
     return (
         sqlstate.startswith("08")
         or sqlstate in _POSTGRES_GOING_AWAY
-        or driver == "TargetServerAttributeNotMatched"
+        or isinstance(cause.__cause__, TargetServerAttributeNotMatched)
     )
+
+
+_POSTGRES_ABORTS = frozenset({"40001", "40P01"})
+"""serialization_failure, deadlock_detected."""
+
+
+def _postgres_aborted(cause: BaseException) -> bool:
+    return getattr(cause, "sqlstate", None) in _POSTGRES_ABORTS
+
+
+def _mysql_aborted(cause: BaseException) -> bool:
+    return bool(cause.args) and cause.args[0] in MYSQL_CONFLICTS
 
 
 def _mysql_read_only(cause: BaseException) -> bool:
@@ -235,13 +245,26 @@ def _mysql_read_only(cause: BaseException) -> bool:
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
-    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover).
-    return bool(cause.args) and cause.args[0] in (2002, 2003)
+    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover); or a
+    # Galera node that cannot serve (see _GALERA_NOT_READY).
+    code = cause.args[0] if cause.args else None
+    return code in (2002, 2003) or code in _GALERA_NOT_READY
+
+
+_GALERA_NOT_READY = frozenset({1047})
+"""ER_UNKNOWN_COM_ERROR, what a Galera node outside the primary component (isolated, joining,
+or not yet synced) answers every statement with ("WSREP has not yet prepared node for
+application use")."""
+
+
+_SQLITE_LOCK_CODES = frozenset({5, 6})
+"""SQLITE_BUSY, SQLITE_LOCKED: the primary codes of a lock held past the busy timeout (the
+error carries the extended code, whose low byte is the primary one)."""
 
 
 def _sqlite_timeout(cause: BaseException) -> bool:
-    # Another process held the write lock past the busy timeout.
-    return "database is locked" in str(cause)
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_LOCK_CODES
 
 
 def _in_array(column: ColumnElement[str]) -> ColumnElement[bool]:
@@ -320,6 +343,10 @@ class DialectFacts:
     """Whether the driver's error says no retry can succeed as configured (an unknown host, a
     server speaking another protocol, a database that does not exist, credentials refused):
     for the executor, not worth retrying until the deadline."""
+    is_aborted: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says the database rolled the transaction back to resolve a
+    conflict (a deadlock, a serialisation or certification failure): nothing of it took effect,
+    and it is retried until the deadline."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
@@ -370,6 +397,7 @@ def facts_for(url: URL) -> DialectFacts:
             keys_param=_as_list,
             failure_hint=postgres_hint(url),
             is_hopeless=postgres_hopeless,
+            is_aborted=_postgres_aborted,
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
         )
@@ -401,6 +429,7 @@ def facts_for(url: URL) -> DialectFacts:
             is_hopeless=mysql_hopeless,
             is_timeout=mysql_timeout,
             is_unreachable=_mysql_unreachable,
+            is_aborted=_mysql_aborted,
             is_read_only=_mysql_read_only,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

@@ -195,7 +195,9 @@ def storage_error(
     if retried_for is not None:
         detail = f"{detail}; retried for {retried_for:.1f} s"
     subject = action if key is None else f"{action} {key!r}"
-    return StorageError(f"{subject} failed on {where}: {detail}")
+    error = StorageError(f"{subject} failed on {where}: {detail}")
+    error.__cause__ = exc  # also where it is handed to a caller rather than raised (group commit)
+    return error
 
 
 def upgrade_hint(url_text: str) -> str:

@@ -22,7 +22,7 @@ from rustrade_store import (
 )
 from rustrade_store.engine import resolve_url
 
-from .test_cli import cli, ok, one_line_error
+from .commandline import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path
