@@ -28,6 +28,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.types import String
 
+from ._hints import (
+    MYSQL_CONFLICTS,
+    FailureHint,
+    mysql_hint,
+    mysql_hopeless,
+    mysql_timeout,
+    no_hint,
+    postgres_hint,
+    postgres_hopeless,
+)
 from .engine import MYSQL_BACKENDS, is_memory_url
 from .schema import UtcTimestamp
 
@@ -37,7 +47,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL, ColumnElement, FromClause, Select, Table
     from sqlalchemy.sql.dml import Insert
 
-__all__ = ["DialectFacts", "RowSource", "facts_for"]
+__all__ = ["DialectFacts", "FailureHint", "RowSource", "facts_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,37 +169,6 @@ def _utc_text_time(when: datetime) -> str:
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _no_hint(writing: bool, cause: BaseException) -> str:
-    return ""
-
-
-# ER_NET_PACKET_TOO_LARGE, WARN_ALLOWED_PACKET_OVERFLOWED, and what the client sees when the
-# server drops a connection whose packet is too large: CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
-_MYSQL_PACKET_ERRORS = frozenset({1153, 1301, 2006, 2013})
-
-
-def _mysql_hint(writing: bool, cause: BaseException) -> str:
-    from asyncmy.errors import InternalError
-
-    code = cause.args[0] if cause.args else None
-    # asyncmy also reports a packet cut off by the server as a wrong sequence number: an
-    # InternalError with no error code, the one driver error recognised by its type alone.
-    cut_off = isinstance(cause, InternalError) and not isinstance(code, int)
-    if code in _MYSQL_CONFLICTS:
-        return (
-            "(a conflict with another write to the same rows, through another Galera node or "
-            "in a deadlock: this attempt wrote nothing)"
-        )
-    if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
-        return ""
-    return (
-        "(the server also closes the connection on a statement larger than its "
-        "max_allowed_packet, 16 MiB by default; values travel as escaped JSON text, in which "
-        "quotes and backslashes count twice: if this write is that large, raise "
-        "max_allowed_packet on the server or save smaller values)"
-    )
-
-
 def _in_expanded_list(column: ColumnElement[str]) -> ColumnElement[bool]:
     return column.in_(bindparam("keys", expanding=True))
 
@@ -257,7 +236,7 @@ def _postgres_aborted(cause: BaseException) -> bool:
 
 
 def _mysql_aborted(cause: BaseException) -> bool:
-    return bool(cause.args) and cause.args[0] in _MYSQL_CONFLICTS
+    return bool(cause.args) and cause.args[0] in MYSQL_CONFLICTS
 
 
 def _mysql_read_only(cause: BaseException) -> bool:
@@ -265,24 +244,11 @@ def _mysql_read_only(cause: BaseException) -> bool:
     return bool(cause.args) and cause.args[0] in (1290, 1836)
 
 
-def _mysql_timeout(cause: BaseException) -> bool:
-    # asyncmy reports its read timeout as CR_SERVER_LOST, the code of any lost connection: only
-    # the asyncio.TimeoutError it was raised from tells them apart. 1205 is
-    # ER_LOCK_WAIT_TIMEOUT, a row lock held longer than innodb_lock_wait_timeout.
-    code = cause.args[0] if cause.args else None
-    return (code == 2013 and isinstance(cause.__context__, TimeoutError)) or code == 1205
-
-
 def _mysql_unreachable(cause: BaseException) -> bool:
     # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover); or a
     # Galera node that cannot serve (see _GALERA_NOT_READY).
     code = cause.args[0] if cause.args else None
     return code in (2002, 2003) or code in _GALERA_NOT_READY
-
-
-_MYSQL_CONFLICTS = frozenset({1213})
-"""ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock's victim, or (on Galera) a write
-through another node certified first; either way it was rolled back, nothing committed."""
 
 
 _GALERA_NOT_READY = frozenset({1047})
@@ -363,15 +329,20 @@ class DialectFacts:
     ``None`` for no limit."""
     keys_param: Callable[[list[str]], Any]
     """The value to bind as ``keys`` for :attr:`key_in`."""
-    failure_hint: Callable[[bool, BaseException], str] = _no_hint
+    failure_hint: FailureHint = no_hint
     """What to add to the message of a failed operation (writing or not), given the driver's
-    error: what the database's own message leaves out."""
+    error: what the database's own message leaves out (what kind of connection failure, what
+    to check, the statement creating a missing database)."""
     is_timeout: Callable[[BaseException], bool] = _never
     """Whether the driver's error is a timeout (of a read, of a lock wait) that it does not
     raise as :class:`TimeoutError`: not retried, and worded as a timeout."""
     is_unreachable: Callable[[BaseException], bool] = _never
     """Whether the driver's error says no server is there to take the call (refused, going
     down, not yet promoted): a lost connection, retried until the deadline."""
+    is_hopeless: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says no retry can succeed as configured (an unknown host, a
+    server speaking another protocol, a database that does not exist, credentials refused):
+    for the executor, not worth retrying until the deadline."""
     is_aborted: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the database rolled the transaction back to resolve a
     conflict (a deadlock, a serialisation or certification failure): nothing of it took effect,
@@ -424,6 +395,8 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
+            failure_hint=postgres_hint(url),
+            is_hopeless=postgres_hopeless,
             is_aborted=_postgres_aborted,
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
@@ -452,8 +425,9 @@ def facts_for(url: URL) -> DialectFacts:
             # text that must fit max_allowed_packet, 16 MiB by default.
             max_statement_bytes=4 * 1024 * 1024,
             keys_param=_as_list,
-            failure_hint=_mysql_hint,
-            is_timeout=_mysql_timeout,
+            failure_hint=mysql_hint(url),
+            is_hopeless=mysql_hopeless,
+            is_timeout=mysql_timeout,
             is_unreachable=_mysql_unreachable,
             is_aborted=_mysql_aborted,
             is_read_only=_mysql_read_only,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 from uuid import uuid4
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from ._urls import check_hosts, hosts_as_query, masked, passwords
-from .errors import ConfigurationError, SchemaError
+from .errors import ConfigurationError, SchemaError, upgrade_hint
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -428,9 +427,8 @@ def _open_existing_only(engine: AsyncEngine) -> None:
         path = cargs[0]  # made absolute by SQLAlchemy
         if not os.path.exists(path):
             raise SchemaError(
-                f"the SQLite file {path} does not exist: create it with `rustrade-store --url "
-                f"{shlex.quote(masked(url))} upgrade` (or `alembic upgrade head`, or `await "
-                "rustrade_store.upgrade(url)`); the store creates no file, so that a mistyped "
+                f"the SQLite file {path} does not exist: create it with "
+                f"{upgrade_hint(masked(url))}; the store creates no file, so that a mistyped "
                 "path is not taken for an empty database"
             )
         cargs[0] = f"file:{quote(path)}?mode=rw"

@@ -3,9 +3,13 @@ error into :class:`StorageError`."""
 
 from __future__ import annotations
 
+import errno
+import shlex
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime
 
 __all__ = [
@@ -26,9 +30,12 @@ __all__ = [
     "StoreError",
     "TargetNotEmptyError",
     "ValueTypeError",
+    "causes",
+    "connection_hint",
     "describe",
     "root_cause",
     "storage_error",
+    "upgrade_hint",
 ]
 
 
@@ -124,6 +131,42 @@ def describe(exc: BaseException) -> str:
     return str(cause).strip() or type(cause).__name__
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the driver's error behind it, and every error each was raised from or during,
+    once each: where a connection's failure shows its kind (an ``OSError`` inside a driver's)."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        error = pending.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        orig = getattr(error, "orig", None)
+        for nested in (orig, error.__cause__, error.__context__):
+            if isinstance(nested, BaseException):
+                pending.append(nested)
+
+
+_REFUSED = frozenset({errno.ECONNREFUSED})
+_NO_ROUTE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+
+def connection_hint(exc: BaseException, address: str) -> str:
+    """What kind of connection failure ``exc`` is and what to check, for the server at
+    ``address`` (``host:port``, or several): recognised by exception type and errno, never by
+    message text; ``""`` if it is none of them."""
+    for error in causes(exc):
+        if isinstance(error, socket.gaierror):
+            return f"(unknown host: the host name of {address} does not resolve; check it)"
+        code = error.errno if isinstance(error, OSError) else None
+        if isinstance(error, ConnectionRefusedError) or code in _REFUSED:
+            return f"(connection refused: is the server running on {address}?)"
+        if code in _NO_ROUTE:
+            return f"(no route to {address}: check the host and the network between)"
+    return ""
+
+
 def storage_error(
     action: str,
     key: str | None,
@@ -132,13 +175,16 @@ def storage_error(
     hint: str = "",
     *,
     timed_out: bool = False,
+    retried_for: float | None = None,
 ) -> StorageError:
     """The :class:`StorageError` for a driver's error, to raise ``from exc``.
 
     One message for the store, the migrations and the CLI: ``<action> [<key>] failed on
-    <where>: <cause>[ <hint>]``, ``where`` being the URL with its password masked. A timeout (a
-    ``TimeoutError``, or ``timed_out`` for one the driver reports otherwise) reads ``timed out
-    waiting for the database (<cause>)``. ``hint`` says what the database's message leaves out.
+    <where>: <cause>[ <hint>][; retried for <n> s]``, ``where`` being the URL with its password
+    masked. A timeout (a ``TimeoutError``, or ``timed_out`` for one the driver reports
+    otherwise) reads ``timed out waiting for the database (<cause>)``. ``hint`` says what the
+    database's message leaves out (:attr:`DialectFacts.failure_hint`); ``retried_for`` is how
+    long the call went on retrying a lost connection, when it did.
     """
     cause = root_cause(exc)
     detail = describe(cause)
@@ -146,10 +192,24 @@ def storage_error(
         detail = f"timed out waiting for the database ({detail})"
     if hint:
         detail = f"{detail} {hint}"
+    if retried_for is not None:
+        detail = f"{detail}; retried for {retried_for:.1f} s"
     subject = action if key is None else f"{action} {key!r}"
     error = StorageError(f"{subject} failed on {where}: {detail}")
     error.__cause__ = exc  # also where it is handed to a caller rather than raised (group commit)
     return error
+
+
+def upgrade_hint(url_text: str) -> str:
+    """How to migrate the database at ``url_text`` (its URL as shown: password masked), as
+    commands that work as printed wherever the package is installed: from a shell, or from
+    the caller's Python. The one wording of it, for the store, the migrations and the CLI."""
+    command = f"rustrade-store --url {shlex.quote(url_text)} upgrade"
+    if "***" in url_text:
+        command += "` (with the password where the URL shows ***)"
+    else:
+        command += "`"
+    return f"`{command}, or from Python `await rustrade_store.upgrade(url)` with the same URL"
 
 
 class LeaseError(StoreError):

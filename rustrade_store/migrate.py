@@ -16,6 +16,7 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .dialects import facts_for
 from .engine import (
     DEFAULT_TIMEOUT,
     MYSQL_BACKENDS,
@@ -25,7 +26,7 @@ from .engine import (
     refuse_memory_url,
     resolve_url,
 )
-from .errors import SchemaError, storage_error
+from .errors import SchemaError, root_cause, storage_error, upgrade_hint
 from .schema import VERSION_TABLE, version_table
 
 if TYPE_CHECKING:
@@ -173,14 +174,12 @@ pooling, where a session's lock could outlive it on a shared server connection."
 _SQLITE_LOCK = "BEGIN IMMEDIATE"
 """SQLite's write lock on the file, taken before the first read: pysqlite opens no
 transaction before DDL, so Alembic's reads and CREATEs would otherwise run unlocked."""
-_MYSQL_LOCK = text("SELECT GET_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())), :wait)").bindparams(
-    name=_LOCK_NAME
-)
+_MYSQL_LOCK_NAME = "CONCAT(:name, ' ', SHA1(COALESCE(DATABASE(), '')))"
 """A lock of the session, named after the database (GET_LOCK's names are server-wide): DDL
-commits implicitly, so no transaction could hold it. 1 taken, 0 timed out."""
-_MYSQL_UNLOCK = text("SELECT RELEASE_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())))").bindparams(
-    name=_LOCK_NAME
-)
+commits implicitly, so no transaction could hold it."""
+_MYSQL_LOCK = text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :wait)").bindparams(name=_LOCK_NAME)
+"""1 taken, 0 timed out."""
+_MYSQL_UNLOCK = text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})").bindparams(name=_LOCK_NAME)
 
 
 @contextlib.asynccontextmanager
@@ -242,7 +241,8 @@ async def _run(
         async with _migration_lock(engine, wait) as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc) from exc
+        hint = facts_for(engine.url).failure_hint(True, root_cause(exc))
+        raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc, hint) from exc
     finally:
         if engine is not target:
             await engine.dispose()
@@ -282,11 +282,6 @@ async def downgrade(
 
 SchemaState = Literal["missing", "behind", "current", "ahead-unknown"]
 
-_HOW_TO_UPGRADE = (
-    "run `rustrade-store upgrade` (or `alembic upgrade head`, "
-    "or `await rustrade_store.upgrade(url)`)"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class SchemaStatus:
@@ -310,20 +305,31 @@ def _read_revision(connection: Connection) -> str | None:
     return connection.execute(select(version_table.c.version_num)).scalar()
 
 
-def _status(connection: Connection, where: str | None = None) -> SchemaStatus:
-    where = masked(connection.engine.url) if where is None else where
+def _status(
+    connection: Connection, where: str | None = None, url_text: str | None = None
+) -> SchemaStatus:
+    url = connection.engine.url
+    where = masked(url) if where is None else where
+    how = upgrade_hint(masked(url) if url_text is None else url_text)
     current = _read_revision(connection)
     head = head_revision()
     state: SchemaState
     if current == head:
         state, message = "current", f"{where} is at schema revision {head}, this release's head"
     elif current is None:
-        state, message = "missing", f"{where} has no rustrade-store schema: {_HOW_TO_UPGRADE} first"
+        state, message = "missing", f"{where} has no rustrade-store schema: create it with {how}"
+        if url.get_backend_name() == "postgresql" and not url.database:
+            message = (
+                f"{where} names no database, so the server chose its default, "
+                f"{connection.exec_driver_sql('SELECT current_database()').scalar()!r}, "
+                "which has no rustrade-store schema: name the database in the URL "
+                "(postgresql://user@host/dbname), then migrate it"
+            )
     elif known_revision(current):
         state = "behind"
         message = (
             f"{where} is at schema revision {current}, older than this release's {head}: "
-            f"{_HOW_TO_UPGRADE}"
+            f"migrate it with {how}"
         )
     else:
         state = "ahead-unknown"
@@ -335,10 +341,13 @@ def _status(connection: Connection, where: str | None = None) -> SchemaStatus:
     return SchemaStatus(current, head, state, message)
 
 
-async def schema_status(connection: AsyncConnection, where: str | None = None) -> SchemaStatus:
+async def schema_status(
+    connection: AsyncConnection, where: str | None = None, *, url_text: str | None = None
+) -> SchemaStatus:
     """The database's revision against this release's head; ``where`` names the database in
-    the message (default: its URL, password masked)."""
-    return await connection.run_sync(_status, where)
+    the message (default: its URL, password masked), ``url_text`` is the URL its upgrade
+    command gives (default: the connection's, password masked; the CLI gives its ``--url``)."""
+    return await connection.run_sync(_status, where, url_text)
 
 
 async def current_revision(connection: AsyncConnection) -> str | None:
@@ -346,9 +355,12 @@ async def current_revision(connection: AsyncConnection) -> str | None:
     return await connection.run_sync(_read_revision)
 
 
-async def check_revision(connection: AsyncConnection, where: str) -> None:
-    """Raise :class:`SchemaError` unless the database is at this release's head revision."""
-    status = await schema_status(connection, where)
+async def check_revision(
+    connection: AsyncConnection, where: str, *, url_text: str | None = None
+) -> None:
+    """Raise :class:`SchemaError` unless the database is at this release's head revision
+    (``url_text`` as for :func:`schema_status`)."""
+    status = await schema_status(connection, where, url_text=url_text)
     if status.state != "current":
         raise SchemaError(status.message)
 

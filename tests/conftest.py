@@ -25,6 +25,7 @@ from . import postgres18, servers
 from .helpers import (
     BACKENDS,
     MARIADB_ADMIN_URL,
+    POSTGRES_18,
     POSTGRES_ADMIN_URL,
     Proxied,
     commit_request,
@@ -148,6 +149,23 @@ def sqlite_url(tmp_path: Path) -> URL:
     """An SQLite file in the test's own directory, migrated to head."""
     url = resolve_url(f"sqlite:///{tmp_path / 'state.db'}")
     asyncio.run(upgrade(url))
+    return url
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+        pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
+        POSTGRES_18,
+    ]
+)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
+    """An empty, never migrated database of each kind (an SQLite file not yet created)."""
+    if request.param == "sqlite":
+        return resolve_url(f"sqlite:///{tmp_path / 'fresh.db'}")
+    url: URL = request.getfixturevalue(f"fresh_{request.param}")
     return url
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "open_store",
     "proxy_for",
     "refusing_values",
+    "run_as_admin",
     "server_port",
     "stop_counting_checkouts",
     "terminal_output",
@@ -167,6 +168,15 @@ def new_mariadb_database(admin: URL) -> Iterator[URL]:
         yield admin.set(database=name)
     finally:
         asyncio.run(_mariadb_admin(admin, f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+def run_as_admin(admin: URL, statement: str) -> None:
+    """Run one statement on the server of the admin URL ``admin`` (PostgreSQL or MariaDB),
+    outside any transaction: what an operator types at psql or mariadb."""
+    if admin.get_backend_name() == "postgresql":
+        asyncio.run(_postgres_admin(admin, statement))
+    else:
+        asyncio.run(_mariadb_admin(admin, statement))
 
 
 # -- ports ---------------------------------------------------------------------------------

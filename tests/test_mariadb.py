@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
 from rustrade_store.codec import encode
+from rustrade_store.dialects import facts_for
 from rustrade_store.engine import DEFAULT_TIMEOUT
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
@@ -212,3 +213,17 @@ def test_a_key_with_a_long_first_segment_is_written_without_a_word(
         check=False,
     )
     assert (completed.returncode, completed.stdout, completed.stderr) == (0, "", "")
+
+
+def test_the_packet_hint_needs_a_write_large_enough_for_the_limit(mariadb_url: URL) -> None:
+    """Any lost connection during a write got the max_allowed_packet hint, even for a few
+    bytes. The server's drop of a statement too large and any other drop both reach the client
+    as 2006 ("gone away"): only the write's size tells them apart, so the executor passes it."""
+    from asyncmy.errors import OperationalError
+
+    hint = facts_for(mariadb_url).failure_hint
+    gone = OperationalError(2006, "MySQL server has gone away")
+    assert hint(True, gone, written=40) == ""
+    assert "max_allowed_packet" in hint(True, gone, written=8 * MIB)
+    assert "max_allowed_packet" in hint(True, gone)  # size unknown: said, as before
+    assert hint(False, gone, written=8 * MIB) == ""

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event, inspect, make_url, text
+from sqlalchemy import URL, event, inspect, make_url, text
 from sqlalchemy.schema import CreateTable
 
 from rustrade_store import InMemoryStore, SchemaError, SqlStore, downgrade, head_revision, upgrade
@@ -23,35 +25,16 @@ from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
 from rustrade_store.migrate import schema_status
 from rustrade_store.schema import VERSION_TABLE, metadata
 
-from .helpers import POSTGRES_18
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from sqlalchemy import URL, Connection
+    from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 
 HANG_GUARD = 120.0
 """Seconds after which a wait that would otherwise hang fails the test: a guard, not a measure."""
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-        pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
-        POSTGRES_18,
-    ]
-)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
-    """An empty, never migrated database of each kind."""
-    if request.param == "sqlite":
-        return resolve_url(f"sqlite:///{tmp_path / 'fresh.db'}")
-    url: URL = request.getfixturevalue(f"fresh_{request.param}")
-    return url
 
 
 def alembic(*args: str, env: dict[str, str] | None = None) -> str:
@@ -91,7 +74,9 @@ async def test_api_upgrade_and_downgrade(empty_url: URL) -> None:
     async with SqlStore.from_url(empty_url) as store:
         await store.save("k", 1)
     await downgrade(empty_url, "base")
-    with pytest.raises(SchemaError, match="alembic upgrade head"):
+    with pytest.raises(
+        SchemaError, match="no rustrade-store schema: create it with `rustrade-store --url"
+    ):
         async with SqlStore.from_url(empty_url) as store:
             await store.load("k")
 
@@ -142,12 +127,69 @@ async def test_version_table_lives_beside_an_applications_own(empty_url: URL) ->
         await engine.dispose()
 
 
-async def test_never_migrated_database_says_how_to_migrate(empty_url: URL) -> None:
+def run_as_printed(command: str, cwd: Path) -> int:
+    """Run a command the package printed, as a shell would, without RUSTRADE_STORE_URL."""
+    args = shlex.split(command)
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name(args[0])), *args[1:]],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != ENV_VAR},
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.returncode
+
+
+async def test_never_migrated_database_says_how_to_migrate(empty_url: URL, tmp_path: Path) -> None:
+    """The hint is a command that works as printed from where the user is: the database's own
+    URL (an upgrade without it would migrate another one), never ``alembic upgrade head``
+    (there is no alembic.ini where the wheel is installed)."""
     async with SqlStore.from_url(empty_url) as store:
-        with pytest.raises(SchemaError, match="alembic upgrade head"):
+        with pytest.raises(SchemaError) as caught:
             await store.load("k")
         with pytest.raises(SchemaError):
             await store.save("k", 1)
+    message = str(caught.value)
+    assert "alembic" not in message
+    assert "or from Python `await rustrade_store.upgrade(url)` with the same URL" in message
+    command = re.search(r"`(rustrade-store [^`]+)`", message)
+    assert command is not None, message
+    elsewhere = tmp_path / "elsewhere"  # not the repository: no alembic.ini, no state file
+    elsewhere.mkdir()
+    assert await asyncio.to_thread(run_as_printed, command.group(1), elsewhere) == 0
+    async with SqlStore.from_url(empty_url) as store:
+        await store.save("k", 1)
+        assert await store.load("k") == 1
+
+
+@pytest.mark.postgres
+async def test_the_hint_for_a_url_with_a_password_says_it_is_masked(fresh_postgres: URL) -> None:
+    url = fresh_postgres.set(password="s3cret")
+    async with SqlStore.from_url(url) as store:
+        with pytest.raises(SchemaError) as caught:
+            await store.load("k")
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert ":***@" in message
+    assert "(with the password where the URL shows ***)" in message
+
+
+@pytest.mark.postgres
+async def test_a_postgres_url_naming_no_database_says_so(fresh_postgres: URL) -> None:
+    """Without a database name the server picks the user's default (``postgres``): the hint
+    invited creating the table there."""
+    no_database = URL.create(
+        fresh_postgres.drivername,
+        username=fresh_postgres.username,
+        host=fresh_postgres.host,
+        port=fresh_postgres.port,
+    )
+    async with SqlStore.from_url(no_database) as store:
+        with pytest.raises(SchemaError, match="names no database, so the server chose its default"):
+            await store.load("k")
 
 
 async def test_unknown_revision_names_both_revisions(empty_url: URL) -> None:
@@ -189,7 +231,8 @@ async def test_schema_status_is_what_the_store_checks(empty_url: URL) -> None:
     try:
         current, _, state, message = await check()
         assert (current, state) == (None, "missing")
-        assert "rustrade-store upgrade" in message
+        assert "`rustrade-store --url " in message
+        assert " upgrade`" in message
         await upgrade(engine)
         assert (await check())[:3] == (head, head, "current")
         async with engine.begin() as connection:

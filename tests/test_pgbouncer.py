@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import delete, event
 
-from rustrade_store import SqlStore, StorageError, upgrade
+from rustrade_store import SqlStore, StorageError, downgrade, upgrade
 from rustrade_store.engine import engine_options, resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
@@ -165,3 +165,16 @@ async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection_behind_
     finally:
         await admin.close()
         await store.aclose()
+
+
+async def test_a_database_migrates_through_pgbouncer(pgbouncer: URL, fresh_postgres: URL) -> None:
+    """The migration's lock is transaction-scoped (pg_advisory_xact_lock), which transaction
+    pooling keeps on one server connection: upgrades through the pooler work, and leave no
+    lock behind on a server connection that other clients share next."""
+    url = pgbouncer.set(database=fresh_postgres.database)
+    await upgrade(url)
+    await downgrade(url, "base")
+    await upgrade(url, wait=2)
+    async with SqlStore.from_url(url) as store:
+        await store.save("bot1/k", 1)
+        assert await store.load("bot1/k") == 1
