@@ -16,7 +16,10 @@ snapshots of about 300 bytes:
   ``BufferedStore`` against write-through saves on an SQLite file;
 - on an SQLite file and PostgreSQL, a sequential save through ``SyncStore`` (called from plain
   code, run on the sync store's own loop thread) against the async store's, p50 against p50,
-  target <= 1.5x.
+  target <= 1.5x;
+- the cost of the ``otel`` extra: a save's and a load's p50 with the OpenTelemetry API and no SDK,
+  and with the SDK and a ``BatchSpanProcessor``, against the p50 without the extra (targets
+  <= 1.02x and <= 1.10x; ``--otel-only`` runs this part alone; see ``otel_cost.py``).
 
 Every implementation writes its own keys in the same table, and they take turns call by call
 (or round by round), so the machine's noise falls on all alike. Ratios of rates compare median
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import case, event, exists, literal, select, true
 
 from rustrade_store import (
     BufferedStore,
@@ -59,9 +62,17 @@ from rustrade_store import (
     upgrade,
 )
 
+try:  # the cost of the otel extra needs it and the SDK (the dev extra)
+    import otel_cost
+except ImportError as exc:
+    OTEL_MISSING: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    OTEL_MISSING = None
+
 try:  # the Core baseline builds the store's own statements with the package's internals
     from rustrade_store.dialects import facts_for
     from rustrade_store.fencing import Fencing
+    from rustrade_store.queries import IGNORE_LEASES, snapshots
     from rustrade_store.queries import upsert as store_upsert
     from rustrade_store.queries import value as store_value
     from rustrade_store.queries import values as store_values
@@ -327,7 +338,7 @@ class CoreImpl(Impl):
         self.engine = engine
         facts = facts_for(engine.url)
         self.upsert = store_upsert(facts)
-        self.params = Fencing(facts, "bench", ignore_leases=False).for_rows
+        self.fencing = Fencing(facts, ignore_leases=False)
         self.select_value = store_value(facts)
         self.select_values = store_values(facts)
         self.keys_param = facts.keys_param
@@ -360,10 +371,40 @@ class CoreImpl(Impl):
             )
         return {key: json.loads(found[key]) if key in found else None for key in keys}
 
+    def params(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.fencing.rows([self.fencing.write("save", row) for row in rows])
+
+
+class OldFenceCoreImpl(CoreImpl):
+    """:class:`CoreImpl` with the fence of the store before issue 17, which share-locked the
+    lease row only while it was live: the difference is what serialising a write with a
+    take-over costs a save on its fast path."""
+
+    name = "Core, old fence"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        facts = facts_for(engine.url)
+        lease = snapshots.alias("lease")
+        rows = facts.rows()
+        live = select(literal(1)).where(
+            lease.c.key == rows.lease_key, lease.c.updated_at > facts.server_now()
+        )
+        held = select(literal(1)).where(
+            lease.c.key == rows.lease_key, facts.json_text(lease.c.value) == rows.mine
+        )
+        fence = case(
+            (rows.mine == IGNORE_LEASES, true()),
+            (rows.mine.is_(None), ~exists(live.with_for_update(read=True))),
+            else_=exists(held.with_for_update(read=True)),
+        )
+        chosen = select(rows.key, rows.value, rows.updated_at).select_from(rows.table)
+        self.upsert = facts.upsert(snapshots, chosen.where(fence), None)
+
 
 def core(engine: AsyncEngine) -> list[Impl]:
-    """The Core baseline on ``engine``, if the package still has what it is built from."""
-    return [] if CORE_MISSING else [CoreImpl(engine)]
+    """The Core baselines on ``engine``, if the package still has what they are built from."""
+    return [] if CORE_MISSING else [CoreImpl(engine), OldFenceCoreImpl(engine)]
 
 
 class AiosqliteImpl(Impl):
@@ -482,6 +523,9 @@ async def run_backend(backend: str, impls: list[Impl], sizes: Sizes) -> Results:
     notes: dict[str, str] = {}
     values = {impl.name: {key: snapshot(i) for i, key in enumerate(impl.keys)} for impl in impls}
     store = next(impl for impl in impls if isinstance(impl, StoreImpl))
+    for impl in impls:
+        if isinstance(impl, CoreImpl):  # the store makes a prefix's lease row at its first write
+            await store.store.save(f"{impl.name}/setup", 0)
 
     async def save_many(impl: Impl, _: int) -> None:
         await impl.save_many(values[impl.name])
@@ -799,6 +843,11 @@ def compare(results: Results) -> list[Line]:
                 ("<=", OVERHEAD_TARGET),
             )
         add(figure, text, f"{raw} {us(driver.p50)}", mine.p50 / driver.p50)
+    if "Core, old fence" in timings["save"]:
+        new, old = timings["save"]["Core"].p50, timings["save"]["Core, old fence"].p50
+        add(
+            "fence: Core save p50", us(new), f"Core, the fence before issue 17 {us(old)}", new / old
+        )
     for operation in ("save_many", "load_many"):
         mine = timings[operation]["store"]
         for name in ("Core", raw):
@@ -901,6 +950,62 @@ def print_lines(lines: list[Line]) -> None:
         )
 
 
+def otel_lines(backend: str, found: dict[str, dict[str, list[int]]]) -> list[Line]:
+    """The p50 of a save and a load with the API alone and with the SDK, against without."""
+    lines = []
+    for operation, by_variant in found.items():
+        p50 = {variant: Timing(spent, []).p50 for variant, spent in by_variant.items()}
+        without = p50[otel_cost.NONE]
+        for variant, bound in otel_cost.TARGETS.items():
+            lines.append(
+                Line(
+                    backend,
+                    f"{operation} p50, {variant.split(',')[0]}",
+                    us(p50[variant]),
+                    f"without the extra {us(without)}",
+                    p50[variant] / without,
+                    ("<=", bound),
+                )
+            )
+    return lines
+
+
+async def measure_otel(store: SqlStore, sizes: Sizes) -> dict[str, dict[str, list[int]]]:
+    """The otel extra's cost on ``store``; nothing when the SDK is not installed."""
+    if OTEL_MISSING:
+        return {}
+    return await otel_cost.measure(store, sizes.sequential, sizes.warmup)
+
+
+async def otel_only(sizes: Sizes, directory: Path | None) -> None:
+    """The cost of the otel extra alone, on each backend."""
+    if OTEL_MISSING:
+        print(f"otel cost not measured: {OTEL_MISSING}")
+        return
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="rustrade-bench-", dir=directory) as tmp:
+        memory = InMemoryStore()
+        lines += otel_lines("memory", await measure_otel(memory, sizes))
+        await memory.aclose()
+        url = resolve_url(f"sqlite:///{Path(tmp) / 'otel.db'}")
+        await upgrade(url)
+        async with SqlStore.from_url(url) as store:
+            lines += otel_lines("sqlite file", await measure_otel(store, sizes))
+        databases = await postgres_database()
+        if isinstance(databases, str):
+            print(f"postgresql: skipped, unreachable ({databases})")
+        else:
+            admin, pg_url = databases
+            try:
+                await upgrade(pg_url)
+                async with SqlStore.from_url(pg_url) as store:
+                    lines += otel_lines("postgresql", await measure_otel(store, sizes))
+            finally:
+                await drop_database(admin, pg_url)
+    print(f"load average {load_average()}; {sizes.sequential} calls of each, in turn\n")
+    print_lines(lines)
+
+
 async def main(sizes: Sizes, directory: Path | None) -> None:
     started = time.perf_counter()
     load = load_average()
@@ -916,6 +1021,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
         raw_memory.own_database = True
         impls: list[Impl] = [memory, *core(memory.store.engine), raw_memory]
         all_results.append(await run_backend("memory", impls, sizes))
+        otel = {"memory": await measure_otel(memory.store, sizes)}
         for impl in impls:
             await impl.close()
 
@@ -929,6 +1035,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
             await AiosqliteImpl.open(str(files / "bench.db")),
         ]
         all_results.append(await run_backend("sqlite file", impls, sizes))
+        otel["sqlite file"] = await measure_otel(store.store, sizes)
         for impl in impls:
             await impl.close()
         sync_lines = [await sync_against_async("sqlite file", url, sizes)]
@@ -945,6 +1052,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
                 store = StoreImpl(SqlStore.from_url(pg_url))
                 impls = [store, *core(store.store.engine), raw]
                 all_results.append(await run_backend("postgresql", impls, sizes))
+                otel["postgresql"] = await measure_otel(store.store, sizes)
                 for impl in impls:
                     await impl.close()
                 sync_lines.append(await sync_against_async("postgresql", pg_url, sizes))
@@ -977,7 +1085,10 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
         )
     )
     lines += sync_lines
+    lines += [line for backend, found in otel.items() for line in otel_lines(backend, found)]
     print_lines(lines)
+    if OTEL_MISSING:
+        print(f"otel extra's cost not measured, so no otel lines ({OTEL_MISSING})")
     if "postgresql" not in {results.backend for results in all_results}:
         print(f"postgresql: no lines, {postgres}")
     if CORE_MISSING:
@@ -1001,6 +1112,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--dir", type=Path, default=None, help="where the database files go (default: the TMPDIR)"
     )
+    parser.add_argument(
+        "--otel-only", action="store_true", help="only the cost of the otel extra (otel_cost.py)"
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(QUICK if arguments.quick else FULL, arguments.dir))
+    sizes = QUICK if arguments.quick else FULL
+    asyncio.run((otel_only if arguments.otel_only else main)(sizes, arguments.dir))
     sys.exit(0)

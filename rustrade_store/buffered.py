@@ -7,6 +7,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from . import _telemetry
 from .codec import JSONInput, JSONValue, check_key, check_keys, decode, encode, encode_entry
 from .errors import LeaseLostError, StorageError, StoreError
 from .store import StateStore
@@ -47,6 +48,7 @@ class BufferedStore(StateStore):
     """
 
     __slots__ = (
+        "__weakref__",
         "_closed",
         "_closing",
         "_delay",
@@ -220,6 +222,7 @@ class BufferedStore(StateStore):
         text = self._pending.get(key)
         return self._writing.get(key) if text is None else text
 
+    @_telemetry.buffered_queue
     def _queue(self, texts: dict[str, str]) -> None:
         if not texts:
             return
@@ -231,6 +234,7 @@ class BufferedStore(StateStore):
             self._full.set()
         self._wake.set()
 
+    @_telemetry.buffered_write
     async def _write_pending(self) -> None:
         """Write the queue with one ``save_many``; on failure put back what a newer save did not
         replace. Callers hold the write lock, so batches reach the inner store in order.

@@ -80,9 +80,12 @@ LEASE_PREFIX = "@lease/"
 
 def lease_key(key: str) -> str | None:
     """The lease row covering ``key``: that of its first path segment (``bot1/`` for
-    ``bot1/BTCUSDT``), or ``None`` for a key with no ``/``, which no lease covers."""
+    ``bot1/BTCUSDT``), or ``None`` for a key no lease covers: one with no ``/``, or whose first
+    segment is too long to name a lease row (MariaDB printed "Data truncated" at each write)."""
     segment, slash, _ = key.partition("/")
-    return f"{LEASE_PREFIX}{segment}/" if slash else None
+    if not slash or len(LEASE_PREFIX) + len(segment) + 1 > MAX_KEY_LENGTH:
+        return None
+    return f"{LEASE_PREFIX}{segment}/"
 
 
 def check_key(key: object) -> str:
@@ -142,7 +145,7 @@ def _walk(value: object, depth: int, open_containers: set[int]) -> None:
             raise _Rejected(InvalidValueError, f"{label} is not JSON")
         return
     if kind is not list and kind is not dict:
-        raise _Rejected(ValueTypeError, f"{kind.__name__} is not JSON")
+        raise _Rejected(ValueTypeError, _not_json(kind))
     if depth == MAX_DEPTH:
         raise _Rejected(InvalidValueError, f"nested deeper than {MAX_DEPTH} levels")
     ident = id(value)
@@ -169,6 +172,42 @@ def _walk(value: object, depth: int, open_containers: set[int]) -> None:
                 rejected.segments.append(f"[{json.dumps(name)}]")
                 raise
     open_containers.discard(ident)
+
+
+_CONVERSIONS = {
+    ("numpy", "bool"): "bool(x)",  # numpy 2's name of numpy.bool_
+    ("numpy", "bool_"): "bool(x)",
+    ("numpy", "integer"): "int(x)",
+    ("numpy", "floating"): "float(x)",
+    ("numpy", "ndarray"): "x.tolist()",
+    ("numpy", "datetime64"): "str(x)",
+    ("decimal", "Decimal"): "float(x), or str(x) to keep every digit",
+    ("datetime", "datetime"): "x.isoformat()",
+    ("datetime", "date"): "x.isoformat()",
+    ("datetime", "time"): "x.isoformat()",
+    ("builtins", "bool"): "bool(x)",
+    ("builtins", "int"): "int(x)",
+    ("builtins", "float"): "float(x)",
+    ("builtins", "str"): "str(x)",
+    ("builtins", "tuple"): "list(x)",
+    ("builtins", "set"): "list(x)",
+    ("builtins", "frozenset"): "list(x)",
+}
+"""The conversion to a JSON type, by (module, class) of a type or one of its bases: numpy's
+scalars are refused like every type that would not come back as itself (a numpy.float64 would
+load as a float), and the message says how to convert them, found by name so that numpy is
+never imported."""
+
+
+def _not_json(kind: type) -> str:
+    """Why a value of ``kind`` is refused: its qualified type, and the conversion if known."""
+    module = kind.__module__
+    name = kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+    for base in kind.__mro__:
+        fix = _CONVERSIONS.get((base.__module__, base.__qualname__))
+        if fix is not None:
+            return f"{name} is not JSON: convert it with {fix}"
+    return f"{name} is not JSON"
 
 
 def _check_int_digits(number: int) -> None:

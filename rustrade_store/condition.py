@@ -29,7 +29,7 @@ from .codec import parse
 if TYPE_CHECKING:
     from .codec import JSONValue
 
-__all__ = ["Condition", "compile_condition"]
+__all__ = ["MAX_NESTING", "Condition", "compile_condition"]
 
 Condition = Callable[["JSONValue"], bool]
 """A compiled condition: true when the value meets it."""
@@ -48,10 +48,15 @@ _TOKEN = re.compile(
 _WORDS = {"true": True, "false": False, "null": None}
 
 
+MAX_NESTING = 100
+"""The deepest a condition may nest ``not`` and parentheses: far past any condition a person
+writes, well within Python's recursion limit for its parsing and its evaluation."""
+
+
 class _Parser:
     """Recursive descent over the tokens of one expression."""
 
-    __slots__ = ("_at", "_text", "_tokens")
+    __slots__ = ("_at", "_depth", "_text", "_tokens")
 
     def __init__(self, text: str) -> None:
         self._text = text
@@ -69,6 +74,7 @@ class _Parser:
             self._tokens.append((kind, match.group(kind), match.start(kind) + 1))
             position = match.end()
         self._at = 0
+        self._depth = 0
 
     def _fail(self, message: str, column: int | None = None) -> NoReturn:
         if column is None:
@@ -119,14 +125,15 @@ class _Parser:
 
     def _factor(self) -> Condition:
         token = self._peek()
-        if token == ("word", "not"):
+        if token in (("word", "not"), ("punct", "(")):
+            self._depth += 1
+            if self._depth > MAX_NESTING:
+                self._fail(f"nested deeper than {MAX_NESTING} levels of 'not' and '('")
             self._at += 1
-            inner = self._factor()
-            return lambda value: not inner(value)
-        if token == ("punct", "("):
-            self._at += 1
-            inner = self._or()
-            self._expect(")", "')'")
+            inner = self._factor() if token == ("word", "not") else self._group()
+            self._depth -= 1
+            if token == ("word", "not"):
+                return lambda value: not inner(value)
             return inner
         if token != ("punct", "$"):
             self._fail("expected a path starting with '$', 'not' or '('")
@@ -138,6 +145,11 @@ class _Parser:
         literal = self._literal()
         compare = _COMPARISONS[operator[1]]
         return lambda value: _holds(compare, _follow(value, path), literal)
+
+    def _group(self) -> Condition:
+        inner = self._or()
+        self._expect(")", "')'")
+        return inner
 
     def _path(self) -> list[str | int]:
         self._expect("$", "'$'")

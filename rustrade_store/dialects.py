@@ -172,6 +172,11 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
     # asyncmy also reports a packet cut off by the server as a wrong sequence number.
     cut_off = "Packet sequence number wrong" in str(cause)
+    if code in _MYSQL_CONFLICTS:
+        return (
+            "(a conflict with another write to the same rows, through another Galera node or "
+            "in a deadlock: this attempt wrote nothing)"
+        )
     if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
     return (
@@ -239,6 +244,18 @@ def _postgres_unreachable(cause: BaseException) -> bool:
     )
 
 
+_POSTGRES_ABORTS = frozenset({"40001", "40P01"})
+"""serialization_failure, deadlock_detected."""
+
+
+def _postgres_aborted(cause: BaseException) -> bool:
+    return getattr(cause, "sqlstate", None) in _POSTGRES_ABORTS
+
+
+def _mysql_aborted(cause: BaseException) -> bool:
+    return bool(cause.args) and cause.args[0] in _MYSQL_CONFLICTS
+
+
 def _mysql_read_only(cause: BaseException) -> bool:
     # ER_OPTION_PREVENTS_STATEMENT for --read-only; ER_READ_ONLY_MODE for a read-only engine.
     return bool(cause.args) and cause.args[0] in (1290, 1836)
@@ -252,8 +269,21 @@ def _mysql_timeout(cause: BaseException) -> bool:
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
-    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover).
-    return bool(cause.args) and cause.args[0] in (2002, 2003)
+    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover); or a
+    # Galera node that cannot serve (see _GALERA_NOT_READY).
+    code = cause.args[0] if cause.args else None
+    return code in (2002, 2003) or code in _GALERA_NOT_READY
+
+
+_MYSQL_CONFLICTS = frozenset({1213})
+"""ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock's victim, or (on Galera) a write
+through another node certified first; either way it was rolled back, nothing committed."""
+
+
+_GALERA_NOT_READY = frozenset({1047})
+"""ER_UNKNOWN_COM_ERROR, what a Galera node outside the primary component (isolated, joining,
+or not yet synced) answers every statement with ("WSREP has not yet prepared node for
+application use")."""
 
 
 def _sqlite_timeout(cause: BaseException) -> bool:
@@ -332,6 +362,10 @@ class DialectFacts:
     is_unreachable: Callable[[BaseException], bool] = _never
     """Whether the driver's error says no server is there to take the call (refused, going
     down, not yet promoted): a lost connection, retried until the deadline."""
+    is_aborted: Callable[[BaseException], bool] = _never
+    """Whether the driver's error says the database rolled the transaction back to resolve a
+    conflict (a deadlock, a serialisation or certification failure): nothing of it took effect,
+    and it is retried until the deadline."""
     is_read_only: Callable[[BaseException], bool] = _never
     """Whether the driver's error says the server takes no writes (a standby): the store then
     treats the connection as lost, so that it and the rest of the pool are replaced."""
@@ -380,6 +414,7 @@ def facts_for(url: URL) -> DialectFacts:
             max_keys_per_query=None,
             max_statement_bytes=None,
             keys_param=_as_list,
+            is_aborted=_postgres_aborted,
             is_read_only=_postgres_read_only,
             is_unreachable=_postgres_unreachable,
         )
@@ -410,6 +445,7 @@ def facts_for(url: URL) -> DialectFacts:
             failure_hint=_mysql_hint,
             is_timeout=_mysql_timeout,
             is_unreachable=_mysql_unreachable,
+            is_aborted=_mysql_aborted,
             is_read_only=_mysql_read_only,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite://, postgresql:// or mysql://")

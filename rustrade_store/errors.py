@@ -147,7 +147,9 @@ def storage_error(
     if hint:
         detail = f"{detail} {hint}"
     subject = action if key is None else f"{action} {key!r}"
-    return StorageError(f"{subject} failed on {where}: {detail}")
+    error = StorageError(f"{subject} failed on {where}: {detail}")
+    error.__cause__ = exc  # also where it is handed to a caller rather than raised (group commit)
+    return error
 
 
 class LeaseError(StoreError):

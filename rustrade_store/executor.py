@@ -1,6 +1,7 @@
 """What every operation goes through: one event loop, one writer where the database needs it,
-a connection and its transaction, one classification of errors and one retry policy, and group
-commit of concurrent single-key saves and loads."""
+a connection and its transaction, one deadline, one classification of errors and one retry
+policy, and group commit of concurrent single-key calls. It transports statements; what a
+write's result means is decided by the operation that wrote it (:mod:`._writes`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import functools
 import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,22 +17,20 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import queries
+from . import _telemetry, queries
 from .engine import autocommits, check_timeout
 from .errors import (
     ConfigurationError,
-    ConflictError,
+    OutcomeUnknownError,
     StorageError,
     StoreError,
     root_cause,
     storage_error,
 )
-from .fencing import Fencing
 from .migrate import check_revision, upgrade_connection
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-    from datetime import datetime
 
     from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
 
     from .dialects import DialectFacts
 
-__all__ = ["Executor", "Row"]
+__all__ = ["BATCH_ROWS", "Attempt", "Executor", "Rejected", "Row"]
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -63,8 +61,35 @@ class Failure(enum.Enum):
     """What kind of failure an error is, which decides whether it is retried."""
 
     LOST = "lost connection"
+    """The connection broke: retried; a statement in flight may have taken effect."""
+    ABORTED = "aborted"
+    """The database rolled the transaction back (a deadlock, a serialisation or certification
+    failure): retried; nothing of it took effect."""
     TIMEOUT = "timeout"
     OTHER = "other"
+
+
+class Rejected(Exception):
+    """The database rejected a statement (a constraint, a trigger; not a lost connection or a
+    timeout): raised, for a caller that asked, instead of its :attr:`error`."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Attempt:
+    """What the earlier attempts of one write may have done, for the attempt that follows."""
+
+    __slots__ = ("in_flight", "maybe_applied")
+
+    def __init__(self) -> None:
+        self.maybe_applied = False
+        """An earlier attempt failed after its effect could have been committed (its answer, or
+        its COMMIT's, was lost): a later one must tell its own stored row from another's."""
+        self.in_flight = False
+        """The current attempt has sent what could commit it (a statement outside a
+        transaction, or a COMMIT)."""
 
 
 class _Failed(Exception):
@@ -143,7 +168,7 @@ class _Batcher:
 
     def __init__(
         self,
-        run: Callable[[list[Any]], Coroutine[Any, Any, Sequence[Any]]],
+        run: Callable[[list[Any], float], Coroutine[Any, Any, Sequence[Any]]],
         slots: int,
         gate: asyncio.Lock | None,
         *,
@@ -237,8 +262,11 @@ class _Batcher:
                     end = loop.create_future()
                     for waiter in batch:
                         waiter.batch = end
+                    # The batch ends by its callers' earliest deadline: a call's time in the
+                    # queue counts against its one deadline.
+                    deadline = min(waiter.deadline for waiter in batch)
                     try:
-                        results = await self._run([waiter.item for waiter in batch])
+                        results = await self._run([waiter.item for waiter in batch], deadline)
                     except Exception as exc:
                         results = [exc] * len(batch)
                     finally:
@@ -272,34 +300,30 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 class Executor:
     """Runs the store's statements on its engine.
 
-    Every call has one deadline, the store's ``timeout``: a connection found lost is retried
-    on a new one until then (safe, since every write is conditional on its save time); any
-    other failure raises :class:`~rustrade_store.StorageError` at once. A store serves one
-    event loop at a time.
+    Every call has one deadline, the store's ``timeout``, from when it is made: its time in a
+    queue, the wait for a connection or a lock, its statements and its retries all count. A lost
+    connection, or a transaction the database aborted, is retried on a new connection until
+    then (safe, since every write is conditional on its save time); any other failure raises
+    :class:`~rustrade_store.StorageError` at once. A write that failed after its effect could
+    have been committed raises :class:`~rustrade_store.OutcomeUnknownError` unless a later
+    attempt settled it. A store serves one event loop at a time.
     """
 
     __slots__ = (
         "_autocommit",
+        "_batchers",
         "_bind_lock",
         "_closed",
-        "_delete",
         "_engine",
         "_facts",
-        "_loads",
         "_loop",
         "_ready",
-        "_saves",
         "_schema_lock",
-        "_select_stored",
         "_select_value",
         "_select_values",
         "_timeout",
-        "_update_if_at",
-        "_upsert",
-        "_upsert_if_absent",
         "_where",
         "_writer_lock",
-        "fencing",
     )
 
     def __init__(
@@ -310,7 +334,6 @@ class Executor:
         where: str,
         timeout: float,
         owns_engine: bool,
-        ignore_leases: bool = False,
     ) -> None:
         self._engine = engine
         self._facts = facts
@@ -321,14 +344,8 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.fencing = Fencing(facts, where, ignore_leases=ignore_leases)
-        self._upsert = queries.upsert(facts)
-        self._upsert_if_absent = queries.upsert_if_absent(facts)
-        self._update_if_at = queries.update_if_at(facts)
-        self._delete = queries.delete_older(facts)
         self._select_value = queries.value(facts)
         self._select_values = queries.values(facts)
-        self._select_stored = queries.stored(facts)
         self._make_loop_state()
         if owns_engine:  # no one else's error handling to change
             event.listen(engine.sync_engine, "handle_error", self._on_error)
@@ -342,28 +359,9 @@ class Executor:
             context.is_disconnect = True
 
     def _make_loop_state(self) -> None:
-        slots = 1
-        pool = self._engine.sync_engine.pool
-        if not self._facts.one_writer and isinstance(pool, QueuePool):
-            slots = max(1, pool.size())
         self._writer_lock = asyncio.Lock() if self._facts.one_writer else None
         self._schema_lock = asyncio.Lock()
-        options: dict[str, Any] = {
-            "shield": self._facts.finish_when_cancelled,
-            "timeout": self._timeout,
-        }
-        self._saves = _Batcher(
-            self._save_batch, slots, self._writer_lock, expired=self._save_expired, **options
-        )
-        self._loads = _Batcher(
-            self._load_batch, slots, self._writer_lock, expired=self._load_expired, **options
-        )
-
-    def _save_expired(self, row: Row) -> BaseException:
-        return self.failure("save", row["key"], TimeoutError("the store's writer stayed busy"))
-
-    def _load_expired(self, key: str) -> BaseException:
-        return self.failure("load", key, TimeoutError("the store's writer stayed busy"))
+        self._batchers: dict[str, _Batcher] = {}
 
     @property
     def facts(self) -> DialectFacts:
@@ -373,6 +371,11 @@ class Executor:
     def where(self) -> str:
         """The database URL, its password masked."""
         return self._where
+
+    @property
+    def autocommit(self) -> bool:
+        """Whether a statement run outside a transaction commits on its own."""
+        return self._autocommit
 
     # -- operations ------------------------------------------------------------------------
 
@@ -393,109 +396,44 @@ class Executor:
 
         return await self.run(action, key, one, retry=retry)
 
-    async def save(self, row: Row) -> None:
-        """Write one row with the conditional upsert, batched with concurrent saves."""
-        self.fencing.check(row["key"])
+    async def queued(
+        self,
+        action: str,
+        key: str,
+        item: Any,
+        run: Callable[[list[Any], float], Coroutine[Any, Any, Sequence[Any]]],
+    ) -> Any:
+        """``item``'s result from ``run``, which takes the items of concurrent calls of
+        ``action`` as one batch, with the batch's deadline (group commit)."""
         self._bind_loop()
-        await self._saves.submit(row)  # a refusal of this row is raised by the batch
+        batcher = self._batchers.get(action)
+        if batcher is None:
+            slots = 1
+            pool = self._engine.sync_engine.pool
+            if not self._facts.one_writer and isinstance(pool, QueuePool):
+                slots = max(1, pool.size())
 
-    async def delete(self, key: str, before: datetime) -> bool:
-        """Delete ``key`` if it was saved before ``before`` and its lease allows; return whether
-        it did. Not retried: a retry after a lost answer would find nothing."""
-        self.fencing.check(key)
-        params = {"key": key, "before": before} | self.fencing.for_key(key)
+            def expired(_item: Any) -> BaseException:
+                busy = TimeoutError("the store's writer stayed busy")
+                return self.failure(action, key, busy)
 
-        async def work(connection: AsyncConnection) -> StoreError | bool:
-            if (await connection.execute(self._delete, params)).rowcount > 0:
-                return True
-            execute = functools.partial(self._execute, connection)
-            found = await self.fencing.explain(execute, "delete", {key: before})
-            return found.errors[key] or False
-
-        outcome = await self.run("delete", key, work, retry=False)
-        if isinstance(outcome, StoreError):
-            raise outcome
-        return outcome
-
-    async def save_if(self, row: Row, expected: datetime | None) -> None:
-        """Write one row only if its key is stored at ``expected`` (or, with ``None``, absent);
-        else raise :class:`ConflictError` naming what is stored, and write nothing."""
-        key: str = row["key"]
-        sent: datetime = row["updated_at"]
-        self.fencing.check(key)
-
-        async def work(connection: AsyncConnection) -> StoreError | datetime | None:
-            if expected is None:
-                params = self.fencing.for_rows([row])
-                result = await connection.execute(self._upsert_if_absent, params)
-                applied = any(when == sent for _, when in result)
-            else:
-                params = {"at_key": key, "new_value": row["value"], "new_time": sent}
-                params |= {"expected": expected} | self.fencing.for_key(key)
-                applied = (await connection.execute(self._update_if_at, params)).rowcount == 1
-            if applied:
-                return sent
-            execute = functools.partial(self._execute, connection)
-            found = await self.fencing.explain(execute, "save", {key: sent}, guarded=True)
-            return found.errors[key] or found.stored.get(key)
-
-        stored = await self.run("save", key, work)
-        if isinstance(stored, StoreError):
-            raise stored
-        if stored == sent:  # applied, perhaps by an attempt whose answer was lost
-            return
-        if expected is None:
-            raise ConflictError(
-                f"save {key!r} refused on {self._where}: the key exists (saved at "
-                f"{stored and stored.isoformat()}); nothing was written",
-                stored,
+            batcher = _Batcher(
+                run,
+                slots,
+                self._writer_lock,
+                shield=self._facts.finish_when_cancelled,
+                timeout=self._timeout,
+                expired=expired,
             )
-        if stored is None:
-            raise ConflictError(
-                f"save {key!r} refused on {self._where}: the key was deleted since "
-                f"{expected.isoformat()}; nothing was written",
-                None,
-            )
-        if stored != expected:
-            raise ConflictError(
-                f"save {key!r} refused on {self._where}: it was saved again at "
-                f"{stored.isoformat()}, after the {expected.isoformat()} this write was based "
-                "on; load it again and redo the change. Nothing was written",
-                stored,
-            )
-        raise ConflictError(
-            f"save {key!r} refused on {self._where}: its time {sent.isoformat()} is not after "
-            f"the stored {stored.isoformat()}; nothing was written",
-            stored,
-        )
+            self._batchers[action] = batcher
+        return await batcher.submit(item)
 
     async def load(self, key: str) -> str | None:
         """The stored JSON text of ``key``, batched with concurrent loads."""
-        self._bind_loop()
-        text: str | None = await self._loads.submit(key)
+        text: str | None = await self.queued("load", key, key, self._load_batch)
         return text
 
-    async def write(self, action: str, rows: list[Row]) -> None:
-        """Write ``rows`` in one transaction, all or none; each applies only over an older row."""
-
-        async def work(connection: AsyncConnection) -> None:
-            await self.upsert_checked(connection, action, rows)
-
-        await self.run(action, None, work, transaction=True)
-
-    async def upsert_checked(
-        self, connection: AsyncConnection, action: str, rows: list[Row]
-    ) -> None:
-        """Upsert ``rows`` on ``connection``; raise the first refusal that is an error (a lease,
-        a clock skew), so that the caller's transaction writes none."""
-        for row in rows:
-            self.fencing.check(row["key"])
-        refused = await self._upsert_rows(connection, action, rows)
-        for error in refused.values():
-            if error is not None:
-                raise error
-
-    async def load_keys(self, keys: list[str]) -> dict[str, str]:
+    async def load_keys(self, keys: list[str], deadline: float | None = None) -> dict[str, str]:
         """``{key: JSON text}`` of the stored keys among ``keys``, as one consistent snapshot."""
         step = self._facts.max_keys_per_query
         chunks = [keys] if step is None else [keys[i : i + step] for i in range(0, len(keys), step)]
@@ -508,18 +446,15 @@ class Executor:
             return found
 
         if len(chunks) == 1:
-            return await self.run("load_many", None, work)
+            return await self.run("load_many", None, work, deadline=deadline)
         return await self.run(
-            "load_many", None, work, transaction=True, isolation=self._facts.snapshot_isolation
+            "load_many",
+            None,
+            work,
+            transaction=True,
+            isolation=self._facts.snapshot_isolation,
+            deadline=deadline,
         )
-
-    async def stored_rows(
-        self, connection: AsyncConnection, keys: list[str]
-    ) -> dict[str, tuple[datetime, str]]:
-        """The stored ``(updated_at, JSON text)`` of each of ``keys`` that is stored."""
-        params = {"keys": self._facts.keys_param(keys)}
-        rows = await self._execute(connection, self._select_stored, params)
-        return {row[0]: (row[1], row[2]) for row in rows}
 
     async def run(
         self,
@@ -531,18 +466,40 @@ class Executor:
         isolation: str | None = None,
         retry: bool = True,
         per_statement: bool = False,
+        attempt: Attempt | None = None,
+        deadline: float | None = None,
+        rejected: bool = False,
     ) -> T:
         """Run ``work`` on a connection, as one transaction when ``transaction`` (else its
-        single statement commits on its own), retrying a lost connection until the deadline.
+        single statement commits on its own), retrying a lost connection or an aborted
+        transaction until the deadline (the store's timeout from now, or ``deadline`` by the
+        loop's clock).
+
+        A write passes its ``attempt``: its work reads there whether an earlier attempt may have
+        taken effect, and a failure after one may have raises
+        :class:`~rustrade_store.OutcomeUnknownError`. With ``rejected``, a statement the
+        database rejected raises :class:`Rejected`.
 
         Where a cancelled statement must run to its end, the whole of ``work`` does, unless
         ``per_statement`` (long work that awaits more than the database): then only the
         statement in flight does, and the transaction is rolled back.
         """
+        writes = attempt is not None
+        attempt = attempt if attempt is not None else Attempt()
         try:
-            return await self._retrying(work, transaction, isolation, retry, per_statement)
+            return await self._retrying(
+                work, transaction, isolation, retry, per_statement, attempt, deadline
+            )
         except _Failed as failed:
-            raise self.failure(action, key, failed.cause) from failed.cause
+            error = self.failure(action, key, failed.cause)
+            if writes and attempt.maybe_applied:
+                error = OutcomeUnknownError(
+                    f"{error}; an attempt's answer was lost, so whether it was written is "
+                    "unknown: load it to see what is stored"
+                )
+            elif rejected and failed.kind is Failure.OTHER:
+                raise Rejected(error) from failed.cause
+            raise error from failed.cause
 
     async def aclose(self, *, dispose: bool) -> None:
         self._bind_loop()
@@ -552,84 +509,18 @@ class Executor:
 
     # -- group commit ----------------------------------------------------------------------
 
-    async def _save_batch(self, rows: list[Row]) -> list[StoreError | None]:
-        latest: dict[str, Row] = {}
-        for row in rows:
-            held = latest.get(row["key"])
-            if held is None or held["updated_at"] < row["updated_at"]:
-                latest[row["key"]] = row
-        outcome = await self._save_group(sorted(latest.values(), key=lambda row: row["key"]))
-        return [outcome.get(row["key"]) for row in rows]
-
-    async def _save_group(self, rows: list[Row]) -> dict[str, StoreError | None]:
-        """Write ``rows`` in one statement: each key with what its refusal means, if refused.
-
-        If the database refuses the statement (a trigger, a constraint), each half is written
-        on its own, down to the row at fault, so that the refusal reaches only its caller.
-        """
-
-        async def work(connection: AsyncConnection) -> dict[str, StoreError | None]:
-            return await self._upsert_rows(connection, "save", rows)
-
-        try:
-            return await self._retrying(work, False, None, True)
-        except _Failed as failed:
-            if failed.kind is Failure.OTHER and len(rows) > 1:
-                half = len(rows) // 2
-                return await self._save_group(rows[:half]) | await self._save_group(rows[half:])
-            return {row["key"]: self.failure("save", row["key"], failed.cause) for row in rows}
-
-    async def _load_batch(self, keys: list[str]) -> list[str | None]:
+    async def _load_batch(self, keys: list[str], deadline: float) -> list[str | None]:
+        _telemetry.group_commit(self._where, "load", len(keys))
         if len(set(keys)) == 1:
-            rows = await self.fetch("load", keys[0], self._select_value, {"key": keys[0]})
+
+            async def one(connection: AsyncConnection) -> list[Any]:
+                return list((await connection.execute(self._select_value, {"key": keys[0]})).all())
+
+            rows = await self.run("load", keys[0], one, deadline=deadline)
             text = rows[0][0] if rows else None
             return [text] * len(keys)
-        found = await self.load_keys(list(dict.fromkeys(keys)))
+        found = await self.load_keys(list(dict.fromkeys(keys)), deadline)
         return [found.get(key) for key in keys]
-
-    async def _upsert_rows(
-        self, connection: AsyncConnection, action: str, rows: list[Row]
-    ) -> dict[str, StoreError | None]:
-        """Upsert ``rows``; return each refused one's key with what its refusal means (see
-        :meth:`Fencing.explain`).
-
-        RETURNING gives each applied row, matched by key: applied if its time is the one sent.
-        """
-        final: dict[str, datetime] = {}
-        for part in self._parts(rows):
-            params = self.fencing.for_rows(part)
-            final.update(
-                (row[0], row[1]) for row in await self._execute(connection, self._upsert, params)
-            )
-        refused = {
-            row["key"]: row["updated_at"]
-            for row in rows
-            if final.get(row["key"]) != row["updated_at"]
-        }
-        if not refused:
-            return {}
-        execute = functools.partial(self._execute, connection)
-        return (await self.fencing.explain(execute, action, refused)).errors
-
-    def _parts(self, rows: list[Row]) -> list[list[Row]]:
-        """``rows`` in statements of at most ``max_statement_bytes`` of values, one row at least.
-
-        A value's size is bounded from above by four times its length: a quote is escaped in the
-        JSON of the rows, then again by the driver, and a character takes up to four bytes.
-        """
-        limit = self._facts.max_statement_bytes
-        if limit is None:
-            return [rows]
-        parts: list[list[Row]] = [[]]
-        size = 0
-        for row in rows:
-            bound = len(row["value"]) * 4
-            if parts[-1] and size + bound > limit:
-                parts.append([])
-                size = 0
-            parts[-1].append(row)
-            size += bound
-        return parts
 
     # -- attempts --------------------------------------------------------------------------
 
@@ -639,23 +530,33 @@ class Executor:
         transaction: bool,
         isolation: str | None,
         retry: bool,
-        per_statement: bool = False,
+        per_statement: bool,
+        attempt: Attempt,
+        deadline: float | None,
     ) -> T:
         loop = self._bind_loop()
         if self._closed:
             raise StorageError(f"{self._where}: the store is closed")
-        deadline = loop.time() + self._timeout
+        if deadline is None:
+            deadline = loop.time() + self._timeout
         pause = 0.02
         while True:
+            attempt.in_flight = False
             try:
-                return await self._attempt(work, transaction, isolation, per_statement, deadline)
+                return await self._attempt(
+                    work, transaction, isolation, per_statement, deadline, attempt
+                )
             except StoreError:
                 raise
             except Exception as exc:
                 kind = self._classify(exc)
+                if attempt.in_flight and kind in (Failure.LOST, Failure.TIMEOUT):
+                    attempt.maybe_applied = True
                 left = deadline - loop.time()
-                if kind is not Failure.LOST or not retry or left <= pause:
+                retried = kind is Failure.LOST or kind is Failure.ABORTED
+                if not retried or not retry or left <= pause:
                     raise _Failed(kind, exc) from exc
+                _telemetry.retried(self._where, kind.value)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
@@ -666,26 +567,38 @@ class Executor:
         isolation: str | None,
         per_statement: bool,
         deadline: float,
+        attempt: Attempt,
     ) -> T:
         if per_statement:  # long work (a restore): only each statement runs to its end
             async with self._writer_turn(deadline):
                 token = _PER_STATEMENT.set(True)
                 try:
-                    return await self._on_connection(work, transaction, isolation)
+                    return await self._on_connection(work, transaction, isolation, attempt)
                 finally:
                     _PER_STATEMENT.reset(token)
         if not self._facts.finish_when_cancelled:
-            # The driver's own timeouts bound each step; this bounds their sum (a retry's new
-            # connection, a statement prepared first) by the call's deadline.
-            async with asyncio.timeout_at(deadline):
-                return await self._on_connection(work, transaction, isolation)
+            # The driver's own timeouts bound each step; this bounds their sum by the call's
+            # deadline. The attempt is cancelled then, but not waited for: giving its
+            # connection back (a rollback, a close) over a frozen link would take as long again.
+            task = asyncio.ensure_future(self._on_connection(work, transaction, isolation, attempt))
+            try:
+                await asyncio.wait(
+                    [task], timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            finally:
+                if not task.done():
+                    task.cancel()
+                    task.add_done_callback(_retrieve)
+            if not task.done():
+                raise TimeoutError("the call's deadline passed")
+            return task.result()
         if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
-            return await self._on_connection(work, transaction, isolation)
+            return await self._on_connection(work, transaction, isolation, attempt)
         async with self._writer_turn(deadline):
             # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
             # database goes with it, an SQLite connection busy in aiosqlite's thread keeps the
             # write lock, and asyncmy's is left unusable. So the attempt runs to its end.
-            return await _to_the_end(self._on_connection(work, transaction, isolation))
+            return await _to_the_end(self._on_connection(work, transaction, isolation, attempt))
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self, deadline: float) -> AsyncIterator[None]:
@@ -701,34 +614,44 @@ class Executor:
         finally:
             self._writer_lock.release()
 
-    async def _execute(
+    async def execute(
         self, connection: AsyncConnection, statement: Executable, params: Any = None
     ) -> list[Sequence[Any]]:
-        """The rows of ``statement``; run to its end if cancelled, in work run
-        ``per_statement`` on a database that needs it."""
+        """The rows of ``statement`` (none for one without), or ``[rowcount]`` if it returns
+        none; run to its end if cancelled, in work run ``per_statement`` on a database that
+        needs it."""
         if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
             result = await _to_the_end(connection.execute(statement, params))
         else:
             result = await connection.execute(statement, params)
-        return list(result.all())
+        return list(result.all()) if result.returns_rows else [(result.rowcount,)]
 
     async def _on_connection(
         self,
         work: Callable[[AsyncConnection], Awaitable[T]],
         transaction: bool,
         isolation: str | None,
+        attempt: Attempt,
     ) -> T:
         if not self._ready:
             await self._check_schema()
         async with self._engine.connect() as connection:
             if transaction or not self._autocommit:
                 level = isolation or self._facts.transaction_isolation
-                await connection.execution_options(isolation_level=level)
+                try:
+                    await connection.execution_options(isolation_level=level)
+                except self._engine.dialect.loaded_dbapi.Error:
+                    await connection.invalidate()  # SQLAlchemy did not see it: not pooled again
+                    raise
                 async with connection.begin() as begun:
                     result = await work(connection)
+                    attempt.in_flight = True
                     if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
                         await _to_the_end(begun.commit())
+                    else:
+                        await begun.commit()
                     return result
+            attempt.in_flight = True
             return await work(connection)
 
     async def _check_schema(self) -> None:
@@ -755,6 +678,13 @@ class Executor:
             return Failure.TIMEOUT
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return Failure.LOST
+        if isinstance(exc, DBAPIError) and self._facts.is_aborted(cause):
+            return Failure.ABORTED
+        dialect = self._engine.dialect
+        unwrapped = not isinstance(exc, SQLAlchemyError)  # e.g. from an isolation level switch
+        if unwrapped and isinstance(cause, dialect.loaded_dbapi.Error):
+            lost = dialect.is_disconnect(cause, None, None) or self._facts.is_unreachable(cause)
+            return Failure.LOST if lost else Failure.OTHER
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
         return Failure.OTHER

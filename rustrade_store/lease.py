@@ -11,32 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import inspect
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import bindparam, select, update
-
-from . import clock
+from . import _telemetry, clock, queries
+from ._galera import refuse_lease
+from ._outcome import held_error, lease_text, lease_value
+from ._writes import UNHELD_SINCE, unheld_text
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
-from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError
-from .fencing import held_error, lease_value
-from .schema import snapshots
+from .engine import MYSQL_BACKENDS
+from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError, StoreError
+from .executor import Attempt
+from .fencing import clock_param
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
     from types import TracebackType
 
-    from sqlalchemy import Select, Update
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from .executor import Executor
+    from .fencing import Fencing
 
 __all__ = ["DEFAULT_TTL", "Lease", "LeaseInfo", "break_lease", "check_prefix", "list_leases"]
 
@@ -45,7 +48,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL = 30.0
 """Seconds a lease lives without renewal."""
 
-_table = snapshots
+CLOCK_MARGIN = 0.01
+"""The share of ``ttl`` by which a holder counts its lease lost before the database would let
+a rival take it: room for this host's clock and the database server's to run at rates up to 1%
+apart over one ttl."""
 
 
 def check_prefix(prefix: object) -> str:
@@ -68,19 +74,29 @@ class Lease:
 
     Use it as ``async with store.lease("bot1/") as lease:``, or call :meth:`acquire`,
     :meth:`renew` and :meth:`release`. While held it is renewed in the background every third
-    of ``ttl``; if a renewal finds it gone, or none succeeds before it expires, the lease is
-    lost: every write under the prefix fails at once with :class:`LeaseLostError`, and
-    ``on_lost`` is called (stop trading there).
+    of ``ttl``. If a renewal finds it gone, or none succeeds in time, the lease is lost: every
+    write under the prefix fails at once with :class:`LeaseLostError`, and ``on_lost`` is
+    called (a coroutine function is run as a task): stop trading there. "In time" is by this
+    host's monotonic clock, whatever a renewal in flight is doing: the lease counts as lost
+    ``ttl`` less :data:`CLOCK_MARGIN` after the start of its last successful renewal (or take),
+    before the database's clock lets any rival take it over.
     """
 
     __slots__ = (
         "__weakref__",
+        "_callbacks",
         "_executor",
+        "_expiry",
+        "_fencing",
         "_lost",
+        "_new",
         "_on_lost",
+        "_read",
+        "_renew",
         "_renewer",
         "_row_key",
         "_text",
+        "_valid_until",
         "expires_at",
         "holder",
         "prefix",
@@ -92,6 +108,7 @@ class Lease:
     def __init__(
         self,
         executor: Executor,
+        fencing: Fencing,
         prefix: str,
         *,
         ttl: float = DEFAULT_TTL,
@@ -101,14 +118,21 @@ class Lease:
         if not ttl > 0:
             raise ValueError(f"ttl must be a number of seconds > 0, not {ttl!r}")
         self._executor = executor
+        self._fencing = fencing
         self.prefix = check_prefix(prefix)
         self.ttl = ttl
         self.wait = wait
         self._on_lost = on_lost
         self._row_key = LEASE_PREFIX + prefix
+        self._read = queries.lease_read(executor.facts)
+        self._renew = queries.lease_renew(executor.facts)
+        self._new = executor.facts.insert_new(queries.snapshots)
         self._text: str | None = None
         self._lost: LeaseLostError | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._valid_until = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
+        self._callbacks: set[asyncio.Task[Any]] = set()
         self.token = 0
         """The fencing token: it strictly increases each time the lease changes hands."""
         self.holder: dict[str, Any] = {}
@@ -118,12 +142,15 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        return self._text is not None
+        """Whether this store holds the lease: taken, not lost, and within its ttl (less the
+        margin) of its last successful renewal by this host's monotonic clock."""
+        return self._text is not None and time.monotonic() < self._valid_until
 
     def __repr__(self) -> str:
         state = "held" if self.held else "lost" if self._lost else "not held"
         return f"Lease({self.prefix!r}, token={self.token}, {state})"
 
+    @_telemetry.lease_call("acquire_lease")
     async def acquire(self, *, wait: float | None = None) -> Self:
         """Take the lease; if another store holds it, wait up to ``wait`` seconds (by default
         the lease's own ``wait``) for it to be released or to expire, then raise
@@ -144,43 +171,53 @@ class Lease:
             self._renewer = loop.create_task(self._renew_in_background())
             return self
 
+    @_telemetry.lease_call("renew_lease")
     async def renew(self) -> None:
         """Push the expiry ``ttl`` seconds past now; raise :class:`LeaseLostError` if the lease
         is no longer this store's."""
         text = self._text
-        if text is None:
+        if text is not None and time.monotonic() >= self._valid_until:
+            self._mark_lost("no renewal succeeded within its ttl")
+        if self._text is None:
             raise self._lost or LeaseLostError(f"lease on {self.prefix!r} is not held")
         executor = self._executor
+        started = time.monotonic()
 
         async def work(connection: AsyncConnection) -> bool:
             until = await _server_now(executor, connection) + timedelta(seconds=self.ttl)
             params = {"row": self._row_key, "mine": text, "until": until}
-            applied = (await connection.execute(_renew(executor), params)).rowcount == 1
-            if applied:
+            (count,) = (await executor.execute(connection, self._renew, params))[0]
+            if count == 1:
                 self.expires_at = until
-            return applied
+            return bool(count == 1)
 
-        if not await executor.run("renew lease", self.prefix, work):
+        if not await executor.run("renew lease", self.prefix, work, attempt=Attempt()):
             self._mark_lost("a renewal found it gone (it expired and another store took it)")
+        if self._text is None:  # lost meanwhile, by the database or by this host's clock
             assert self._lost is not None
             raise self._lost
+        self._valid_for(started)
 
+    @_telemetry.lease_call("release_lease")
     async def release(self) -> None:
         """Give the lease up (it expires at once); the fencing token stays in its row, so the
         next holder's is higher."""
         await self._stop_renewing()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         text, self._text = self._text, None
         if text is None:
             return
-        self._executor.fencing.drop(self._row_key)
+        self._fencing.drop(self._row_key)
         executor = self._executor
 
         async def work(connection: AsyncConnection) -> None:
             now = await _server_now(executor, connection)
             params = {"row": self._row_key, "mine": text, "until": now}
-            await connection.execute(_renew(executor), params)
+            await executor.execute(connection, self._renew, params)
 
-        await executor.run("release lease", self.prefix, work)
+        await executor.run("release lease", self.prefix, work, attempt=Attempt())
 
     async def __aenter__(self) -> Self:
         if not self.held:
@@ -199,86 +236,126 @@ class Lease:
 
     async def _take(self) -> None:
         executor = self._executor
-        me = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "id": uuid.uuid4().hex[:12],
-        }
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
 
         async def work(connection: AsyncConnection) -> tuple[str, int, datetime, dict[str, Any]]:
-            # Take the row's lock (SQLite: the write lock) before reading it, so that no other
-            # store can take the lease in between.
-            await connection.execute(_touch(), {"row": self._row_key})
+            if executor.facts.name in MYSQL_BACKENDS:
+                await refuse_lease(connection, self.prefix, executor.where)
+            # Lock the row before reading it, so that no other store takes it in between, and
+            # no write of a store holding no lease lands between this take-over and its commit.
+            await executor.execute(connection, queries.lease_lock(), {"row": self._row_key})
             now = await _server_now(executor, connection)
-            found = (await connection.execute(_read(executor), {"row": self._row_key})).first()
-            token = 1
-            if found is not None:
-                text, until = found
-                if until > now:
-                    raise held_error("lease", self.prefix, executor.where, text, until)
-                token = _token(text) + 1
+            found = await executor.execute(connection, self._read, {"row": self._row_key})
+            if not found:
+                raise _NoLeaseRow
+            text, until = found[0]
+            value = lease_value(text)
+            holder = value.get("holder")
+            if isinstance(holder, dict) and holder.get("id") == me["id"]:
+                return text, _token(text), until, holder  # this call's own earlier attempt
+            if until > now:
+                raise held_error("lease", self.prefix, executor.where, text, until)
+            token = _token(text) + 1
             holder = me | {"since": now.isoformat()}
-            value = {"prefix": self.prefix, "token": token, "holder": holder}
-            text = _text(value)
+            text = lease_text({"prefix": self.prefix, "token": token, "holder": holder})
             until = now + timedelta(seconds=self.ttl)
             params = {"row": self._row_key, "text": text, "until": until}
-            if found is None:
-                inserted = await connection.execute(
-                    executor.facts.insert_new(_table),
-                    {"key": self._row_key, "value": text, "updated_at": until},
-                )
-                row = inserted.first()
-                if row is None or row[1] != until:  # another store inserted it first
-                    theirs = await connection.execute(_read(executor), {"row": self._row_key})
-                    raise held_error("lease", self.prefix, executor.where, *theirs.one())
-            else:
-                await connection.execute(_take_over(), params)
+            await executor.execute(connection, queries.lease_take(), params)
             return text, token, until, holder
 
-        text, token, until, holder = await executor.run(
-            "take lease", self.prefix, work, transaction=True
-        )
+        attempt = Attempt()
+        started = time.monotonic()
+        while True:
+            try:
+                taken = await executor.run(
+                    "take lease", self.prefix, work, transaction=True, attempt=attempt
+                )
+                break
+            except _NoLeaseRow:
+                await executor.fetch("take lease", self.prefix, self._new, self._unheld())
+        text, token, until, holder = taken
         self._text, self.token, self.expires_at, self.holder = text, token, until, holder
         self._lost = None
-        executor.fencing.hold(self._row_key, text, self._found_lost)
+        self._fencing.hold(self._row_key, text, self._found_lost)
+        self._valid_for(started)
+
+    def _valid_for(self, started: float) -> None:
+        """Count the lease held until ``ttl`` less the margin after ``started`` (the monotonic
+        start of the take or renewal that just succeeded): the database read its clock for the
+        new expiry after that start."""
+        self._valid_until = started + self.ttl * (1 - CLOCK_MARGIN)
+        self._fencing.valid_until(self._row_key, self._valid_until)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(self._valid_until - time.monotonic(), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self._text is None:
+            return
+        left = self._valid_until - time.monotonic()
+        if left > 0:  # the loop's clock ran ahead of time.monotonic()
+            self._expiry = asyncio.get_running_loop().call_later(left, self._expire)
+            return
+        self._mark_lost("no renewal succeeded within its ttl")
+
+    def _unheld(self) -> dict[str, Any]:
+        return {"key": self._row_key, "value": unheld_text(self.prefix), "updated_at": UNHELD_SINCE}
 
     async def _renew_in_background(self) -> None:
-        loop = asyncio.get_running_loop()
         every = self.ttl / 3
-        last_ok = loop.time()
+        pause = every
         while self._text is not None:
-            await asyncio.sleep(every if loop.time() - last_ok < every else every / 4)
-            started = loop.time()
+            await asyncio.sleep(pause)
             try:
                 await self.renew()
             except LeaseLostError:
                 return
             except Exception as exc:
-                if loop.time() - last_ok >= self.ttl:
-                    self._mark_lost(f"no renewal succeeded within its ttl ({exc})")
-                    return
+                # Tried again sooner; if none succeeds in time, the expiry timer ends the lease.
                 logger.warning("renewal of the lease on %r failed, retrying: %s", self.prefix, exc)
+                pause = every / 4
             else:
-                last_ok = started
+                pause = every
 
     def _mark_lost(self, why: str) -> None:
         if self._text is not None:
             error = LeaseLostError(
                 f"the lease on {self.prefix!r} (token {self.token}) is lost: {why}"
             )
-            self._executor.fencing.lose(self._row_key, error)
+            self._fencing.lose(self._row_key, error)
 
+    @_telemetry.lease_lost
     def _found_lost(self, error: LeaseLostError) -> None:
         """The fence found the lease gone (a write or a renewal): stop, and tell the bot."""
         self._text = None
         self._lost = error
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._renewer is not None and self._renewer is not asyncio.current_task():
             self._renewer.cancel()
-        if self._on_lost is not None:
-            try:
-                self._on_lost(error)
-            except Exception:
-                logger.exception("on_lost callback of the lease on %r failed", self.prefix)
+        if self._on_lost is None:
+            return
+        try:
+            result = self._on_lost(error)
+        except Exception:
+            logger.exception("on_lost callback of the lease on %r failed", self.prefix)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._callbacks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "on_lost callback of the lease on %r failed",
+                self.prefix,
+                exc_info=task.exception(),
+            )
 
     async def _stop_renewing(self) -> None:
         renewer, self._renewer = self._renewer, None
@@ -288,40 +365,15 @@ class Lease:
                 await renewer
 
 
-def _touch() -> Update:
-    return (
-        update(_table)
-        .where(_table.c.key == bindparam("row"))
-        .values(updated_at=_table.c.updated_at)
-    )
-
-
-def _read(executor: Executor) -> Select[Any]:
-    value = executor.facts.json_text(_table.c.value)
-    return select(value, _table.c.updated_at).where(_table.c.key == bindparam("row"))
-
-
-def _take_over() -> Update:
-    return (
-        update(_table)
-        .where(_table.c.key == bindparam("row"))
-        .values(value=bindparam("text"), updated_at=bindparam("until"))
-    )
-
-
-def _renew(executor: Executor) -> Update:
-    value = executor.facts.json_text(_table.c.value)
-    return (
-        update(_table)
-        .where(_table.c.key == bindparam("row"), value == bindparam("mine"))
-        .values(updated_at=bindparam("until"))
-    )
+class _NoLeaseRow(StoreError):
+    """The prefix has no lease row yet: it is created, unheld, and the take tried again."""
 
 
 async def _server_now(executor: Executor, connection: AsyncConnection) -> datetime:
     if executor.facts.host_clock:
         return clock.now()
-    now: datetime = (await connection.execute(select(executor.facts.server_now()))).scalar_one()
+    rows = await executor.execute(connection, queries.server_now(executor.facts))
+    now: datetime = rows[0][0]
     return now
 
 
@@ -337,20 +389,14 @@ class LeaseInfo:
 
 
 async def list_leases(executor: Executor) -> list[LeaseInfo]:
-    """Every lease row, live or not, in prefix order."""
-    table = _table
-    text = executor.facts.json_text(table.c.value)
-    live = table.c.updated_at > executor.facts.server_now()
-    end = chr(ord(LEASE_PREFIX[-1]) + 1)
-    statement = (
-        select(table.c.key, text, table.c.updated_at, live)
-        .where(table.c.key >= LEASE_PREFIX, table.c.key < LEASE_PREFIX[:-1] + end)
-        .order_by(table.c.key)
-    )
-    rows = await executor.fetch("leases", None, statement, executor.fencing.now())
+    """Every lease taken at least once, live or not, in prefix order (a row created unheld, to
+    serialise writes with a first take-over, is none)."""
+    statement = queries.leases(executor.facts)
+    rows = await executor.fetch("leases", None, statement, clock_param(executor.facts))
     return [
         LeaseInfo(key.removeprefix(LEASE_PREFIX), _token(value), _holder(value), until, bool(on))
         for key, value, until, on in rows
+        if _token(value) > 0
     ]
 
 
@@ -359,21 +405,22 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
     dead: the row gets a new token and expires now, so the old holder's writes are refused
     even if it comes back. Return the lease as it was, or ``None`` if there was none."""
     row_key = LEASE_PREFIX + check_prefix(prefix)
+    read = queries.lease_read(executor.facts)
 
     async def work(connection: AsyncConnection) -> LeaseInfo | None:
-        await connection.execute(_touch(), {"row": row_key})
+        await executor.execute(connection, queries.lease_lock(), {"row": row_key})
         now = await _server_now(executor, connection)
-        found = (await connection.execute(_read(executor), {"row": row_key})).first()
-        if found is None:
+        found = await executor.execute(connection, read, {"row": row_key})
+        if not found or _token(found[0][0]) == 0:
             return None
-        text, until = found
+        text, until = found[0]
         token = _token(text)
         broken = {"prefix": prefix, "token": token + 1, "holder": {"broken at": now.isoformat()}}
-        params = {"row": row_key, "text": _text(broken), "until": now}
-        await connection.execute(_take_over(), params)
+        params = {"row": row_key, "text": lease_text(broken), "until": now}
+        await executor.execute(connection, queries.lease_take(), params)
         return LeaseInfo(prefix, token, _holder(text), until, until > now)
 
-    return await executor.run("break lease", prefix, work, transaction=True)
+    return await executor.run("break lease", prefix, work, transaction=True, attempt=Attempt())
 
 
 def _holder(text: str) -> dict[str, Any]:
@@ -384,7 +431,3 @@ def _holder(text: str) -> dict[str, Any]:
 def _token(text: str) -> int:
     token = lease_value(text).get("token", 0)
     return token if isinstance(token, int) else 0
-
-
-def _text(value: dict[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

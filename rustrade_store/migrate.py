@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .engine import create_engine, masked
+from .engine import (
+    DEFAULT_TIMEOUT,
+    MYSQL_BACKENDS,
+    check_timeout,
+    create_engine,
+    masked,
+    refuse_memory_url,
+    resolve_url,
+)
 from .errors import SchemaError, storage_error
 from .schema import VERSION_TABLE, version_table
 
@@ -155,10 +164,82 @@ def _run_command(connection: Connection, name: str, revision: str) -> None:
     getattr(command, name)(config, revision)
 
 
-async def _run(target: str | URL | AsyncEngine | None, name: str, revision: str) -> None:
-    engine = target if isinstance(target, AsyncEngine) else create_engine(target)
+_LOCK_NAME = "rustrade_store migrations"
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+"""The advisory lock of PostgreSQL migrations (advisory locks are per database)."""
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_PG_LOCK_KEY)
+"""Held to the end of the migration's transaction: safe behind PgBouncer's transaction
+pooling, where a session's lock could outlive it on a shared server connection."""
+_SQLITE_LOCK = "BEGIN IMMEDIATE"
+"""SQLite's write lock on the file, taken before the first read: pysqlite opens no
+transaction before DDL, so Alembic's reads and CREATEs would otherwise run unlocked."""
+_MYSQL_LOCK = text("SELECT GET_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())), :wait)").bindparams(
+    name=_LOCK_NAME
+)
+"""A lock of the session, named after the database (GET_LOCK's names are server-wide): DDL
+commits implicitly, so no transaction could hold it. 1 taken, 0 timed out."""
+_MYSQL_UNLOCK = text("SELECT RELEASE_LOCK(CONCAT(:name, ' ', SHA1(DATABASE())))").bindparams(
+    name=_LOCK_NAME
+)
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(engine: AsyncEngine, wait: float) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction, holding the database's migration lock, so that
+    migrations of one database by any number of processes run one after another; each finds
+    the schema where the one before left it, waiting for the lock up to ``wait`` seconds."""
+    async with engine.connect() as connection:
+        backend = connection.dialect.name
+        if backend != "sqlite":
+            # A lock statement's snapshot must not predate its wait (REPEATABLE READ), and a
+            # transaction lock needs a transaction (an autocommit engine has none).
+            await connection.execution_options(isolation_level="READ COMMITTED")
+        if backend in MYSQL_BACKENDS:
+            async with _mysql_lock(connection, wait), connection.begin():
+                yield connection
+            return
+        async with connection.begin():
+            if backend == "postgresql":
+                await connection.execute(_PG_LOCK)
+            elif backend == "sqlite":
+                await connection.exec_driver_sql(_SQLITE_LOCK)
+            yield connection
+
+
+@contextlib.asynccontextmanager
+async def _mysql_lock(connection: AsyncConnection, wait: float) -> AsyncIterator[None]:
+    """MariaDB's migration lock, released before the connection returns to the pool; a
+    connection whose release failed is closed instead, which releases it too."""
+    # Under the driver's read timeout (the engine's own), so a wait ends with GET_LOCK's 0.
+    seconds = max(wait - 1.0, wait / 2)
+    taken = await connection.scalar(_MYSQL_LOCK, {"wait": seconds})
+    await connection.commit()
+    if taken != 1:
+        raise TimeoutError(
+            f"another process's migration of this database held its lock for {seconds:g} s"
+        )
     try:
-        async with engine.begin() as connection, _alembic_turn():
+        yield
+    finally:
+        try:
+            await connection.execute(_MYSQL_UNLOCK)
+            await connection.commit()
+        except BaseException:
+            await connection.invalidate()
+            raise
+
+
+async def _run(
+    target: str | URL | AsyncEngine | None, name: str, revision: str, wait: float
+) -> None:
+    if isinstance(target, AsyncEngine):
+        engine = target
+    else:
+        url = resolve_url(target)
+        refuse_memory_url(url, f"{name}()")
+        engine = create_engine(url, timeout=wait)
+    try:
+        async with _migration_lock(engine, wait) as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc) from exc
@@ -173,17 +254,28 @@ async def upgrade_connection(connection: AsyncConnection, revision: str = "head"
         await connection.run_sync(_run_command, "upgrade", revision)
 
 
-async def upgrade(target: str | URL | AsyncEngine | None = None, revision: str = "head") -> None:
+async def upgrade(
+    target: str | URL | AsyncEngine | None = None,
+    revision: str = "head",
+    *,
+    wait: float = DEFAULT_TIMEOUT,
+) -> None:
     """Migrate the database at ``target`` (a URL or an engine) up to ``revision``.
 
     The same migrations as ``alembic upgrade``; a URL of ``None`` resolves as the store does.
+    Any number of processes may upgrade one database at once: each waits for the one under
+    way, then finds the schema at head. ``wait`` bounds, in seconds, that wait and each of the
+    connection's (an engine given keeps its own timeouts). A URL of a database in
+    memory is refused (:class:`~rustrade_store.ConfigurationError`): it would vanish at once.
     """
-    await _run(target, "upgrade", revision)
+    await _run(target, "upgrade", revision, check_timeout(wait))
 
 
-async def downgrade(target: str | URL | AsyncEngine | None, revision: str) -> None:
+async def downgrade(
+    target: str | URL | AsyncEngine | None, revision: str, *, wait: float = DEFAULT_TIMEOUT
+) -> None:
     """Migrate the database at ``target`` down to ``revision`` (``"base"`` drops the table)."""
-    await _run(target, "downgrade", revision)
+    await _run(target, "downgrade", revision, check_timeout(wait))
 
 
 # -- the schema's revision ------------------------------------------------------------------

@@ -10,14 +10,15 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     delete,
-    exists,
     false,
     func,
-    literal,
     not_,
     select,
+    table,
     true,
+    union_all,
     update,
 )
 
@@ -25,7 +26,8 @@ from .codec import LEASE_PREFIX, check_key
 from .schema import snapshots
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Delete, Insert, Select, Update
+    from sqlalchemy import ColumnElement, CompoundSelect, Delete, Insert, Select, Update
+    from sqlalchemy.sql.expression import TableClause
 
     from .dialects import DialectFacts
 
@@ -35,12 +37,22 @@ __all__ = [
     "count",
     "delete_older",
     "fence",
-    "lease_rows",
+    "galera_status",
+    "lease_lock",
+    "lease_read",
+    "lease_renew",
+    "lease_take",
+    "leases",
     "page",
     "prefix_end",
+    "reset_if_at",
+    "seen",
+    "server_now",
+    "server_replication",
     "snapshot",
+    "snapshots",
+    "standbys",
     "stored",
-    "times",
     "update_if_at",
     "upsert",
     "upsert_if_absent",
@@ -85,20 +97,25 @@ def fence(
     facts: DialectFacts, lease_key: ColumnElement[Any], mine: ColumnElement[Any]
 ) -> ColumnElement[bool]:
     """Whether a write under the lease row ``lease_key`` may apply: the row still holds
-    ``mine`` (this store's lease), or, for a store holding none (``mine`` null), no live lease
-    is there; ``mine`` of :data:`IGNORE_LEASES` writes regardless. The lease row is
-    share-locked, so a takeover cannot commit between this check and the write."""
+    ``mine`` (this store's lease), or, for a store holding none (``mine`` null), the row is
+    there and not live; ``mine`` of :data:`IGNORE_LEASES`, or a key no lease covers
+    (``lease_key`` null), writes regardless.
+
+    The lease row is share-locked whatever it holds, so that a take-over waits for the write's
+    transaction, and the write's answer can read the row as the write saw it. A row that is
+    missing cannot be locked: the write is refused, and the row created (see
+    :data:`~rustrade_store._outcome.Verdict.NO_LEASE_ROW`)."""
     lease = _table.alias("lease")
-    live = select(literal(1)).where(
-        lease.c.key == lease_key, lease.c.updated_at > facts.server_now()
-    )
-    held = select(literal(1)).where(
-        lease.c.key == lease_key, facts.json_text(lease.c.value) == mine
-    )
+
+    def locked(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        found = select(column).where(lease.c.key == lease_key).with_for_update(read=True)
+        return found.scalar_subquery()
+
     return case(
         (mine == IGNORE_LEASES, true()),
-        (mine.is_(None), ~exists(live.with_for_update(read=True))),
-        else_=exists(held.with_for_update(read=True)),
+        (lease_key.is_(None), true()),
+        (mine.is_(None), locked(lease.c.updated_at) <= facts.server_now()),
+        else_=locked(facts.json_text(lease.c.value)) == mine,
     )
 
 
@@ -133,11 +150,6 @@ def value(facts: DialectFacts) -> Select[Any]:
 def values(facts: DialectFacts) -> Select[Any]:
     """Each stored key of those bound as ``keys``, with its value."""
     return select(_table.c.key, facts.json_text(_table.c.value)).where(facts.key_in(_table.c.key))
-
-
-def times(facts: DialectFacts) -> Select[Any]:
-    """Each stored key of those bound as ``keys``, with its time."""
-    return select(_table.c.key, _table.c.updated_at).where(facts.key_in(_table.c.key))
 
 
 def stored(facts: DialectFacts) -> Select[Any]:
@@ -178,10 +190,11 @@ def update_if_at(facts: DialectFacts) -> Update:
     )
 
 
-def lease_rows(facts: DialectFacts) -> Select[Any]:
-    """Each lease row of those bound as ``keys``: its value, expiry, whether it is live."""
-    live = _table.c.updated_at > facts.server_now()
-    return select(_table.c.key, facts.json_text(_table.c.value), _table.c.updated_at, live).where(
+def seen(facts: DialectFacts) -> Select[Any]:
+    """Each stored row of the keys bound as ``keys`` (snapshots and lease rows): its time, its
+    text, and the database's clock."""
+    value = facts.json_text(_table.c.value)
+    return select(_table.c.key, _table.c.updated_at, value, facts.server_now()).where(
         facts.key_in(_table.c.key)
     )
 
@@ -202,4 +215,127 @@ def page(facts: DialectFacts, prefix: str, *, values: bool) -> Select[Any]:
         .where(*_under(prefix), _table.c.key > bindparam("after"))
         .order_by(_table.c.key)
         .limit(PAGE_SIZE)
+    )
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+def lease_lock() -> Update:
+    """Lock the lease row bound as ``row`` for the transaction (a no-op update; on SQLite, the
+    write lock), so that no other store changes it between its read and its write."""
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"))
+        .values(updated_at=_table.c.updated_at)
+    )
+
+
+def lease_read(facts: DialectFacts) -> Select[Any]:
+    """The value and expiry of the lease row bound as ``row``."""
+    value = facts.json_text(_table.c.value)
+    return select(value, _table.c.updated_at).where(_table.c.key == bindparam("row"))
+
+
+def lease_take() -> Update:
+    """Write the lease row bound as ``row``: its value ``text``, its expiry ``until``."""
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"))
+        .values(value=bindparam("text"), updated_at=bindparam("until"))
+    )
+
+
+def lease_renew(facts: DialectFacts) -> Update:
+    """Move the expiry of the lease row bound as ``row`` to ``until``, if it still holds
+    ``mine``."""
+    value = facts.json_text(_table.c.value)
+    return (
+        update(_table)
+        .where(_table.c.key == bindparam("row"), value == bindparam("mine"))
+        .values(updated_at=bindparam("until"))
+    )
+
+
+def server_now(facts: DialectFacts) -> Select[Any]:
+    """The database server's clock (the host's, bound as ``now``, on SQLite)."""
+    return select(facts.server_now())
+
+
+def leases(facts: DialectFacts) -> Select[Any]:
+    """Every lease row in key order: key, value, expiry, and whether it is live."""
+    value = facts.json_text(_table.c.value)
+    live = _table.c.updated_at > facts.server_now()
+    return (
+        select(_table.c.key, value, _table.c.updated_at, live)
+        .where(_table.c.key >= LEASE_PREFIX, _table.c.key < prefix_end(LEASE_PREFIX))
+        .order_by(_table.c.key)
+    )
+
+
+def server_replication() -> Select[Any]:
+    """PostgreSQL: what decides whether an acknowledged commit survives a failover, and which
+    server answered: ``synchronous_standby_names``, whether it is in recovery, its address and
+    port (null over a local socket)."""
+    return select(
+        func.current_setting("synchronous_standby_names"),
+        func.pg_is_in_recovery(),
+        func.host(func.inet_server_addr()),
+        func.inet_server_port(),
+    )
+
+
+def standbys() -> Select[Any]:
+    """PostgreSQL: each attached standby's ``application_name`` and ``sync_state``, by name
+    (without pg_monitor, each WAL sender's row is there, its state null)."""
+    view = table("pg_stat_replication", column("application_name"), column("sync_state"))
+    return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)
+
+
+def reset_if_at(facts: DialectFacts) -> Update:
+    """Compare-and-set that may set the time back: write ``new_value`` at ``new_time`` over the
+    key bound as ``at_key`` only if it is stored at exactly ``expected`` (earlier or later than
+    ``new_time``) and its lease allows (bound as ``lease_key`` and ``mine``): the repair of a
+    snapshot stamped by a clock that ran ahead, which every later save refuses."""
+    return (
+        update(_table)
+        .where(
+            _table.c.key == bindparam("at_key"),
+            _table.c.updated_at == bindparam("expected"),
+            _key_fence(facts),
+        )
+        .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
+    )
+
+
+_GALERA_STATUS = (
+    "WSREP_CLUSTER_SIZE",
+    "WSREP_CLUSTER_STATUS",
+    "WSREP_LOCAL_STATE",
+    "WSREP_LOCAL_STATE_COMMENT",
+    "WSREP_READY",
+)
+_GALERA_VARIABLES = ("WSREP_ON", "WSREP_SYNC_WAIT", "TX_ISOLATION")
+
+
+def _server_table(name: str) -> TableClause:
+    return table(
+        name, column("VARIABLE_NAME"), column("VARIABLE_VALUE"), schema="information_schema"
+    )
+
+
+def galera_status() -> CompoundSelect[Any]:
+    """MariaDB: ``(name, value)`` rows of what says whether the server is a Galera node, in
+    which cluster and state, and the session's ``wsrep_sync_wait`` and isolation (named
+    ``tx_isolation`` on 10.11, where ``@@transaction_isolation`` raised 1193). A server without
+    wsrep has no ``WSREP_`` status rows."""
+    status = _server_table("GLOBAL_STATUS")
+    session = _server_table("SESSION_VARIABLES")
+    return union_all(
+        select(status.c.VARIABLE_NAME, status.c.VARIABLE_VALUE).where(
+            status.c.VARIABLE_NAME.in_(_GALERA_STATUS)
+        ),
+        select(session.c.VARIABLE_NAME, session.c.VARIABLE_VALUE).where(
+            session.c.VARIABLE_NAME.in_(_GALERA_VARIABLES)
+        ),
     )

@@ -5,7 +5,9 @@ time with another value, is kept and counted, unless ``overwrite``: then it is r
 time just past the stored one (never back in time). Batches are written as they come and
 nothing is committed until the last one is in, so an error anywhere (a bad snapshot, one raised
 by the batches, a cancellation) leaves the database as it was. A stream is not retried on a
-lost connection: its batches cannot be replayed. The batches must not use the same store.
+lost connection: its batches cannot be replayed. A restore whose COMMIT's answer was lost is
+not retried either: it raises :class:`~rustrade_store.OutcomeUnknownError`, its report left at
+``"committing"``. The batches must not use the same store.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from . import clock
+from . import clock, queries
 from .codec import encode_rows
+from .errors import OutcomeUnknownError
+from .executor import Attempt
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Iterable
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
     from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from ._writes import Writes
     from .executor import Executor, Row
     from .store import Snapshot
 
@@ -70,18 +75,20 @@ class RestoreReport:
 
 
 async def restore(
-    executor: Executor, items: Iterable[Snapshot], *, overwrite: bool
+    executor: Executor, writes: Writes, items: Iterable[Snapshot], *, overwrite: bool
 ) -> RestoreReport:
     """Write ``items`` as one batch, which a lost connection can replay."""
+    batch = list(items)
 
     async def one_batch() -> AsyncIterator[Iterable[Snapshot]]:
-        yield items
+        yield batch
 
-    return await _restore(executor, one_batch(), overwrite, RestoreReport(), retry=True)
+    return await _restore(executor, writes, one_batch, overwrite, RestoreReport(), retry=True)
 
 
 async def restore_stream(
     executor: Executor,
+    writes: Writes,
     batches: AsyncIterable[Iterable[Snapshot]],
     *,
     overwrite: bool,
@@ -89,32 +96,49 @@ async def restore_stream(
 ) -> RestoreReport:
     """Write ``batches``, counting into ``report`` (a new one if ``None``)."""
     report = report if report is not None else RestoreReport()
-    return await _restore(executor, batches, overwrite, report, retry=False)
+    return await _restore(executor, writes, lambda: batches, overwrite, report, retry=False)
 
 
 async def _restore(
     executor: Executor,
-    batches: AsyncIterable[Iterable[Snapshot]],
+    writes: Writes,
+    batches: Callable[[], AsyncIterable[Iterable[Snapshot]]],
     overwrite: bool,
     report: RestoreReport,
     *,
     retry: bool,
 ) -> RestoreReport:
-    """Write ``batches`` in one transaction, counting into ``report``; a cancellation waits at
-    most for the statement in flight, then rolls back."""
+    """Write the batches ``batches()`` gives in one transaction, counting into ``report``; a
+    cancellation waits at most for the statement in flight, then rolls back."""
+    attempt = Attempt()
+    stored_rows = queries.stored(executor.facts)
 
     async def work(connection: AsyncConnection) -> None:
+        if attempt.maybe_applied:
+            raise OutcomeUnknownError(
+                f"restore on {executor.where}: the answer to its COMMIT was lost, so whether it "
+                "was written is unknown; list or load the keys to see what is stored"
+            )
         report._start()  # an attempt retried after a lost connection counts afresh
-        async for batch in batches:
+        async for batch in batches():
             rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
             if rows:
-                stored = await executor.stored_rows(connection, [row["key"] for row in rows])
-                _count(rows, stored, overwrite, report)
-                await executor.upsert_checked(connection, "restore", rows)
+                params = {"keys": executor.facts.keys_param([row["key"] for row in rows])}
+                found = await executor.execute(connection, stored_rows, params)
+                _count(rows, {row[0]: (row[1], row[2]) for row in found}, overwrite, report)
+                await writes.restore_in(connection, rows, attempt)
         report.state = "committing"
 
     try:
-        await executor.run("restore", None, work, transaction=True, retry=retry, per_statement=True)
+        await executor.run(
+            "restore",
+            None,
+            work,
+            transaction=True,
+            retry=retry,
+            per_statement=True,
+            attempt=attempt,
+        )
     except BaseException:
         if report.state == "writing":
             report.state = "rolled back"

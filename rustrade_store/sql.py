@@ -7,12 +7,22 @@ import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any, Self
 
-from . import clock, queries
-from .codec import JSONValue, check_key, check_keys, check_time, decode, encode, encode_rows
+from . import _telemetry, clock, queries
+from ._writes import Writes
+from .codec import (
+    JSONValue,
+    check_key,
+    check_keys,
+    check_time,
+    decode,
+    encode,
+    encode_rows,
+)
 from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
 from .errors import StoreError
 from .executor import Executor
+from .fencing import Fencing
 from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from .restore import RestoreReport, restore, restore_stream
 from .store import Snapshot, StateStore
@@ -43,7 +53,15 @@ class SqlStore(StateStore):
     README's Guarantees).
     """
 
-    __slots__ = ("_engine", "_executor", "_leases", "_owns_engine", "_snapshot")
+    __slots__ = (
+        "_engine",
+        "_executor",
+        "_fencing",
+        "_leases",
+        "_owns_engine",
+        "_snapshot",
+        "_writes",
+    )
 
     def __init__(
         self,
@@ -55,14 +73,12 @@ class SqlStore(StateStore):
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
+        facts = facts_for(engine.url)
         self._executor = Executor(
-            engine,
-            facts_for(engine.url),
-            where=masked(engine.url),
-            timeout=timeout,
-            owns_engine=owns_engine,
-            ignore_leases=ignore_leases,
+            engine, facts, where=masked(engine.url), timeout=timeout, owns_engine=owns_engine
         )
+        self._fencing = Fencing(facts, ignore_leases=ignore_leases)
+        self._writes = Writes(self._executor, self._fencing)
         self._snapshot = queries.snapshot(self._executor.facts)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
@@ -105,11 +121,13 @@ class SqlStore(StateStore):
 
     # -- the contract ----------------------------------------------------------------------
 
+    @_telemetry.traced("load")
     async def load(self, key: str) -> JSONValue:
         check_key(key)
         text = await self._executor.load(key)
         return None if text is None else decode(text, key)
 
+    @_telemetry.traced("save", write=True)
     async def save(
         self,
         key: str,
@@ -125,13 +143,14 @@ class SqlStore(StateStore):
         check_key(key)
         row = {"key": key, "value": encode(value), "updated_at": clock.next_save_time()}
         if if_updated_at is None and not if_absent:
-            await self._executor.save(row)
+            await self._writes.save(row)
         elif if_updated_at is not None and if_absent:
             raise ValueError("give if_updated_at or if_absent, not both")
         else:
             expected = None if if_absent else check_time(key, if_updated_at)
-            await self._executor.save_if(row, expected)
+            await self._writes.save_if(row, expected)
 
+    @_telemetry.traced("load_many")
     async def load_many(self, keys: Iterable[str]) -> dict[str, JSONValue]:
         """Return ``{key: value}`` for every key asked, ``None`` where missing, as one
         consistent snapshot."""
@@ -139,17 +158,20 @@ class SqlStore(StateStore):
         found = await self._executor.load_keys(wanted) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
+    @_telemetry.traced("save", batch=True, write=True)
     async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Save every item in one transaction: all of them, or none if any is refused."""
         when = clock.next_save_time()
         rows = encode_rows((key, value, when) for key, value in values.items())
         if rows:
-            await self._executor.write("save_many", rows)
+            await self._writes.save_all("save_many", rows)
 
+    @_telemetry.traced("restore", write=True)
     async def restore(self, items: Iterable[Snapshot], *, overwrite: bool = False) -> RestoreReport:
         """Write snapshots with their own times in one transaction; see :meth:`restore_stream`."""
-        return await restore(self._executor, items, overwrite=overwrite)
+        return await restore(self._executor, self._writes, items, overwrite=overwrite)
 
+    @_telemetry.traced("restore_stream", write=True)
     async def restore_stream(
         self,
         batches: AsyncIterable[Iterable[Snapshot]],
@@ -160,10 +182,13 @@ class SqlStore(StateStore):
         """Write every batch of snapshots, times kept, in ONE transaction (import, copy): all
         or nothing, newer stored state kept unless ``overwrite``; ``report`` (returned) counts
         what was found and says how far it got. See :mod:`rustrade_store.restore`."""
-        return await restore_stream(self._executor, batches, overwrite=overwrite, report=report)
+        return await restore_stream(
+            self._executor, self._writes, batches, overwrite=overwrite, report=report
+        )
 
     # -- beyond the contract ---------------------------------------------------------------
 
+    @_telemetry.traced("load_snapshot")
     async def load_snapshot(self, key: str) -> Snapshot | None:
         """Return the stored :class:`Snapshot`, or ``None`` if the key is missing: how a caller
         tells a stored JSON ``null`` from a missing key."""
@@ -171,15 +196,17 @@ class SqlStore(StateStore):
         rows = await self._executor.fetch("load", key, self._snapshot, {"key": key})
         return Snapshot(key, decode(rows[0][0], key), rows[0][1]) if rows else None
 
+    @_telemetry.traced("delete", write=True)
     async def delete(self, key: str) -> bool:
         """Remove ``key``, if saved before this call (a later save stays); return whether this
-        call removed it. Not retried on a lost connection, since a retry after a delete whose
-        answer was lost would find nothing: the caller gets a :class:`StorageError`."""
+        call removed it. Retried on a lost connection; where an attempt's answer was lost and the
+        key is then gone, whether this call removed it is unknown:
+        :class:`~rustrade_store.OutcomeUnknownError`."""
         check_key(key)
-        return await self._executor.delete(key, clock.next_save_time())
+        return await self._writes.delete(key, clock.next_save_time())
 
     def check_writable(self, key: str) -> None:
-        self._executor.fencing.check(key)
+        self._fencing.check(key)
 
     def lease(
         self,
@@ -192,14 +219,16 @@ class SqlStore(StateStore):
         """A lease on the keys under ``prefix`` (one first path segment, such as ``"bot1/"``),
         not yet taken: ``async with`` takes it (waiting up to ``wait`` seconds for another
         holder), renews it in the background and releases it. See :class:`~rustrade_store.Lease`."""
-        lease = Lease(self._executor, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
+        lease = Lease(self._executor, self._fencing, prefix, ttl=ttl, wait=wait, on_lost=on_lost)
         self._leases.add(lease)
         return lease
 
+    @_telemetry.traced("leases")
     async def leases(self) -> list[LeaseInfo]:
         """Every lease in the database, live or expired, with its holder and expiry."""
         return await list_leases(self._executor)
 
+    @_telemetry.traced("break_lease")
     async def break_lease(self, prefix: str) -> LeaseInfo | None:
         """End another store's lease on ``prefix`` (its holder is known to be dead): its writes
         are refused from now on, even if it comes back. Return the lease as it was."""
@@ -215,6 +244,7 @@ class SqlStore(StateStore):
         async for key, text, updated_at in self._scan(prefix, values=True):
             yield Snapshot(key, decode(text, key), updated_at)
 
+    @_telemetry.traced("count")
     async def count(self, prefix: str = "") -> int:
         """How many keys start with ``prefix`` (all keys by default)."""
         rows = await self._executor.fetch("count", prefix or None, queries.count(prefix))
@@ -242,3 +272,29 @@ class SqlStore(StateStore):
             if len(rows) < queries.PAGE_SIZE:
                 return
             after = rows[-1][0]
+
+    # -- repairs ---------------------------------------------------------------------------
+
+    @_telemetry.traced("reset_time", write=True)
+    async def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
+        """Replace the snapshot of ``key`` stored at exactly ``stored_at`` with ``value`` at
+        this process's time now, even where ``stored_at`` is later: the repair of a snapshot
+        stamped by a clock that ran ahead, which every later save refuses with
+        :class:`~rustrade_store.ClockSkewError`. One compare-and-set on the exact stored time:
+        a key saved again since, or removed, is left as it is (:class:`ConflictError`), and the
+        leases fence it as any write. Return the time written."""
+        check_key(key)
+        written = clock.next_save_time()
+        row = {"key": key, "value": encode(value), "updated_at": written}
+        await self._writes.save_if(row, check_time(key, stored_at), reset=True)
+        return written
+
+    @_telemetry.traced("server_time")
+    async def server_time(self) -> datetime:
+        """The database server's clock now (SQLite has none: this host's)."""
+        facts = self._executor.facts
+        rows = await self._executor.fetch(
+            "time", None, queries.server_now(facts), self._fencing.now()
+        )
+        when: datetime = rows[0][0]
+        return when

@@ -272,7 +272,7 @@ class _Reader:
     """Reads an import file line by line: snapshots in batches, bad lines reported, the trailer
     checked against the bytes before it."""
 
-    __slots__ = ("_check", "_counts", "_lines", "_on_bad", "_sha")
+    __slots__ = ("_check", "_counts", "_lines", "_on_bad", "_sha", "_vet")
 
     def __init__(
         self,
@@ -280,7 +280,9 @@ class _Reader:
         counts: ImportCounts,
         on_bad: Callable[[int, str], None],
         check_trailer: bool,
+        vet: Callable[[Snapshot], None] | None = None,
     ) -> None:
+        self._vet = vet
         self._lines = lines
         self._counts = counts
         self._on_bad = on_bad
@@ -315,6 +317,8 @@ class _Reader:
                 trailer = None
             try:
                 parsed = _read_line(line)
+                if self._vet is not None and not isinstance(parsed, _Trailer):
+                    self._vet(parsed)
             except InvalidValueError as exc:
                 self._sha.update(raw)
                 entries += 1
@@ -373,19 +377,22 @@ async def import_lines(
     overwrite: bool = False,
     check_trailer: bool = True,
     report: RestoreReport | None = None,
+    vet: Callable[[Snapshot], None] | None = None,
 ) -> ImportCounts:
     """Check every line of ``lines`` and, with a ``store``, write them all in one transaction.
 
     ``on_bad(line_number, reason)`` hears of each bad line. If there is any, or the file is
     empty, or (with ``check_trailer``) its trailer is missing or does not match the lines
     before it, nothing is written and :class:`BadFileError` is raised after the whole file was
-    checked. Without a store (a dry run) the lines are only checked. A key given twice ends
-    with its last line. A stored snapshot newer than the file's, or of the same time with
-    another value, is kept unless ``overwrite`` (see :meth:`SqlStore.restore_stream`); the
-    counts are in ``report`` (pass one to read it while the import runs).
+    checked. Without a store (a dry run) the lines are only checked. A key given twice keeps
+    the line with the later ``updated_at``. A stored snapshot newer than the file's, or of the
+    same time with another value, is kept unless ``overwrite`` (see
+    :meth:`SqlStore.restore_stream`); the counts are in ``report`` (pass one to read it while
+    the import runs). ``vet(snapshot)`` checks each snapshot further: an
+    :class:`InvalidValueError` it raises makes a bad line.
     """
     counts = ImportCounts(report=report if report is not None else RestoreReport())
-    reader = _Reader(lines, counts, on_bad, check_trailer)
+    reader = _Reader(lines, counts, on_bad, check_trailer, vet)
     if store is None:
         for _ in reader.batches():
             pass

@@ -17,7 +17,7 @@ from rustrade_store.engine import resolve_url
 from rustrade_store.migrate import upgrade
 from rustrade_store.transfer import export, format_time
 
-from .test_cli import T0, cli, ok, on_terminal, one_line_error
+from .commandline import T0, cli, ok, on_terminal, one_line_error
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator, Mapping

@@ -1,164 +1,50 @@
-"""Output machines can read: ``ls --json``, ``get`` of several keys or a prefix as JSON Lines,
-``doctor --json``, and ``ls --where`` finding halted bots without exporting everything."""
+"""What the command prints never shows a password, and a password that is a common word does
+not garble the rest."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from datetime import timedelta
+import re
 from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import Snapshot, SqlStore, head_revision
-from rustrade_store.condition import compile_condition
-from rustrade_store.transfer import format_line
-
-from .test_cli import T0, cli, ok, one_line_error
+from .commandline import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from sqlalchemy import URL
 
-    from rustrade_store import JSONValue
 
-BOTS = [
-    Snapshot("bot1/BTCUSDT", {"halted": True, "loss_streak": 3, "realised": -112.5}, T0),
-    Snapshot("bot1/ETHUSDT", {"halted": False, "loss_streak": 0}, T0 + timedelta(seconds=1)),
-    Snapshot("bot2/SOLUSDT", {"halted": True, "loss_streak": 5, "note": "née"}, T0),
-    Snapshot("bot2/XRPUSDT", None, T0),
-]
-
-
-async def _seed(url: URL) -> None:
-    async with SqlStore.from_url(url) as store:
-        await store.restore(BOTS)
-
-
-def test_ls_get_and_doctor_print_json(sqlite_url: URL, tmp_path: Path) -> None:
-    asyncio.run(_seed(sqlite_url))
-
-    def run(*args: str) -> str:
-        return ok(cli(*args, url=sqlite_url, cwd=tmp_path)).out
-
-    table = run("ls", "bot1/").splitlines()
-    assert table[0].split() == ["bot1/BTCUSDT", "2026-03-04T05:06:07.123456+00:00", "49"]
-    listed = [json.loads(line) for line in run("ls", "--json").splitlines()]
-    assert listed[0] == {
-        "key": "bot1/BTCUSDT",
-        "updated_at": "2026-03-04T05:06:07.123456+00:00",
-        "size": 49,
-    }
-    assert [item["key"] for item in listed] == [bot.key for bot in BOTS]
-    compact = json.dumps(BOTS[2].value, separators=(",", ":"), ensure_ascii=False)
-    assert listed[2]["size"] == len(compact.encode("utf-8"))  # bytes, not characters
-    with_values = run("ls", "--json", "--values", "bot2/").splitlines()
-    assert [json.loads(line)["value"] for line in with_values] == [BOTS[2].value, None]
-
-    # Halted bots, found without exporting everything.
-    assert run("ls", "--keys", "--where", "$.halted == true") == "bot1/BTCUSDT\nbot2/SOLUSDT\n"
-    found = run("ls", "--json", "--where", "$.loss_streak >= 3 and $.realised < 0").splitlines()
-    assert [json.loads(line)["key"] for line in found] == ["bot1/BTCUSDT"]
-
-    # get: one value as JSON, several keys or a prefix as JSON Lines (the export's form).
-    assert json.loads(run("get", "bot1/BTCUSDT")) == BOTS[0].value
-    assert run("get", "bot2/SOLUSDT", "bot1/BTCUSDT") == format_line(BOTS[2]) + format_line(BOTS[0])
-    assert run("get", "--prefix", "bot2/") == format_line(BOTS[2]) + format_line(BOTS[3])
-    assert run("get", "--json", "bot2/XRPUSDT") == format_line(BOTS[3])
-    partly = cli("get", "bot1/ETHUSDT", "bot9/none", url=sqlite_url, cwd=tmp_path)
-    assert partly.out == format_line(BOTS[1])
-    one_line_error(partly, 1, "'bot9/none' not found")
-
-    doctor = json.loads(run("doctor", "--json"))
-    assert doctor["status"] == "ok"
-    assert doctor["problem"] is None
-    assert doctor["schema"] == {
-        "revision": head_revision(),
-        "head": head_revision(),
-        "state": "current",
-    }
-    assert doctor["snapshots"] == len(BOTS)
-    assert doctor["settings"] == {"journal_mode": "wal", "synchronous": "FULL"}
-    assert doctor["dialect"] == "sqlite"
+@pytest.mark.postgres
+def test_errors_never_show_the_password(fresh_postgres: URL, tmp_path: Path) -> None:
+    secret = "Pw-n0t-for-logs"
+    url = fresh_postgres.set(password=secret).render_as_string(hide_password=False)
+    down = fresh_postgres.set(password=secret, port=1).render_as_string(hide_password=False)
+    runs = [
+        cli("doctor", url=url, cwd=tmp_path),  # never migrated
+        cli("upgrade", url=url, cwd=tmp_path),
+        cli("doctor", url=url, cwd=tmp_path),
+        cli("ls", url=url, cwd=tmp_path),
+        cli("get", "missing", url=url, cwd=tmp_path),
+        cli("--debug", "get", "k", url=down, cwd=tmp_path),
+        cli("doctor", url=down, cwd=tmp_path),
+        cli("copy", "--from", url, "--to", down, cwd=tmp_path),
+    ]
+    for run in runs:
+        assert secret not in run.out + run.err, run
+    assert "***" in runs[2].out
+    one_line_error(runs[6], 3, "127.0.0.1:1")
+    assert "Traceback" in runs[5].err  # --debug shows it, still without the password
+    one_line_error(cli("ls", url="oracle://root@h/db", cwd=tmp_path), 2, "oracle")
 
 
-def test_doctor_json_reports_a_problem_with_exit_3(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'never.db'}"
-    (tmp_path / "never.db").touch()
-    run = cli("doctor", "--json", url=url, cwd=tmp_path)
-    assert run.code == 3, run
-    report = json.loads(run.out)
-    assert report["status"] == "error"
-    assert report["schema"]["state"] == "missing"
-    assert "upgrade" in report["problem"]
-
-
-def test_a_bad_where_is_a_usage_error(tmp_path: Path) -> None:
-    """Refused before any database is opened (none exists here), with the column at fault."""
-    run = cli("ls", "--where", "$.halted = true", url="sqlite:///none.db", cwd=tmp_path)
-    one_line_error(run, 2, "--where", "unexpected '=' (equality is ==) at column 10", "--help")
-
-
-@pytest.mark.parametrize(
-    ("where", "words"),
-    [
-        ("halted == true", "expected a path starting with '\\$'"),
-        ("$.halted == yes", "expected a JSON literal .* at column 13"),
-        ("$.halted ==", "at the end"),
-        ("$.a == 1e999", "out of the range of a float at column 8"),
-        ("($.a", "expected '\\)'"),
-        ("$.a and", "at the end"),
-        ("$[1.5]", "expected an index or a JSON string"),
-        ("$.", "expected a member name"),
-    ],
-)
-def test_bad_conditions_name_the_column(where: str, words: str) -> None:
-    with pytest.raises(ValueError, match=words):
-        compile_condition(where)
-
-
-# -- the --where grammar, in process -------------------------------------------------------
-
-VALUE: JSONValue = {
-    "halted": True,
-    "loss_streak": 3,
-    "pnl": -1.5,
-    "name": "x",
-    "n": None,
-    "z": 0,
-    "legs": [{"side": "buy"}, {"side": "sell"}],
-    "loss-streak": 7,
-}
-
-
-@pytest.mark.parametrize(
-    ("condition", "holds"),
-    [
-        ("$.halted == true", True),
-        ("$.halted", True),
-        ("$.n", False),  # a bare path: exists, and neither false nor null
-        ("$.z", True),
-        ("$.missing", False),
-        ("not $.missing", True),
-        ("$.missing != 1", False),  # a comparison on a missing path is false
-        ("$.loss_streak == 3.0", True),
-        ("$.halted == 1", False),  # true is not 1
-        ("$.pnl < 0 and $.loss_streak >= 3", True),
-        ('$.pnl > 0 or $.name == "x"', True),
-        ("not ($.pnl > 0 or $.halted)", False),
-        ("$.name < 1", False),  # a string and a number do not compare
-        ('$.legs[-1].side == "sell"', True),
-        ('$.legs[0]["side"] == "buy"', True),
-        ('$["loss-streak"] == 7', True),
-        ("$.legs[5]", False),
-        ("$ != null", True),
-        ("$.legs == [1]", None),  # only scalars are literals
-    ],
-)
-def test_where_conditions(condition: str, holds: bool | None) -> None:
-    if holds is None:
-        with pytest.raises(ValueError, match="expected a JSON literal"):
-            compile_condition(condition)
-    else:
-        assert compile_condition(condition)(VALUE) is holds
+@pytest.mark.postgres
+def test_a_common_word_as_password_does_not_garble_the_output(
+    postgres_url: URL, tmp_path: Path
+) -> None:
+    """The password is hidden where it stands as a word; "postgresql" stays readable."""
+    url = postgres_url.set(password="postgres")
+    report = ok(cli("doctor", url=url, cwd=tmp_path)).out
+    assert re.search(r"^dialect: +postgresql$", report, re.MULTILINE), report
+    assert ":postgres@" not in report

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rustrade_store import Snapshot, SqlStore
+import pytest
 
-from .test_cli import COMMAND, T0, on_terminal
+from rustrade_store import ClockSkewError, Snapshot, SqlStore
+from rustrade_store.engine import ENV_VAR
+
+from .commandline import COMMAND, T0, on_terminal
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -73,3 +78,43 @@ def test_the_readme_repair_recipe_runs_as_written(sqlite_url: URL, tmp_path: Pat
     repaired = asyncio.run(stored())
     assert repaired is not None
     assert repaired.value == {"realised": -112.5, "loss_streak": 0, "halted": False}
+
+
+def test_the_readme_future_time_recipe_runs_as_written(sqlite_url: URL, tmp_path: Path) -> None:
+    """From the stuck bot (every save refused: the stored time is in 2030) to the repaired one,
+    the README's commands run as written in between."""
+    section = README.read_text(encoding="utf-8").split("## Command line", 1)[1].split("\n## ")[0]
+    [text] = [b for b in re.findall(r"```sh\n(.*?)```", section, re.DOTALL) if "--reset-time" in b]
+    future = datetime(2030, 1, 1, tzinfo=UTC)
+
+    async def stuck() -> None:
+        async with SqlStore.from_url(sqlite_url) as store:
+            await store.restore([Snapshot("bot1/BTCUSDT", RUNNING, future)])
+            with pytest.raises(ClockSkewError):
+                await store.save("bot1/BTCUSDT", HALTED)
+
+    asyncio.run(stuck())
+    env = os.environ | {
+        "PATH": f"{Path(COMMAND).parent}:{os.environ['PATH']}",
+        ENV_VAR: sqlite_url.render_as_string(hide_password=False),
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", text],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done
+    assert "2030-01-01T00:00:00.000000+00:00" in done.stdout  # what ls printed
+
+    async def saves_again() -> Snapshot | None:
+        async with SqlStore.from_url(sqlite_url) as store:
+            await store.save("bot1/BTCUSDT", HALTED)
+            return await store.load_snapshot("bot1/BTCUSDT")
+
+    repaired = asyncio.run(saves_again())
+    assert repaired is not None
+    assert repaired.value == HALTED
+    assert repaired.updated_at < future

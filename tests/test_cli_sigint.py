@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 from rustrade_store import RestoreReport, Snapshot, SqlStore, upgrade
-from rustrade_store.commands import interrupted_line
+from rustrade_store.cli.moving import interrupted_line
 from rustrade_store.engine import ENV_VAR, resolve_url
 from rustrade_store.transfer import ExportWriter
 
+from .commandline import COMMAND, T0, cli, ok
 from .helpers import terminal_output
-from .test_cli import COMMAND, T0, cli, ok
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -51,6 +51,37 @@ def test_subclasses_are_refused_because_they_would_not_come_back() -> None:
         encode({"x": Flag(1)})
 
 
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        ("float64(1.5)", "numpy.float64 is not JSON: convert it with float(x)"),
+        ("float32(1.5)", "numpy.float32 is not JSON: convert it with float(x)"),
+        ("int64(3)", "numpy.int64 is not JSON: convert it with int(x)"),
+        ("uint8(3)", "numpy.uint8 is not JSON: convert it with int(x)"),
+        ("bool_(True)", "is not JSON: convert it with bool(x)"),
+        ("str_('a')", "numpy.str_ is not JSON: convert it with str(x)"),
+        ("array([1.5])", "numpy.ndarray is not JSON: convert it with x.tolist()"),
+        ("datetime64(0, 's')", "numpy.datetime64 is not JSON: convert it with str(x)"),
+    ],
+)
+def test_numpy_values_are_refused_naming_their_type_and_the_conversion(
+    make: str, words: str
+) -> None:
+    """A float64 is a float, but it would load as a plain float: refused like every type that
+    would not come back as itself, by its qualified name (numpy 2 calls its bool type just
+    ``bool``, which read as "bool is not JSON"), with the conversion that fixes it."""
+    import numpy
+
+    value = eval(f"numpy.{make}", {"numpy": numpy})
+    with pytest.raises(ValueTypeError) as caught:
+        encode({"pnl": value})
+    assert str(caught.value).startswith('value["pnl"]: numpy.')
+    assert words in str(caught.value)
+    fix = words.rpartition(" with ")[2]
+    converted = eval(fix, {"x": value})
+    assert encode({"pnl": converted})
+
+
 def test_a_shared_but_acyclic_value_is_fine() -> None:
     shared = [1, 2]
     assert encode({"a": shared, "b": shared}) == '{"a":[1,2],"b":[1,2]}'

@@ -209,18 +209,17 @@ async def test_timeout_error_message_says_it_timed_out(postgres_url: URL) -> Non
             await store.aclose()
 
 
-async def test_delete_on_a_dead_connection_is_not_retried(
+async def test_a_delete_on_a_dead_connection_is_retried_and_tells_the_truth(
     named_store: tuple[SqlStore, str], postgres_admin_url: URL
 ) -> None:
-    """A retried delete whose first answer was lost would report False for a row it removed;
-    so a delete on a dead connection raises, and the next one reports the truth."""
+    """A delete whose connection died before it was sent is retried on a new one, and reports
+    what it did: it removed the row."""
     store, name = named_store
     await store.save("gone/k", 1)
     assert await terminate(postgres_admin_url, name) >= 1
-    with pytest.raises(StorageError, match="delete 'gone/k'"):
-        await store.delete("gone/k")
     assert await store.delete("gone/k") is True
     assert await store.load("gone/k") is None
+    assert await store.delete("gone/k") is False
 
 
 async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection(
@@ -246,3 +245,41 @@ async def test_a_server_that_takes_no_writes_counts_as_a_lost_connection(
     finally:
         await admin.close()
         await store.aclose()
+
+
+DEADLINE_SLACK = 1.5
+"""How long a call may take, in timeouts: the worst overrun measured under a frozen link was
+under 10 ms (docs/guarantees.md); the rest is room for a busy machine. Before one deadline
+covered a call, the first call on a pooled PostgreSQL connection waited a second timeout for
+the connection's clean-up."""
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+@pytest.mark.parametrize("operation", ["save", "load"])
+async def test_a_call_through_a_frozen_link_ends_at_its_deadline(
+    store_url: URL, backend: str, operation: str
+) -> None:
+    """The link freezes under a pooled connection: the call raises at its one deadline, not
+    after a second wait for the connection's clean-up."""
+    timeout = 2.0
+    async with TcpProxy(store_url.host or "127.0.0.1", store_url.port or 0) as proxy:
+        store = SqlStore.from_url(store_url.set(port=proxy.port), timeout=timeout)
+        try:
+            await store.save("deadline/k", 1)
+            call = store.save("deadline/k", 2) if operation == "save" else store.load("deadline/k")
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(StorageError, match="timed out"):
+                await asyncio.wait_for(call, HANG_GUARD)
+            elapsed = time.monotonic() - started
+            print(f"\n{backend} {operation}: raised {elapsed - timeout:+.3f} s from its deadline")
+            assert elapsed < DEADLINE_SLACK * timeout
+        finally:
+            await proxy.restore()
+            await store.aclose()

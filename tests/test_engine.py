@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import DEFAULT_URL, ENV_VAR, SqlStore, resolve_url
+from rustrade_store import DEFAULT_URL, ENV_VAR, ConfigurationError, SqlStore, resolve_url
 from rustrade_store.engine import masked
 
 if TYPE_CHECKING:
@@ -37,11 +37,12 @@ def test_a_missing_optional_driver_says_which_extra_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "asyncmy", None)  # makes `import asyncmy` fail
-    with pytest.raises(
-        ModuleNotFoundError, match=r"pip install 'rustrade-store\[mysql\]'"
-    ) as caught:
-        SqlStore.from_url("mysql://trader:s3cret@127.0.0.1/db")
-    assert "s3cret" not in str(caught.value)
+    for url in ("mysql://trader:s3cret@127.0.0.1/db", "mariadb://trader:s3cret@127.0.0.1/db"):
+        with pytest.raises(
+            ConfigurationError, match=r"pip install 'rustrade-store\[mysql\]'"
+        ) as caught:
+            SqlStore.from_url(url)
+        assert "s3cret" not in str(caught.value)
 
 
 def test_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@ JSON check and its depth limit, and statements near the server's packet limit.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -181,3 +183,32 @@ async def test_snapshots_move_exactly_between_databases(route: tuple[URL, URL]) 
         for store in (origin, copy):
             for key in values:
                 await store.delete(key)
+
+
+@pytest.mark.parametrize("segment", [248, 249, MAX_KEY_LENGTH - 1])
+def test_a_key_with_a_long_first_segment_is_written_without_a_word(
+    mariadb_url: URL, segment: int
+) -> None:
+    """From 249 characters on, the first segment's lease row key is longer than a key: MariaDB
+    printed ``Data truncated for column 'lk'`` at every write of such a key. The driver prints
+    through C's buffered stdout, seen only when the process exits: hence a process of its own."""
+    key = "a" * segment + "/" + "b" * (MAX_KEY_LENGTH - segment - 1)
+    code = (
+        "import asyncio, sys\n"
+        "from rustrade_store import SqlStore\n"
+        "async def main(url, key):\n"
+        "    async with SqlStore.from_url(url) as store:\n"
+        "        await store.save(key, 1)\n"
+        "        await store.save_many({key: 2})\n"
+        "        assert await store.load(key) == 2\n"
+        "asyncio.run(main(*sys.argv[1:]))\n"
+    )
+    url = mariadb_url.render_as_string(hide_password=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", code, url, key],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (completed.returncode, completed.stdout, completed.stderr) == (0, "", "")

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from rustrade_store import ConfigurationError, SchemaError, SqlStore, StorageError, upgrade
 from rustrade_store.engine import create_engine, resolve_url
 
+from .commandline import cli, ok, one_line_error
 from .proxy import TcpProxy
-from .test_cli import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -246,6 +246,20 @@ async def test_a_key_given_twice_ends_with_its_last_line(target: SqlStore) -> No
     assert await target.load("k") == "last"
 
 
+async def test_a_key_given_twice_keeps_the_later_updated_at(target: SqlStore) -> None:
+    """Not the last line: the later time, in one batch or in two (docs/operations.md)."""
+    filler = [Snapshot(f"f{i:05d}", i, T0) for i in range(BATCH_ROWS)]
+    lines = [
+        Snapshot("k", "later", T0 + timedelta(seconds=1)),
+        Snapshot("k", "earlier", T0),
+        Snapshot("a", "later", T0 + timedelta(seconds=1)),
+        *filler,
+        Snapshot("a", "earlier", T0),
+    ]
+    await import_lines(target, io.BytesIO(export_bytes(lines)), Bad())
+    assert await target.load_many(["k", "a"]) == {"k": "later", "a": "later"}
+
+
 async def test_import_keeps_newer_state_unless_told_to_overwrite(target: SqlStore) -> None:
     await target.restore(
         [

@@ -11,7 +11,7 @@ from alembic import context
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 from sqlalchemy.pool import NullPool
 
-from rustrade_store.engine import create_engine, resolve_url
+from rustrade_store.engine import MYSQL_BACKENDS, create_engine, resolve_url
 from rustrade_store.schema import VERSION_TABLE, metadata
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def _create_version_table(connection: Connection) -> None:
 def do_run_migrations(connection: Connection) -> None:
     _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
-        if connection.dialect.name == "mysql":
+        if connection.dialect.name in MYSQL_BACKENDS:  # "mariadb" for a mariadb:// URL
             _create_version_table(connection)
         context.run_migrations()
 

@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import ConfigurationError, SqlStore, StorageError, create_engine, upgrade
+from rustrade_store import (
+    ConfigurationError,
+    InMemoryStore,
+    SqlStore,
+    StorageError,
+    create_engine,
+    upgrade,
+)
 from rustrade_store.engine import resolve_url
 
-from .test_cli import cli, ok, one_line_error
+from .commandline import cli, ok, one_line_error
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -77,7 +84,7 @@ BAD_TIMEOUTS = [0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, 1e9]
 def test_a_timeout_out_of_range_is_refused_by_value(timeout: float) -> None:
     for make in (SqlStore.from_url, create_engine):
         with pytest.raises(ConfigurationError) as caught:
-            make("sqlite://", timeout=timeout)
+            make("sqlite:///state.db", timeout=timeout)
         assert isinstance(caught.value, ValueError)
         message = str(caught.value)
         assert f"timeout {timeout!r} is out of range" in message
@@ -123,3 +130,51 @@ def test_the_commands_the_tool_suggests_for_an_sqlite_path_run_as_given(tmp_path
     ok(cli(*shlex.split(suggested.group(1))[1:], cwd=tmp_path))
     assert (tmp_path / "data" / "state.db").is_file()
     assert ok(cli("--url", fixed, "ls", cwd=tmp_path)).out == ""
+
+
+# -- a URL that names no file ------------------------------------------------------------------
+
+MEMORY_URLS = ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite+aiosqlite://"]
+
+
+@pytest.mark.parametrize("given", MEMORY_URLS)
+async def test_a_url_naming_no_file_is_refused_naming_the_in_memory_store(given: str) -> None:
+    """An empty path (``sqlite:///$DB`` with DB unset) made a store that saved, listed nothing
+    and restored nothing at the next start."""
+    with pytest.raises(ConfigurationError, match=r"names no SQLite file.*InMemoryStore\(\)"):
+        SqlStore.from_url(given)
+    with pytest.raises(ConfigurationError, match=r"names no SQLite file.*InMemoryStore\(\)"):
+        await upgrade(given)
+
+
+@pytest.mark.parametrize("given", MEMORY_URLS)
+def test_the_command_refuses_a_url_naming_no_file(given: str, tmp_path: Path) -> None:
+    run = cli("--url", given, "put", "bot1/X", "1", cwd=tmp_path)
+    one_line_error(run, 2, "names no SQLite file", "InMemoryStore()")
+
+
+async def test_the_in_memory_store_is_the_way_to_ask_for_memory() -> None:
+    async with InMemoryStore() as store:
+        await store.save("bot1/X", 1)
+        assert await store.load("bot1/X") == 1
+
+
+# -- a driver not installed --------------------------------------------------------------------
+
+
+def test_the_command_reports_a_missing_mysql_driver_as_a_usage_error(tmp_path: Path) -> None:
+    """It was "unexpected error: ModuleNotFoundError", exit 3: the fix is an install."""
+    hidden = tmp_path / "hide"
+    (hidden / "asyncmy").mkdir(parents=True)
+    (hidden / "asyncmy" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'asyncmy'\", name='asyncmy')\n"
+    )
+    run = cli(
+        "--url",
+        "mysql://trader:s3cret@127.0.0.1/db",
+        "ls",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(hidden)},
+    )
+    one_line_error(run, 2, "asyncmy driver, which is not installed", "rustrade-store[mysql]")
+    assert "s3cret" not in run.err
