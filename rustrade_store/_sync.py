@@ -13,7 +13,15 @@ from sqlalchemy.pool import QueuePool
 
 from ._portal import Portal
 from .buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
-from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, check_timeout, create_store_engine
+from .engine import (
+    DEFAULT_TIMEOUT,
+    SQLITE_SYNCHRONOUS,
+    check_timeout,
+    create_engine,
+    create_store_engine,
+    resolve_url,
+    store_engine_options,
+)
 from .errors import ConfigurationError, LeaseLostError
 from .lease import DEFAULT_TTL
 from .sql import SqlStore
@@ -152,11 +160,20 @@ class SyncStore(_Calls):
         **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``, as :meth:`SqlStore.from_url <rustrade_store.SqlStore.from_url>`
-        does with the same options (``sqlite://`` is a private in-memory database)."""
+        does with the same options."""
         engine = create_store_engine(
             url, timeout=timeout, sqlite_synchronous=sqlite_synchronous, **engine_options
         )
         return cls(engine, owns_engine=True, timeout=timeout, ignore_leases=ignore_leases)
+
+    @classmethod
+    def in_memory(cls, *, timeout: float = DEFAULT_TIMEOUT) -> Self:
+        """A store over a private SQLite ``:memory:`` database, as
+        :class:`~rustrade_store.InMemoryStore`: for tests, not durable (``from_url`` refuses a
+        URL that names no file)."""
+        url = resolve_url("sqlite+aiosqlite://")
+        engine = create_engine(url, timeout=timeout, **store_engine_options(url))
+        return cls(engine, owns_engine=True, timeout=timeout)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -254,6 +271,16 @@ class SyncStore(_Calls):
         stream = _async_batches(batches)
         restoring = self._store.restore_stream(stream, overwrite=overwrite, report=report)
         return self._call(restoring, None)
+
+    def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
+        """Replace the snapshot of ``key`` stored at exactly ``stored_at`` (a clock that ran
+        ahead) with ``value`` at this process's time now; see
+        :meth:`SqlStore.reset_time <rustrade_store.SqlStore.reset_time>`."""
+        return self._call(self._store.reset_time(key, value, stored_at=stored_at))
+
+    def server_time(self) -> datetime:
+        """The database server's clock now (SQLite has none: this host's)."""
+        return self._call(self._store.server_time())
 
     def lease(
         self,

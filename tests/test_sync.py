@@ -128,9 +128,10 @@ class AsyncOverSync(StateStore):
 
 async def open_sync(backend: str, url: URL) -> SyncStore:
     """A sync store on an emptied database of ``backend`` (a private one for memory)."""
-    if backend != "memory":
-        async with SqlStore.from_url(url) as cleaner:
-            await empty(cleaner)
+    if backend == "memory":
+        return SyncStore.in_memory()
+    async with SqlStore.from_url(url) as cleaner:
+        await empty(cleaner)
     return SyncStore.from_url(url)
 
 
@@ -339,6 +340,13 @@ def test_compare_and_set_and_snapshots(sync: SyncStore) -> None:
     streamed = sync.restore_stream(iter(batches))
     assert (streamed.added, streamed.state) == (2, "committed")
     assert sync.load_many(["bot1/a", "bot1/b"]) == {"bot1/a": 1, "bot1/b": [2]}
+    written = sync.reset_time("bot1/a", {"reset": True}, stored_at=updated_at)
+    after = sync.load_snapshot("bot1/a")
+    assert after is not None
+    assert (after.value, after.updated_at) == ({"reset": True}, written)
+    with pytest.raises(ConflictError):
+        sync.reset_time("bot1/a", 2, stored_at=updated_at)
+    assert sync.server_time().tzinfo is not None
 
 
 # -- deadlines -------------------------------------------------------------------------------
