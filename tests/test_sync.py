@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 import pytest
+from opentelemetry import trace
 from sqlalchemy import event
 
 from rustrade_store import (
@@ -36,6 +37,7 @@ from .helpers import asyncpg_connection, empty
 from .test_lease_processes import PATIENCE
 from .test_lease_processes import empty as cleared
 from .test_sync_processes import waiting_on_a_lock
+from .test_telemetry import telemetry  # noqa: F401 - the fixture, shared with its own tests
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -45,6 +47,8 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from rustrade_store import JSONInput, JSONValue, LeaseInfo
+
+    from .test_telemetry import Telemetry
 
 
 class AsyncLeaseOverSync:
@@ -440,3 +444,20 @@ def test_closing_cancels_the_calls_of_other_threads(postgres_url: URL) -> None:
         runner.run(locker.close())
         runner.run(watcher.close())
         runner.close()
+
+
+def test_a_sync_call_is_traced_under_the_caller_span(
+    sqlite_url: URL,
+    telemetry: Telemetry,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The call runs on the store's loop in the caller's context: the store's span of a save
+    is a child of the span the caller had open."""
+    tracer = trace.get_tracer("a sync bot")
+    with SyncStore.from_url(sqlite_url) as sync:
+        sync.load("warm-up")
+        telemetry.drain()
+        with tracer.start_as_current_span("trade") as trade:
+            sync.save("bot1/k", 1)
+    parent = trade.get_span_context().span_id
+    children = [span for span in telemetry.spans() if span.parent and span.parent.span_id == parent]
+    assert children, [(span.name, span.parent) for span in telemetry.spans()]
