@@ -34,9 +34,8 @@ from rustrade_store import (
 from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
 from .helpers import asyncpg_connection, empty
-from .test_lease_processes import PATIENCE
-from .test_lease_processes import empty as cleared
-from .test_sync_processes import waiting_on_a_lock
+from .processes import PATIENCE, waiting_on_a_lock
+from .processes import empty as cleared
 from .test_telemetry import telemetry  # noqa: F401 - the fixture, shared with its own tests
 
 if TYPE_CHECKING:
