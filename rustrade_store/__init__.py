@@ -10,7 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._sync import SyncBufferedStore, SyncLease, SyncStore
+    from ._sync import SyncBufferedStore, SyncStore
+    from ._sync_lease import SyncLease
     from .buffered import BufferedStore
     from .codec import (
         MAX_DEPTH,
@@ -120,7 +121,8 @@ _HOMES = {
     "restore": ("RestoreReport",),
     "sql": ("SqlStore",),
     "store": ("Snapshot", "StateStore"),
-    "_sync": ("SyncBufferedStore", "SyncLease", "SyncStore"),
+    "_sync": ("SyncBufferedStore", "SyncStore"),
+    "_sync_lease": ("SyncLease",),
 }
 """The module each name of the API lives in, as imported above for type checkers."""
 

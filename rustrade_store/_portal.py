@@ -100,7 +100,7 @@ class Portal:
 
         scheduled = False
         try:
-            self._loop.call_soon_threadsafe(start)
+            self._loop.call_soon_threadsafe(start)  # in the caller's context: its trace span too
             scheduled = True
             if not ended.wait(bound):
                 self._cancel(tasks, ended, bound)

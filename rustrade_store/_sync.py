@@ -12,8 +12,17 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from sqlalchemy.pool import QueuePool
 
 from ._portal import Portal
+from ._sync_lease import SyncLease
 from .buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
-from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, check_timeout, create_store_engine
+from .engine import (
+    DEFAULT_TIMEOUT,
+    SQLITE_SYNCHRONOUS,
+    check_timeout,
+    create_engine,
+    create_store_engine,
+    resolve_url,
+    store_engine_options,
+)
 from .errors import ConfigurationError, LeaseLostError
 from .lease import DEFAULT_TTL
 from .sql import SqlStore
@@ -27,11 +36,11 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from .codec import JSONInput, JSONValue
-    from .lease import Lease, LeaseInfo
+    from .lease import LeaseInfo
     from .restore import RestoreReport
     from .store import Snapshot, StateStore
 
-__all__ = ["SyncBufferedStore", "SyncLease", "SyncStore"]
+__all__ = ["SyncBufferedStore", "SyncStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +161,20 @@ class SyncStore(_Calls):
         **engine_options: Any,
     ) -> Self:
         """Open a store on ``url``, as :meth:`SqlStore.from_url <rustrade_store.SqlStore.from_url>`
-        does with the same options (``sqlite://`` is a private in-memory database)."""
+        does with the same options."""
         engine = create_store_engine(
             url, timeout=timeout, sqlite_synchronous=sqlite_synchronous, **engine_options
         )
         return cls(engine, owns_engine=True, timeout=timeout, ignore_leases=ignore_leases)
+
+    @classmethod
+    def in_memory(cls, *, timeout: float = DEFAULT_TIMEOUT) -> Self:
+        """A store over a private SQLite ``:memory:`` database, as
+        :class:`~rustrade_store.InMemoryStore`: for tests, not durable (``from_url`` refuses a
+        URL that names no file)."""
+        url = resolve_url("sqlite+aiosqlite://")
+        engine = create_engine(url, timeout=timeout, **store_engine_options(url))
+        return cls(engine, owns_engine=True, timeout=timeout)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -255,6 +273,16 @@ class SyncStore(_Calls):
         restoring = self._store.restore_stream(stream, overwrite=overwrite, report=report)
         return self._call(restoring, None)
 
+    def reset_time(self, key: str, value: JSONInput, *, stored_at: datetime) -> datetime:
+        """Replace the snapshot of ``key`` stored at exactly ``stored_at`` (a clock that ran
+        ahead) with ``value`` at this process's time now; see
+        :meth:`SqlStore.reset_time <rustrade_store.SqlStore.reset_time>`."""
+        return self._call(self._store.reset_time(key, value, stored_at=stored_at))
+
+    def server_time(self) -> datetime:
+        """The database server's clock now (SQLite has none: this host's)."""
+        return self._call(self._store.server_time())
+
     def lease(
         self,
         prefix: str,
@@ -297,77 +325,6 @@ class SyncStore(_Calls):
         inherited = engine.pool
         engine.dispose(close=False)
         self._portal.left_behind(inherited, self._store)
-
-
-class SyncLease:
-    """A :class:`~rustrade_store.Lease` for synchronous code: ``with store.lease("bot1/"):``
-    takes it, the store's loop renews it in the background, and leaving releases it."""
-
-    __slots__ = ("_calls", "_lease")
-
-    def __init__(self, calls: _Calls, lease: Lease) -> None:
-        self._calls = calls
-        self._lease = lease
-
-    @property
-    def prefix(self) -> str:
-        return self._lease.prefix
-
-    @property
-    def ttl(self) -> float:
-        return self._lease.ttl
-
-    @property
-    def wait(self) -> float:
-        return self._lease.wait
-
-    @property
-    def held(self) -> bool:
-        return self._lease.held
-
-    @property
-    def token(self) -> int:
-        """The fencing token: it strictly increases each time the lease changes hands."""
-        return self._lease.token
-
-    @property
-    def holder(self) -> dict[str, Any]:
-        """Who holds it: host, pid, a random id, and since when."""
-        return self._lease.holder
-
-    @property
-    def expires_at(self) -> datetime | None:
-        """When the lease expires unless renewed, by the database's clock."""
-        return self._lease.expires_at
-
-    def __repr__(self) -> str:
-        return f"Sync{self._lease!r}"
-
-    def acquire(self, *, wait: float | None = None) -> Self:
-        """Take the lease, waiting up to ``wait`` seconds (default: the lease's) for another
-        holder; else :class:`~rustrade_store.LeaseHeldError` naming it."""
-        self._calls._call(self._lease.acquire(wait=wait), self.wait if wait is None else wait)
-        return self
-
-    def renew(self) -> None:
-        """Push the expiry ``ttl`` seconds past now, or raise
-        :class:`~rustrade_store.LeaseLostError`."""
-        self._calls._call(self._lease.renew())
-
-    def release(self) -> None:
-        """Give the lease up; the next holder's token is higher."""
-        self._calls._call(self._lease.release())
-
-    def __enter__(self) -> Self:
-        return self if self.held else self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class SyncBufferedStore(_Calls):

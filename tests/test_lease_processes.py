@@ -9,10 +9,8 @@ renewal tests under load: an import on SQLite, 64 concurrent savers on PostgreSQ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -21,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import delete
 
 from rustrade_store import Snapshot, SqlStore, upgrade
 from rustrade_store.engine import resolve_url
-from rustrade_store.schema import snapshots
 from rustrade_store.transfer import export
+
+from .processes import Child, empty
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,72 +42,6 @@ LONG_TTL = 30.0
 """The ttl of a lease that must outlive the test."""
 WAIT = 30.0
 """How long a second copy waits for a lease (with a ttl of TTL, it asks every 0.1 s)."""
-PATIENCE = 60.0
-"""Seconds a child may take to answer before the test fails: a guard against a hang."""
-
-
-class Child:
-    """A ``lease_child.py`` process: send it commands, read its answers."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.lost: list[str] = []
-        """The ``ON_LOST`` lines it printed: its lease's on_lost callback ran."""
-        self.killed = False
-
-    def send(self, *command: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write((json.dumps(command) + "\n").encode())
-        self.process.stdin.flush()
-
-    async def answer(self) -> str:
-        """The next line that answers a command (``ON_LOST`` lines are kept aside)."""
-        assert self.process.stdout is not None
-        while True:
-            try:
-                raw = await asyncio.wait_for(
-                    asyncio.to_thread(self.process.stdout.readline), PATIENCE
-                )
-            except TimeoutError:
-                self.kill()
-                raise AssertionError(f"child {self.pid} answered nothing in {PATIENCE} s") from None
-            assert raw, f"child {self.pid} ended (status {self.process.wait()})"
-            line = raw.decode().rstrip("\n")
-            if not line.startswith("ON_LOST "):
-                return line
-            self.lost.append(line)
-
-    async def ask(self, *command: Any) -> str:
-        self.send(*command)
-        return await self.answer()
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
-
-    def kill(self) -> None:
-        self.killed = True
-        self.process.kill()
-        self.process.wait()
-
-    def close(self) -> None:
-        """End the process: its input closed, it exits (killed if it does not)."""
-        if self.process.poll() is None:
-            self.resume()
-            assert self.process.stdin is not None
-            with contextlib.suppress(BrokenPipeError):
-                self.process.stdin.close()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    stream.close()
 
 
 class Spares:
@@ -205,11 +137,6 @@ def url(request: pytest.FixtureRequest) -> URL:
     found: URL = request.getfixturevalue(name)
     asyncio.run(empty(found))
     return found
-
-
-async def empty(url: URL) -> None:
-    async with SqlStore.from_url(url) as store, store.engine.begin() as connection:
-        await connection.execute(delete(snapshots))
 
 
 def parse(line: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 import pytest
+from opentelemetry import trace
 from sqlalchemy import event
 
 from rustrade_store import (
@@ -33,9 +34,9 @@ from rustrade_store import (
 from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
 from .helpers import asyncpg_connection, empty
-from .test_lease_processes import PATIENCE
-from .test_lease_processes import empty as cleared
-from .test_sync_processes import waiting_on_a_lock
+from .processes import PATIENCE, waiting_on_a_lock
+from .processes import empty as cleared
+from .test_telemetry import telemetry  # noqa: F401 - the fixture, shared with its own tests
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from rustrade_store import JSONInput, JSONValue, LeaseInfo
+
+    from .test_telemetry import Telemetry
 
 
 class AsyncLeaseOverSync:
@@ -128,9 +131,10 @@ class AsyncOverSync(StateStore):
 
 async def open_sync(backend: str, url: URL) -> SyncStore:
     """A sync store on an emptied database of ``backend`` (a private one for memory)."""
-    if backend != "memory":
-        async with SqlStore.from_url(url) as cleaner:
-            await empty(cleaner)
+    if backend == "memory":
+        return SyncStore.in_memory()
+    async with SqlStore.from_url(url) as cleaner:
+        await empty(cleaner)
     return SyncStore.from_url(url)
 
 
@@ -339,6 +343,13 @@ def test_compare_and_set_and_snapshots(sync: SyncStore) -> None:
     streamed = sync.restore_stream(iter(batches))
     assert (streamed.added, streamed.state) == (2, "committed")
     assert sync.load_many(["bot1/a", "bot1/b"]) == {"bot1/a": 1, "bot1/b": [2]}
+    written = sync.reset_time("bot1/a", {"reset": True}, stored_at=updated_at)
+    after = sync.load_snapshot("bot1/a")
+    assert after is not None
+    assert (after.value, after.updated_at) == ({"reset": True}, written)
+    with pytest.raises(ConflictError):
+        sync.reset_time("bot1/a", 2, stored_at=updated_at)
+    assert sync.server_time().tzinfo is not None
 
 
 # -- deadlines -------------------------------------------------------------------------------
@@ -432,3 +443,20 @@ def test_closing_cancels_the_calls_of_other_threads(postgres_url: URL) -> None:
         runner.run(locker.close())
         runner.run(watcher.close())
         runner.close()
+
+
+def test_a_sync_call_is_traced_under_the_caller_span(
+    sqlite_url: URL,
+    telemetry: Telemetry,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The call runs on the store's loop in the caller's context: the store's span of a save
+    is a child of the span the caller had open."""
+    tracer = trace.get_tracer("a sync bot")
+    with SyncStore.from_url(sqlite_url) as sync:
+        sync.load("warm-up")
+        telemetry.drain()
+        with tracer.start_as_current_span("trade") as trade:
+            sync.save("bot1/k", 1)
+    parent = trade.get_span_context().span_id
+    children = [span for span in telemetry.spans() if span.parent and span.parent.span_id == parent]
+    assert children, [(span.name, span.parent) for span in telemetry.spans()]

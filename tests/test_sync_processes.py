@@ -23,13 +23,12 @@ import pytest
 from rustrade_store import SqlStore
 
 from .helpers import asyncpg_connection
-from .test_lease_processes import PATIENCE, Child
-from .test_lease_processes import empty as cleared
+from .processes import PATIENCE, Child, waiting_on_a_lock
+from .processes import empty as cleared
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
-    import asyncpg
     from sqlalchemy import URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,15 +107,6 @@ async def test_a_forked_child_is_refused_and_leaves_the_parent_store_alone(url: 
             "bot1/k": {"by": "parent"},
             "child/k": {"by": "child"},
         }
-
-
-async def waiting_on_a_lock(connection: asyncpg.Connection, database: str) -> bool:
-    """Whether a session of ``database`` waits for a lock now."""
-    count: int = await connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        database,
-    )
-    return count > 0
 
 
 async def until(check: Callable[[], Awaitable[bool]], wanted: bool) -> None:

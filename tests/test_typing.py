@@ -105,7 +105,7 @@ def synchronous(store: SyncStore) -> None:
 
 
 async def main() -> None:
-    synchronous(SyncStore.from_url("sqlite://"))
+    synchronous(SyncStore.in_memory())
     async with InMemoryStore() as store:
         await persist(store)
     async with BufferedStore(InMemoryStore()) as buffered:
