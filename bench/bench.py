@@ -13,7 +13,10 @@ snapshots of about 300 bytes:
   15), and the p99 latency;
 - 64 tasks each loading its own key at once (a boot), against the sequential load rate;
 - ``save_many`` and ``load_many`` of 1,000 keys, and a write-behind burst through
-  ``BufferedStore`` against write-through saves on an SQLite file.
+  ``BufferedStore`` against write-through saves on an SQLite file;
+- on an SQLite file and PostgreSQL, a sequential save through ``SyncStore`` (called from plain
+  code, run on the sync store's own loop thread) against the async store's, p50 against p50,
+  target <= 1.5x;
 - the cost of the ``otel`` extra: a save's and a load's p50 with the OpenTelemetry API and no SDK,
   and with the SDK and a ``BatchSpanProcessor``, against the p50 without the extra (targets
   <= 1.02x and <= 1.10x; ``--otel-only`` runs this part alone; see ``otel_cost.py``).
@@ -50,7 +53,14 @@ import aiosqlite
 import asyncpg
 from sqlalchemy import case, event, exists, literal, select, true
 
-from rustrade_store import BufferedStore, InMemoryStore, SqlStore, resolve_url, upgrade
+from rustrade_store import (
+    BufferedStore,
+    InMemoryStore,
+    SqlStore,
+    SyncStore,
+    resolve_url,
+    upgrade,
+)
 
 try:  # the cost of the otel extra needs it and the SDK (the dev extra)
     import otel_cost
@@ -92,6 +102,8 @@ BOOT_TARGET = 10.0
 LOAD_MANY_TARGET = {"postgresql": 50.0}
 """``load_many`` of 1,000 keys against 1,000 sequential loads (the earlier bench's target)."""
 BURST_TARGET = 20.0
+SYNC_TARGET = 1.5
+"""A ``SyncStore`` save's p50 against the async store's, on the same database."""
 
 # The raw drivers' SQL: the store's reads, and its condition on the save time written as a plain
 # upsert (what a hand-written program would send), without the store's lease fence.
@@ -623,6 +635,36 @@ async def buffered_burst(path: Path, sizes: Sizes) -> tuple[dict[str, Timing], b
     return timings, stored == last
 
 
+async def sync_against_async(backend: str, url: URL, sizes: Sizes) -> Line:
+    """Sequential saves through a ``SyncStore`` and through the async store on this loop,
+    taking turns call by call, each on keys of its own; the sync call blocks this loop while
+    the sync store's own loop thread runs it, as it blocks a plain bot."""
+    clock = time.perf_counter_ns
+    spent: dict[str, list[int]] = {"SyncStore": [], "store": []}
+    sync_keys, async_keys = keys_for("sync", BATCH), keys_for("async", BATCH)
+    with SyncStore.from_url(url) as sync:
+        async with SqlStore.from_url(url) as store:
+            for index in range(sizes.warmup + sizes.sequential):
+                value = snapshot(index)
+                before = clock()
+                sync.save(sync_keys[index % BATCH], value)
+                middle = clock()
+                await store.save(async_keys[index % BATCH], value)
+                after = clock()
+                if index >= sizes.warmup:
+                    spent["SyncStore"].append(middle - before)
+                    spent["store"].append(after - middle)
+    mine, theirs = (Timing(spent[name], [(1, ns) for ns in spent[name]]) for name in spent)
+    return Line(
+        backend,
+        "SyncStore save p50",
+        us(mine.p50),
+        f"async store save {us(theirs.p50)}",
+        mine.p50 / theirs.p50,
+        ("<=", SYNC_TARGET),
+    )
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
@@ -996,6 +1038,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
         otel["sqlite file"] = await measure_otel(store.store, sizes)
         for impl in impls:
             await impl.close()
+        sync_lines = [await sync_against_async("sqlite file", url, sizes)]
 
         databases = await postgres_database()
         if isinstance(databases, str):
@@ -1012,6 +1055,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
                 otel["postgresql"] = await measure_otel(store.store, sizes)
                 for impl in impls:
                     await impl.close()
+                sync_lines.append(await sync_against_async("postgresql", pg_url, sizes))
             finally:
                 await drop_database(admin, pg_url)
 
@@ -1040,6 +1084,7 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
             (">=", BURST_TARGET),
         )
     )
+    lines += sync_lines
     lines += [line for backend, found in otel.items() for line in otel_lines(backend, found)]
     print_lines(lines)
     if OTEL_MISSING:

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._sync import SyncBufferedStore, SyncLease, SyncStore
     from .buffered import BufferedStore
     from .codec import (
         MAX_DEPTH,
@@ -74,6 +75,9 @@ __all__ = [
     "StateStore",
     "StorageError",
     "StoreError",
+    "SyncBufferedStore",
+    "SyncLease",
+    "SyncStore",
     "ValueTypeError",
     "__version__",
     "create_engine",
@@ -116,6 +120,7 @@ _HOMES = {
     "restore": ("RestoreReport",),
     "sql": ("SqlStore",),
     "store": ("Snapshot", "StateStore"),
+    "_sync": ("SyncBufferedStore", "SyncLease", "SyncStore"),
 }
 """The module each name of the API lives in, as imported above for type checkers."""
 

@@ -172,6 +172,11 @@ def _mysql_hint(writing: bool, cause: BaseException) -> str:
     code = cause.args[0] if cause.args else None
     # asyncmy also reports a packet cut off by the server as a wrong sequence number.
     cut_off = "Packet sequence number wrong" in str(cause)
+    if code in _MYSQL_CONFLICTS:
+        return (
+            "(a conflict with another write to the same rows, through another Galera node or "
+            "in a deadlock: this attempt wrote nothing)"
+        )
     if not writing or _mysql_timeout(cause) or (code not in _MYSQL_PACKET_ERRORS and not cut_off):
         return ""
     return (
@@ -248,8 +253,7 @@ def _postgres_aborted(cause: BaseException) -> bool:
 
 
 def _mysql_aborted(cause: BaseException) -> bool:
-    # ER_LOCK_DEADLOCK: a deadlock, or a Galera certification failure at COMMIT.
-    return bool(cause.args) and cause.args[0] == 1213
+    return bool(cause.args) and cause.args[0] in _MYSQL_CONFLICTS
 
 
 def _mysql_read_only(cause: BaseException) -> bool:
@@ -265,8 +269,21 @@ def _mysql_timeout(cause: BaseException) -> bool:
 
 
 def _mysql_unreachable(cause: BaseException) -> bool:
-    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover).
-    return bool(cause.args) and cause.args[0] in (2002, 2003)
+    # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: no server there (a restart, a failover); or a
+    # Galera node that cannot serve (see _GALERA_NOT_READY).
+    code = cause.args[0] if cause.args else None
+    return code in (2002, 2003) or code in _GALERA_NOT_READY
+
+
+_MYSQL_CONFLICTS = frozenset({1213})
+"""ER_LOCK_DEADLOCK: InnoDB chose this transaction as a deadlock's victim, or (on Galera) a write
+through another node certified first; either way it was rolled back, nothing committed."""
+
+
+_GALERA_NOT_READY = frozenset({1047})
+"""ER_UNKNOWN_COM_ERROR, what a Galera node outside the primary component (isolated, joining,
+or not yet synced) answers every statement with ("WSREP has not yet prepared node for
+application use")."""
 
 
 def _sqlite_timeout(cause: BaseException) -> bool:

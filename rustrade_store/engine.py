@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from ._urls import check_hosts, hosts_as_query, masked, passwords
 from .errors import ConfigurationError, SchemaError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VAR",
+    "GALERA_SYNC_WAIT",
     "MAX_TIMEOUT",
     "MYSQL_BACKENDS",
     "MYSQL_POOL_RECYCLE",
@@ -67,6 +69,11 @@ MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
 MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
 """Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
 
+GALERA_SYNC_WAIT = 7
+"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
+(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
+it, so that a load sees every save acknowledged through any node (see :mod:`._galera`)."""
+
 MYSQL_POOL_RECYCLE = 3600
 """Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
 
@@ -90,8 +97,6 @@ _SETTINGS = {
 _SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 """libpq's ``sslmode`` values, which asyncpg takes as its ``ssl`` argument."""
-_SECRET_PARAMETERS = ("password", "sslpassword")
-"""Query parameters holding a secret, masked like the password."""
 
 
 def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> URL:
@@ -109,8 +114,9 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
     if isinstance(raw, URL):
         parsed = raw
     else:
+        rewritten = hosts_as_query(raw)
         try:
-            parsed = make_url(_hosts_as_query(raw))
+            parsed = make_url(rewritten)
         except (ArgumentError, ValueError):
             scheme = raw.partition("://")[0] if "://" in raw else ""
             hint = " (percent-encode @, : and / in a password: %40, %3A, %2F)" if "@" in raw else ""
@@ -132,28 +138,12 @@ def resolve_url(url: str | URL | None = None, *, default: str | None = None) -> 
             f"use {backend}+{expected}:// or plain {backend}://"
         )
     parsed = _with_password(parsed)
+    check_hosts(parsed)
     if backend == "sqlite":
         _refuse_sqlite_host(parsed)
     elif backend == "postgresql":
         parsed = _with_ssl_mode(parsed)
     return parsed.set(drivername=f"{backend}+{expected}")
-
-
-def _hosts_as_query(raw: str) -> str:
-    """libpq's multi-host form, ``postgresql://user@h1:5432,h2:5433/db?...``, which other tools
-    print, in SQLAlchemy's: ``postgresql://user@/db?host=h1:5432&host=h2:5433&...`` (a host
-    without a port gets 5432)."""
-    scheme, sep, rest = raw.partition("://")
-    if not sep or scheme.split("+")[0] not in ("postgresql", "postgres"):
-        return raw
-    netloc, _, path = rest.partition("/")
-    user, at, hosts = netloc.rpartition("@")
-    if "," not in hosts:
-        return raw
-    database, _, query = path.partition("?")
-    listed = [host if ":" in host.strip("[]") else f"{host}:5432" for host in hosts.split(",")]
-    params = "&".join(f"host={host}" for host in listed)
-    return f"{scheme}://{user}{at}/{database}?{params}{'&' + query if query else ''}"
 
 
 def _with_password(url: URL) -> URL:
@@ -199,36 +189,6 @@ def _with_ssl_mode(url: URL) -> URL:
     if ssl not in (None, mode):
         raise ConfigurationError(f"sslmode={mode} and ssl={ssl} disagree: give one of them")
     return url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
-
-
-def masked(url: URL) -> str:
-    """The URL as text with every password in it replaced by ``***``.
-
-    The one before the host, all of it even when an unencoded ``@`` in it made SQLAlchemy read
-    the rest as the host, and any ``?password=`` (or ``?sslpassword=``). Every URL the package
-    shows goes through here.
-    """
-    if url.host and "@" in url.host:
-        url = url.set(password="***", host=url.host.rpartition("@")[2])
-    hidden = {name: "***" for name in _SECRET_PARAMETERS if name in url.query}
-    if hidden:
-        url = url.update_query_dict(hidden)
-    # Hosts of a multi-host URL read as typed (h1:5432, not h1%3A5432).
-    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***").replace("%3A", ":")
-
-
-def passwords(url: URL) -> set[str]:
-    """Every secret written in ``url``, as given and percent-encoded: what to scrub from text
-    that did not come through :func:`masked`, such as a driver's message."""
-    found: set[str] = set()
-    if url.password:
-        found.add(str(url.password))
-        if url.host and "@" in url.host:
-            found.add(f"{url.password}@{url.host.rpartition('@')[0]}")
-    for name in _SECRET_PARAMETERS:
-        value = url.query.get(name, ())
-        found.update((value,) if isinstance(value, str) else value)
-    return {text for secret in found if secret for text in (secret, quote(secret, safe=""))}
 
 
 def is_memory_url(url: URL) -> bool:
@@ -291,8 +251,10 @@ def engine_options(url: URL, timeout: float) -> dict[str, Any]:
                     f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
                     f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
                     # MariaDB only (MySQL skips /*M! */): end a session idle in a transaction,
-                    # as on PostgreSQL.
-                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))} */"
+                    # as on PostgreSQL; on a Galera node, wait for the writes the cluster has
+                    # certified before each read and write (no effect elsewhere).
+                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))}"
+                    f", wsrep_sync_wait = {GALERA_SYNC_WAIT} */"
                 ),
             },
         }
@@ -432,6 +394,12 @@ def create_engine(
             merged["connect_args"]["server_settings"] = (
                 ours["server_settings"] | theirs["server_settings"]
             )
+    if resolved.get_backend_name() in MYSQL_BACKENDS and "host" in resolved.query:
+        # asyncmy takes one host: the creator tries each, with every session setting.
+        from ._galera import first_synced_node  # it imports this module
+
+        creator = first_synced_node(resolved, merged.pop("connect_args", {}), timeout)
+        merged.setdefault("async_creator", creator)
     try:
         engine = create_async_engine(resolved, **merged)
     except ModuleNotFoundError as exc:

@@ -638,7 +638,11 @@ class Executor:
         async with self._engine.connect() as connection:
             if transaction or not self._autocommit:
                 level = isolation or self._facts.transaction_isolation
-                await connection.execution_options(isolation_level=level)
+                try:
+                    await connection.execution_options(isolation_level=level)
+                except self._engine.dialect.loaded_dbapi.Error:
+                    await connection.invalidate()  # SQLAlchemy did not see it: not pooled again
+                    raise
                 async with connection.begin() as begun:
                     result = await work(connection)
                     attempt.in_flight = True
@@ -676,6 +680,11 @@ class Executor:
             return Failure.LOST
         if isinstance(exc, DBAPIError) and self._facts.is_aborted(cause):
             return Failure.ABORTED
+        dialect = self._engine.dialect
+        unwrapped = not isinstance(exc, SQLAlchemyError)  # e.g. from an isolation level switch
+        if unwrapped and isinstance(cause, dialect.loaded_dbapi.Error):
+            lost = dialect.is_disconnect(cause, None, None) or self._facts.is_unreachable(cause)
+            return Failure.LOST if lost else Failure.OTHER
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
         return Failure.OTHER

@@ -22,9 +22,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _telemetry, clock, queries
+from ._galera import refuse_lease
 from ._outcome import held_error, lease_text, lease_value
 from ._writes import UNHELD_SINCE, unheld_text
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
+from .engine import MYSQL_BACKENDS
 from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError, StoreError
 from .executor import Attempt
 from .fencing import clock_param
@@ -237,6 +239,8 @@ class Lease:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
 
         async def work(connection: AsyncConnection) -> tuple[str, int, datetime, dict[str, Any]]:
+            if executor.facts.name in MYSQL_BACKENDS:
+                await refuse_lease(connection, self.prefix, executor.where)
             # Lock the row before reading it, so that no other store takes it in between, and
             # no write of a store holding no lease lands between this take-over and its commit.
             await executor.execute(connection, queries.lease_lock(), {"row": self._row_key})

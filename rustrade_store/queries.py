@@ -18,6 +18,7 @@ from sqlalchemy import (
     select,
     table,
     true,
+    union_all,
     update,
 )
 
@@ -25,7 +26,8 @@ from .codec import LEASE_PREFIX, check_key
 from .schema import snapshots
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Delete, Insert, Select, Update
+    from sqlalchemy import ColumnElement, CompoundSelect, Delete, Insert, Select, Update
+    from sqlalchemy.sql.expression import TableClause
 
     from .dialects import DialectFacts
 
@@ -35,6 +37,7 @@ __all__ = [
     "count",
     "delete_older",
     "fence",
+    "galera_status",
     "lease_lock",
     "lease_read",
     "lease_renew",
@@ -302,4 +305,37 @@ def reset_if_at(facts: DialectFacts) -> Update:
             _key_fence(facts),
         )
         .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
+    )
+
+
+_GALERA_STATUS = (
+    "WSREP_CLUSTER_SIZE",
+    "WSREP_CLUSTER_STATUS",
+    "WSREP_LOCAL_STATE",
+    "WSREP_LOCAL_STATE_COMMENT",
+    "WSREP_READY",
+)
+_GALERA_VARIABLES = ("WSREP_ON", "WSREP_SYNC_WAIT", "TX_ISOLATION")
+
+
+def _server_table(name: str) -> TableClause:
+    return table(
+        name, column("VARIABLE_NAME"), column("VARIABLE_VALUE"), schema="information_schema"
+    )
+
+
+def galera_status() -> CompoundSelect[Any]:
+    """MariaDB: ``(name, value)`` rows of what says whether the server is a Galera node, in
+    which cluster and state, and the session's ``wsrep_sync_wait`` and isolation (named
+    ``tx_isolation`` on 10.11, where ``@@transaction_isolation`` raised 1193). A server without
+    wsrep has no ``WSREP_`` status rows."""
+    status = _server_table("GLOBAL_STATUS")
+    session = _server_table("SESSION_VARIABLES")
+    return union_all(
+        select(status.c.VARIABLE_NAME, status.c.VARIABLE_VALUE).where(
+            status.c.VARIABLE_NAME.in_(_GALERA_STATUS)
+        ),
+        select(session.c.VARIABLE_NAME, session.c.VARIABLE_VALUE).where(
+            session.c.VARIABLE_NAME.in_(_GALERA_VARIABLES)
+        ),
     )

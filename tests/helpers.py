@@ -35,8 +35,11 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
 
 __all__ = [
+    "BACKENDS",
+    "BACKENDS_AND_POSTGRES_18",
     "IN_CI",
     "MARIADB_ADMIN_URL",
+    "POSTGRES_18",
     "POSTGRES_ADMIN_URL",
     "CheckoutCounter",
     "FastForwardLoop",
@@ -60,6 +63,23 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RUSTRADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MARIADB_ADMIN_URL = os.environ.get("RUSTRADE_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+
+BACKENDS = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+    pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
+]
+"""The backends of the ``backend`` fixture: every test of a store runs on each.
+``mariadb_scheme`` is the MariaDB database reached through a ``mariadb://`` URL, which
+SQLAlchemy gives a dialect of another name than ``mysql://``'s."""
+POSTGRES_18 = pytest.param("postgres18", marks=pytest.mark.postgres18)
+"""A PostgreSQL 18 server the run starts (``tests/postgres18.py``), beside the machine's 15:
+a backend of the modules whose behaviour changes between server versions (the contract, write
+ordering and compare-and-set, leases, migrations, faults), not of every test, to keep the
+run's time."""
+BACKENDS_AND_POSTGRES_18 = [*BACKENDS, POSTGRES_18]
 
 
 def unavailable(what: str, exc: BaseException) -> NoReturn:
@@ -138,7 +158,7 @@ kernel gives ``bind`` to port 0 and the local ends of client connections."""
 
 
 def server_port() -> int:
-    """A loopback port that is free now, for a server a test starts (PgBouncer).
+    """A loopback port that is free now, for a server a test starts (PgBouncer, PostgreSQL 18).
 
     A port probed with ``bind`` to port 0 and closed again could go to another xdist worker's
     probe before this worker's server binds it; so each worker looks only in its own block of

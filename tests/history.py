@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 from rustrade_store import StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Mapping
+    from collections.abc import Awaitable, Iterable, Mapping, Sequence
+    from random import Random
 
     from rustrade_store import SqlStore
 
-__all__ = ["Anomaly", "History", "Read", "Write", "check"]
+__all__ = ["Anomaly", "History", "Read", "Write", "check", "clients"]
 
 ACKNOWLEDGED = "ok"
 FAILED = "failed"
@@ -153,6 +154,51 @@ class History:
         for key, start, end, outcome, value, updated_at in data["reads"]:
             saved = None if updated_at is None else datetime.fromisoformat(updated_at)
             self.reads.append(Read(key, start, end, outcome, value, saved))
+
+
+async def clients(
+    stores: Sequence[SqlStore],
+    history: History,
+    stop: asyncio.Event,
+    rng: Random,
+    *,
+    prefix: str,
+    writers: int,
+    readers: int,
+) -> None:
+    """Writers and readers spread over ``stores`` (writer or reader ``n`` on ``stores[n %
+    len]``) until ``stop``. Most saves go to a key of their own, so that each acknowledged save
+    can be looked for afterwards; the rest to four shared keys, a fifth of them through
+    ``save_many``; readers read recently written keys. Keys start with ``prefix``; values are
+    unique per key."""
+    shared = [f"{prefix}/shared/{number}" for number in range(4)]
+    recent: deque[str] = deque(shared, maxlen=64)
+
+    async def writer(number: int) -> None:
+        store = stores[number % len(stores)]
+        step = 0
+        while not stop.is_set():
+            step += 1
+            value = f"w{number}.{step}"
+            own = f"{prefix}/{number}/{step}"
+            recent.append(own)
+            choice = rng.random()
+            if choice < 0.2:
+                await history.save_many(store, {own: value, rng.choice(shared): value})
+            elif choice < 0.4:
+                await history.save(store, rng.choice(shared), value)
+            else:
+                await history.save(store, own, value)
+
+    async def reader(number: int) -> None:
+        store = stores[number % len(stores)]
+        while not stop.is_set():
+            await history.read(store, rng.choice(recent))
+
+    await asyncio.gather(
+        *(writer(number) for number in range(writers)),
+        *(reader(number) for number in range(readers)),
+    )
 
 
 def _iso(when: datetime | None) -> str | None:

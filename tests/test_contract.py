@@ -1,4 +1,4 @@
-"""The packaged contract suite, run against every backend of the package."""
+"""The packaged contract suite, run against every backend of the package, and PostgreSQL 18."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ import pytest
 from rustrade_store import SqlStore
 from rustrade_store.testing import StateStoreContract, StateStoreLeaseContract
 
+from .helpers import BACKENDS_AND_POSTGRES_18
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy import URL
+
+
+@pytest.fixture(params=BACKENDS_AND_POSTGRES_18)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every backend, and PostgreSQL 18."""
+    name: str = request.param
+    return name
 
 
 class TestSqlStoreContract(StateStoreContract):

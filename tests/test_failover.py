@@ -31,7 +31,7 @@ import os
 import secrets
 import struct
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from random import Random
 from typing import TYPE_CHECKING, Any, Self
@@ -42,7 +42,7 @@ from rustrade_store import SqlStore, StorageError, upgrade
 
 from .cluster import drop_leftovers, missing, replicated_pair
 from .helpers import unavailable
-from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
+from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check, clients
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterator
@@ -69,7 +69,6 @@ AFTER = 2.0
 """Seconds of writes on the new primary, after the first one acknowledged there."""
 WRITERS = 8
 READERS = 2
-SHARED = [f"failover/shared/{number}" for number in range(4)]
 HANG_GUARD = 60.0
 """Seconds after which a call counts as hung, far above ``STORE_TIMEOUT``."""
 
@@ -187,34 +186,6 @@ class Run:
         return "\n".join(lines)
 
 
-async def clients(store: SqlStore, history: History, stop: asyncio.Event, rng: Random) -> None:
-    """Writers and readers on ``store`` until ``stop``; values are unique per key."""
-    recent: deque[str] = deque(SHARED, maxlen=64)
-
-    async def writer(number: int) -> None:
-        step = 0
-        while not stop.is_set():
-            step += 1
-            value = f"w{number}.{step}"
-            own = f"failover/{number}/{step}"
-            recent.append(own)
-            choice = rng.random()
-            if choice < 0.2:
-                await history.save_many(store, {own: value, rng.choice(SHARED): value})
-            elif choice < 0.4:
-                await history.save(store, rng.choice(SHARED), value)
-            else:
-                await history.save(store, own, value)
-
-    async def reader() -> None:
-        while not stop.is_set():
-            await history.read(store, rng.choice(recent))
-
-    await asyncio.gather(
-        *(writer(number) for number in range(WRITERS)), *(reader() for _ in range(READERS))
-    )
-
-
 async def read_all(url: URL, keys: list[str]) -> dict[str, Read]:
     """Each key as stored at ``url``, read after the run."""
     finals = History(guard=HANG_GUARD)
@@ -266,7 +237,17 @@ async def run_through_failover(pair: ReplicatedPair, seed: int, lag: float = 0.0
     history = NotedHistory(guard=HANG_GUARD)
     stop = asyncio.Event()
     async with SqlStore.from_url(url, timeout=STORE_TIMEOUT) as store:
-        running = asyncio.ensure_future(clients(store, history, stop, Random(seed)))
+        running = asyncio.ensure_future(
+            clients(
+                [store],
+                history,
+                stop,
+                Random(seed),
+                prefix="failover",
+                writers=WRITERS,
+                readers=READERS,
+            )
+        )
         try:
             await asyncio.sleep(BEFORE)
             if lag:

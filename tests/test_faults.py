@@ -28,6 +28,7 @@ import pytest
 
 from rustrade_store import SqlStore, StorageError
 
+from .helpers import POSTGRES_18
 from .history import ACKNOWLEDGED, FAILED, TIMED_OUT, History, Read, Write, check
 from .proxy import TcpProxy
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 SERVERS = [
     pytest.param("postgres", marks=pytest.mark.postgres),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
+    POSTGRES_18,
 ]
 HANG_GUARD = 120.0
 """Seconds after which a call counts as hung: far above any timeout here, so a slow shared

@@ -18,10 +18,19 @@ from rustrade_store import (
     SqlStore,
 )
 
+from .helpers import BACKENDS_AND_POSTGRES_18, POSTGRES_18
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy import URL
+
+
+@pytest.fixture(params=BACKENDS_AND_POSTGRES_18)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every backend, and PostgreSQL 18."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -42,6 +51,7 @@ SHARED = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
     pytest.param("mariadb", marks=pytest.mark.mariadb),
+    POSTGRES_18,
 ]
 """Backends a second store can reach (an in-memory database has one store)."""
 

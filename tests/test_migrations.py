@@ -23,6 +23,8 @@ from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
 from rustrade_store.migrate import schema_status
 from rustrade_store.schema import VERSION_TABLE, metadata
 
+from .helpers import POSTGRES_18
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -41,6 +43,7 @@ HANG_GUARD = 120.0
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("mariadb", marks=pytest.mark.mariadb),
         pytest.param("mariadb_scheme", marks=pytest.mark.mariadb),
+        POSTGRES_18,
     ]
 )
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:

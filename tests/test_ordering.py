@@ -20,10 +20,19 @@ from rustrade_store import (
     clock,
 )
 
+from .helpers import BACKENDS_AND_POSTGRES_18
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from sqlalchemy import URL
+
+
+@pytest.fixture(params=BACKENDS_AND_POSTGRES_18)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every backend, and PostgreSQL 18."""
+    name: str = request.param
+    return name
 
 
 def stepped_back(by: timedelta) -> Callable[[], datetime]:

@@ -104,7 +104,10 @@ def test_the_tests_named_exist(page: Path) -> None:
             missing.append(f"tests/{file}")
         elif function and not re.search(rf"def {function}\(", path.read_text("utf-8")):
             missing.append(f"tests/{file}::{function}")
-    kit = (ROOT / "rustrade_store" / "testing.py").read_text(encoding="utf-8")
+    kit = "".join(
+        path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / "rustrade_store" / "testing").glob("*.py"))
+    )
     missing += [
         f"StateStoreContract.{function}"
         for function in KIT_TEST.findall(text)

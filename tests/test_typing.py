@@ -24,7 +24,18 @@ import asyncio
 from datetime import UTC, datetime
 from typing import TypedDict, assert_type
 
-from rustrade_store import BufferedStore, InMemoryStore, JSONInput, JSONValue, SqlStore, StateStore
+from rustrade_store import (
+    BufferedStore,
+    InMemoryStore,
+    JSONInput,
+    JSONValue,
+    LeaseLostError,
+    Snapshot,
+    SqlStore,
+    StateStore,
+    SyncBufferedStore,
+    SyncStore,
+)
 
 
 class Position(TypedDict):
@@ -67,7 +78,34 @@ async def refused(store: StateStore) -> None:
     del wrong
 
 
+def synchronous(store: SyncStore) -> None:
+    prices: dict[str, float] = {"BTCUSDT": 64250.5}
+    position: Position = {"qty": 0.125, "avg_price": 64250.5}
+
+    def on_lost(error: LeaseLostError) -> None:
+        store.save("alerts/lost", {"error": str(error)})
+
+    with store.lease("bot/", ttl=30, on_lost=on_lost) as lease:
+        assert_type(lease.token, int)
+        store.save("bot/prices", prices)
+        store.save("bot/position", position, if_absent=True)
+        store.save_many({"bot/a": prices, "bot/b": position})
+        loaded = store.load("bot/prices")
+        assert_type(loaded, JSONValue)
+        snapshot = store.load_snapshot("bot/prices")
+        assert_type(snapshot, Snapshot | None)
+        keys: list[str] = list(store.keys("bot/"))
+        assert_type(store.count("bot/"), int)
+        del keys
+    wrong: dict[str, float] = store.load("k")  # type: ignore[assignment]
+    del wrong
+    with SyncBufferedStore(store) as buffered:
+        buffered.save("bot/prices", prices)
+        buffered.flush()
+
+
 async def main() -> None:
+    synchronous(SyncStore.from_url("sqlite://"))
     async with InMemoryStore() as store:
         await persist(store)
     async with BufferedStore(InMemoryStore()) as buffered:

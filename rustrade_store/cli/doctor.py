@@ -1,5 +1,5 @@
 """``doctor``: connect and report the database, its schema, the settings that decide what an
-acknowledged save survives, and on PostgreSQL its replication.
+acknowledged save survives, on PostgreSQL its replication, and on a Galera node its cluster.
 
 Each check reads what it needs on the one connection and adds lines to :class:`Findings`;
 what the rows mean is decided by pure functions of them (:func:`replication_report`), so that
@@ -9,10 +9,11 @@ another check (another kind of cluster) is one more function in :data:`CHECKS`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import __version__, queries
+from .._galera import galera_report, is_mariadb, read_node
 from ..engine import masked, read_settings
 from ..errors import SchemaError, StorageError
 from ..migrate import schema_status
@@ -59,6 +60,7 @@ class Findings:
             "schema": None,
             "settings": {},
             "replication": None,
+            "galera": None,
             "snapshots": None,
             "warnings": [],
         }
@@ -133,6 +135,16 @@ async def _replication(connected: AsyncConnection, found: Findings) -> None:
     found.report["warnings"] = verdict.warnings
 
 
+async def _galera(connected: AsyncConnection, found: Findings) -> None:
+    node = await read_node(connected) if is_mariadb(connected) else None
+    if node is None:
+        return
+    lines, warnings = galera_report(node)
+    found.report["galera"] = asdict(node) | {"synced": node.synced}
+    found.lines.extend(lines)
+    found.report["warnings"] += warnings
+
+
 async def _snapshots(connected: AsyncConnection, found: Findings) -> None:
     rows = await connected.run_sync(count_snapshots)
     found.report["snapshots"] = rows
@@ -144,6 +156,7 @@ CHECKS: list[Callable[[AsyncConnection, Findings], Awaitable[None]]] = [
     _schema,
     _settings,
     _replication,
+    _galera,
     _snapshots,
 ]
 """What ``doctor`` reads, in the order it prints it."""

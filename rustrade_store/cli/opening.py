@@ -3,10 +3,10 @@ the keys and times it was given, each refused with a usage error when it cannot 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._urls import hosts_of
 from ..codec import check_key
 from ..engine import is_memory_url, masked, resolve_url
 from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError
@@ -84,21 +84,3 @@ def option_time(option: str, text: str) -> datetime:
             f"{option}: {exc}; give the time exactly as `{PROG} ls` prints it, "
             "e.g. 2026-11-26T12:22:53.277123+00:00",
         ) from None
-
-
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
-
-
-def hosts_of(url: URL) -> list[str]:
-    """Every ``host:port`` a server URL names, in order: its host, then those of a multi-host
-    URL's ``?host=`` (the default port where none is given); empty for SQLite, or when the URL
-    leaves the host to the driver."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return []
-    port = url.port or _DEFAULT_PORTS.get(backend)
-    listed = [f"{url.host}:{port}"] if url.host else []
-    given = url.query.get("host", ())
-    for host in (given,) if isinstance(given, str) else given:
-        listed.append(host if re.search(r":\d+$", host) else f"{host}:{port}")
-    return listed
