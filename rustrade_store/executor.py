@@ -95,10 +95,12 @@ class Attempt:
 class _Failed(Exception):
     """An attempt that failed, classified; its cause is the original error."""
 
-    def __init__(self, kind: Failure, cause: BaseException) -> None:
+    def __init__(self, kind: Failure, cause: BaseException, retried_for: float | None) -> None:
         super().__init__(kind, cause)
         self.kind = kind
         self.cause = cause
+        self.retried_for = retried_for
+        """Seconds the call went on retrying before this failure, if it retried."""
 
 
 class _ToTheEnd(asyncio.Task[Any]):
@@ -491,7 +493,7 @@ class Executor:
                 work, transaction, isolation, retry, per_statement, attempt, deadline
             )
         except _Failed as failed:
-            error = self.failure(action, key, failed.cause)
+            error = self.failure(action, key, failed.cause, failed.retried_for)
             if writes and attempt.maybe_applied:
                 error = OutcomeUnknownError(
                     f"{error}; an attempt's answer was lost, so whether it was written is "
@@ -540,6 +542,8 @@ class Executor:
         if deadline is None:
             deadline = loop.time() + self._timeout
         pause = 0.02
+        started = loop.time()
+        retries = 0
         while True:
             attempt.in_flight = False
             try:
@@ -555,7 +559,9 @@ class Executor:
                 left = deadline - loop.time()
                 retried = kind is Failure.LOST or kind is Failure.ABORTED
                 if not retried or not retry or left <= pause:
-                    raise _Failed(kind, exc) from exc
+                    retried_for = loop.time() - started if retries else None
+                    raise _Failed(kind, exc, retried_for) from exc
+                retries += 1
                 _telemetry.retried(self._where, kind.value)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
@@ -682,6 +688,8 @@ class Executor:
         cause = root_cause(exc)
         if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
             return Failure.TIMEOUT
+        if self._facts.is_hopeless(cause):  # an unknown host, a missing database: not retried
+            return Failure.OTHER
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return Failure.LOST
         if isinstance(exc, DBAPIError) and self._facts.is_aborted(cause):
@@ -716,7 +724,9 @@ class Executor:
             self._loop = loop
         return loop
 
-    def failure(self, action: str, key: str | None, exc: BaseException) -> StorageError:
+    def failure(
+        self, action: str, key: str | None, exc: BaseException, retried_for: float | None = None
+    ) -> StorageError:
         """The :class:`StorageError` for a failed operation, with this database's hint."""
         cause = root_cause(exc)
         return storage_error(
@@ -726,4 +736,5 @@ class Executor:
             exc,
             self._facts.failure_hint(action in _WRITES, cause),
             timed_out=self._facts.is_timeout(cause),
+            retried_for=retried_for,
         )
