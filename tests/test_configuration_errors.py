@@ -148,8 +148,12 @@ async def test_a_url_naming_no_file_is_refused_naming_the_in_memory_store(given:
 
 
 @pytest.mark.parametrize("given", MEMORY_URLS)
-def test_the_command_refuses_a_url_naming_no_file(given: str, tmp_path: Path) -> None:
-    run = cli("--url", given, "put", "bot1/X", "1", cwd=tmp_path)
+@pytest.mark.parametrize("command", [("put", "bot1/X", "1"), ("upgrade",), ("doctor",)])
+def test_the_command_refuses_a_url_naming_no_file(
+    given: str, command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """``upgrade`` and ``doctor`` too: ``upgrade`` printed a revision and exited 0."""
+    run = cli("--url", given, *command, cwd=tmp_path)
     one_line_error(run, 2, "names no SQLite file", "InMemoryStore()")
 
 

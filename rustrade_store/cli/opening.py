@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from .._urls import hosts_of
 from ..codec import check_key
-from ..engine import is_memory_url, masked, resolve_url
-from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError
+from ..engine import is_memory_url, masked, refuse_memory_url, resolve_url
+from ..errors import ConfigurationError, InvalidKeyError, InvalidValueError, KeyTypeError
 from ..transfer import parse_time
 from .exits import EXIT_BAD_INPUT, EXIT_STORAGE, PROG, CommandError
 
@@ -36,6 +36,10 @@ def database_url(console: Console, raw: str | None, *, must_exist: bool = True) 
         raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
     console.hide(url)
     _refuse_no_database(url)
+    try:
+        refuse_memory_url(url, "this command")
+    except ConfigurationError as exc:
+        raise CommandError(EXIT_BAD_INPUT, str(exc)) from None
     if (
         must_exist
         and url.get_backend_name() == "sqlite"
