@@ -688,8 +688,6 @@ class Executor:
         cause = root_cause(exc)
         if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
             return Failure.TIMEOUT
-        if self._facts.is_hopeless(cause):  # an unknown host, a missing database: not retried
-            return Failure.OTHER
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return Failure.LOST
         if isinstance(exc, DBAPIError) and self._facts.is_aborted(cause):
