@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import URL
 
+from .helpers import process_alive
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
@@ -269,16 +271,6 @@ def drop_cluster(name: str) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def drop_leftovers() -> list[str]:
     """Drop the clusters of runs that are no longer alive (a crashed or killed test); return
     their names. Clusters of a run still going are left alone."""
@@ -288,7 +280,7 @@ def drop_leftovers() -> list[str]:
     dropped = []
     for name in sorted(names):
         found = _NAME.match(name)
-        if found and not _alive(int(found.group(1))):
+        if found and not process_alive(int(found.group(1))):
             drop_cluster(name)
             dropped.append(name)
     return dropped

@@ -38,7 +38,7 @@ from sqlalchemy import URL
 
 from rustrade_store import upgrade
 
-from .helpers import server_port, unavailable
+from .helpers import process_alive, server_port, unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -102,16 +102,6 @@ def _tail(log: Path, lines: int = 30) -> str:
     return f"--- the end of {log} ---\n" + "\n".join(text)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _servers_under(directory: Path) -> list[int]:
     """Process ids of the ``mariadbd`` whose first argument is a ``--defaults-file`` under
     ``directory``: this module's nodes, never the shared server."""
@@ -136,7 +126,7 @@ def drop_leftovers() -> list[str]:
     dropped = []
     for run in sorted(ROOT.iterdir()):
         match = _RUN.match(run.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or process_alive(int(match.group(1))):
             continue
         for pid in _servers_under(run):
             with contextlib.suppress(ProcessLookupError):

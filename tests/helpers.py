@@ -61,6 +61,7 @@ __all__ = [
     "new_mariadb_database",
     "new_postgres_database",
     "open_store",
+    "process_alive",
     "proxy_for",
     "refusing_values",
     "run_as_admin",
@@ -184,6 +185,17 @@ def run_as_admin(admin: URL, statement: str) -> None:
 _PORTS = range(20000, 30000)
 """Where :func:`server_port` looks: below Linux's ephemeral range (32768-60999), from which the
 kernel gives ``bind`` to port 0 and the local ends of client connections."""
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def server_port() -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from sqlalchemy import URL
 
-from .helpers import server_port
+from .helpers import process_alive, server_port
 
 __all__ = ["PREFIX", "Server", "ServerError", "start", "stop_leftovers"]
 
@@ -249,23 +249,13 @@ def _kill_postmaster(home: Path, wait: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_leftovers() -> list[Path]:
     """Stop the servers of runs no longer alive and remove their directories; return those.
     The servers of runs still going are left alone."""
     stopped = []
     for home in sorted(Path(tempfile.gettempdir()).glob(f"{PREFIX}*")):
         found = _NAME.match(home.name)
-        if found and home.is_dir() and not _alive(int(found.group(1))):
+        if found and home.is_dir() and not process_alive(int(found.group(1))):
             _kill_postmaster(home)
             shutil.rmtree(home, ignore_errors=True)
             stopped.append(home)
