@@ -295,3 +295,36 @@ def test_a_store_serves_the_next_event_loop(backend: str, store_url: URL) -> Non
     asyncio.run(first())
     assert list(asyncio.run(second())) == [1, 2]
     asyncio.run(store.aclose())
+
+
+def test_a_loop_ending_mid_statement_leaves_the_store_whole(backend: str, store_url: URL) -> None:
+    """``asyncio.run`` cancels every task left when its main coroutine returns, the store's own
+    among them, at whatever step of each: the next loop finds every earlier snapshot (an
+    in-memory database kept), each cut-off save stored whole or not at all, and the store
+    writing (no write lock left held)."""
+    store = InMemoryStore() if backend == "memory" else SqlStore.from_url(store_url)
+    value = {"pad": "x" * 20_000}
+
+    async def cut_off(steps: int) -> None:
+        loop = asyncio.get_running_loop()
+        left = [loop.create_task(store.save(f"cut/{i}", value | {"i": i})) for i in range(20)]
+        left.append(loop.create_task(store.save_many({f"cut/many/{i}": value for i in range(200)})))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+
+    async def check(round_: int) -> None:
+        await store.save(f"round/{round_}", round_)
+        for earlier in range(round_ + 1):
+            assert await store.load(f"round/{earlier}") == earlier
+        for index in range(20):
+            assert await store.load(f"cut/{index}") in (None, value | {"i": index})
+        many = await store.load_many([f"cut/many/{i}" for i in range(200)])
+        assert len(many) in (0, 200), "a save_many was stored in part"
+
+    try:
+        for round_ in range(12):
+            asyncio.run(asyncio.wait_for(check(round_), HANG_GUARD))
+            asyncio.run(cut_off(round_ * 3))
+        asyncio.run(asyncio.wait_for(check(12), HANG_GUARD))
+    finally:
+        asyncio.run(store.aclose())
