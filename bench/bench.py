@@ -70,7 +70,7 @@ else:
     OTEL_MISSING = None
 
 try:  # the Core baseline builds the store's own statements with the package's internals
-    from rustrade_store.dialects import facts_for
+    from rustrade_store._backends import backend_for
     from rustrade_store.fencing import Fencing
     from rustrade_store.queries import IGNORE_LEASES, snapshots
     from rustrade_store.queries import upsert as store_upsert
@@ -336,13 +336,13 @@ class CoreImpl(Impl):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__()
         self.engine = engine
-        facts = facts_for(engine.url)
-        self.upsert = store_upsert(facts)
-        self.fencing = Fencing(facts, ignore_leases=False)
-        self.select_value = store_value(facts)
-        self.select_values = store_values(facts)
-        self.keys_param = facts.keys_param
-        self.isolation = facts.transaction_isolation
+        backend = backend_for(engine.url)
+        self.upsert = store_upsert(backend)
+        self.fencing = Fencing(backend, ignore_leases=False)
+        self.select_value = store_value(backend)
+        self.select_values = store_values(backend)
+        self.keys_param = backend.keys_param
+        self.isolation = backend.transaction_isolation
 
     async def save(self, key: str, value: JSONValue) -> None:
         params = self.params([{"key": key, "value": dumps(value), "updated_at": datetime.now(UTC)}])
@@ -384,14 +384,14 @@ class OldFenceCoreImpl(CoreImpl):
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        facts = facts_for(engine.url)
+        backend = backend_for(engine.url)
         lease = snapshots.alias("lease")
-        rows = facts.rows()
+        rows = backend.rows()
         live = select(literal(1)).where(
-            lease.c.key == rows.lease_key, lease.c.updated_at > facts.server_now()
+            lease.c.key == rows.lease_key, lease.c.updated_at > backend.server_now()
         )
         held = select(literal(1)).where(
-            lease.c.key == rows.lease_key, facts.json_text(lease.c.value) == rows.mine
+            lease.c.key == rows.lease_key, backend.json_text(lease.c.value) == rows.mine
         )
         fence = case(
             (rows.mine == IGNORE_LEASES, true()),
@@ -399,7 +399,7 @@ class OldFenceCoreImpl(CoreImpl):
             else_=exists(held.with_for_update(read=True)),
         )
         chosen = select(rows.key, rows.value, rows.updated_at).select_from(rows.table)
-        self.upsert = facts.upsert(snapshots, chosen.where(fence), None)
+        self.upsert = backend.upsert(snapshots, chosen.where(fence), None)
 
 
 def core(engine: AsyncEngine) -> list[Impl]:
@@ -702,14 +702,14 @@ async def drop_database(admin: URL, url: URL) -> None:
 
 
 async def postgres_facts(connection: Any) -> str:
-    facts = [f"PostgreSQL {await connection.fetchval('SHOW server_version')}"]
+    backend = [f"PostgreSQL {await connection.fetchval('SHOW server_version')}"]
     for setting in ("fsync", "synchronous_commit"):
-        facts.append(f"{setting}={await connection.fetchval(f'SHOW {setting}')}")
+        backend.append(f"{setting}={await connection.fetchval(f'SHOW {setting}')}")
     with contextlib.suppress(asyncpg.PostgresError):  # data_directory needs a privileged role
-        facts.append(
+        backend.append(
             f"data on {filesystem(Path(await connection.fetchval('SHOW data_directory')))}"
         )
-    return ", ".join(facts)
+    return ", ".join(backend)
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -1060,9 +1060,9 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
                 await drop_database(admin, pg_url)
 
         burst, burst_ok = await buffered_burst(files / "burst.db", sizes)
-        facts = machine_facts(files, fsync, postgres, f"{load}, {load_average()}")
+        backend = machine_facts(files, fsync, postgres, f"{load}, {load_average()}")
 
-    print("\n".join(facts))
+    print("\n".join(backend))
     print(
         f"sizes: {sizes.sequential} sequential calls per implementation; {TASKS} tasks x "
         f"{sizes.rounds} saves; {sizes.boots} boots of {TASKS} loads; {sizes.batches} batches of "

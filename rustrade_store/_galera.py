@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import queries
+from ._backends.mariadb import GALERA_SYNC_WAIT
 from ._urls import listed_hosts
-from .engine import GALERA_SYNC_WAIT
 from .errors import LeaseError
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import re
 import socket
 from typing import TYPE_CHECKING, Protocol
 
-from .engine import masked
+from ._urls import masked
 from .errors import causes, connection_hint, upgrade_hint
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ __all__ = [
 
 
 class FailureHint(Protocol):
-    """What to add to the message of a failed operation: see :attr:`DialectFacts.failure_hint`."""
+    """What to add to the message of a failed operation: see :attr:`Backend.failure_hint`."""
 
     def __call__(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
         """``writing``: the operation writes; ``cause``: the driver's error; ``written``: the

@@ -21,10 +21,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PORTS",
+    "MYSQL_BACKENDS",
     "Host",
     "check_hosts",
     "hosts_as_query",
     "hosts_of",
+    "is_memory_url",
     "listed_hosts",
     "masked",
     "parse_host",
@@ -36,6 +38,15 @@ DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb":
 
 _SECRET_PARAMETERS = ("password", "sslpassword")
 """Query parameters holding a secret, masked like the password."""
+
+MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
+"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
+
+
+def is_memory_url(url: URL) -> bool:
+    """True for an SQLite URL whose database exists only in memory."""
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 @dataclass(frozen=True, slots=True)

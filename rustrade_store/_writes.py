@@ -57,17 +57,17 @@ class Writes:
     )
 
     def __init__(self, executor: Executor, fencing: Fencing) -> None:
-        facts = executor.facts
+        backend = executor.backend
         self._executor = executor
         self._fencing = fencing
         self._where = executor.where
-        self._upsert = queries.upsert(facts)
-        self._upsert_if_absent = queries.upsert_if_absent(facts)
-        self._update_if_at = queries.update_if_at(facts)
-        self._reset_if_at = queries.reset_if_at(facts)
-        self._delete = queries.delete_older(facts)
-        self._seen = queries.seen(facts)
-        self._new_lease = facts.insert_new(queries.snapshots)
+        self._upsert = queries.upsert(backend)
+        self._upsert_if_absent = queries.upsert_if_absent(backend)
+        self._update_if_at = queries.update_if_at(backend)
+        self._reset_if_at = queries.reset_if_at(backend)
+        self._delete = queries.delete_older(backend)
+        self._seen = queries.seen(backend)
+        self._new_lease = backend.insert_new(queries.snapshots)
 
     # -- single saves, batched -------------------------------------------------------------
 
@@ -331,7 +331,7 @@ class Writes:
         """What the transaction sees of each write's key and lease row."""
         lease_keys = {write.lease_key for write in writes if write.lease_key is not None}
         keys = sorted({write.key for write in writes} | lease_keys)
-        params = {"keys": self._executor.facts.keys_param(keys)} | self._fencing.now()
+        params = {"keys": self._executor.backend.keys_param(keys)} | self._fencing.now()
         rows = {
             key: (when, text, now)
             for key, when, text, now in await self._executor.execute(connection, self._seen, params)
@@ -371,7 +371,7 @@ class Writes:
         least. A value's size is bounded from above by four times its length: a quote is
         escaped in the JSON of the rows, then again by the driver, and a character takes up to
         four bytes."""
-        limit = self._executor.facts.max_statement_bytes
+        limit = self._executor.backend.max_statement_bytes
         if limit is None:
             return [writes]
         parts: list[list[Write]] = [[]]

@@ -3,18 +3,16 @@ pragmas, and the durability settings read back for ``doctor``."""
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-from uuid import uuid4
 
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import StaticPool
 
-from ._urls import check_hosts, hosts_as_query, masked, passwords
+from ._backends import backend_for
+from ._urls import MYSQL_BACKENDS, check_hosts, hosts_as_query, is_memory_url, masked, passwords
 from .errors import ConfigurationError, SchemaError, upgrade_hint
 
 if TYPE_CHECKING:
@@ -25,11 +23,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
     "ENV_VAR",
-    "GALERA_SYNC_WAIT",
     "MAX_TIMEOUT",
-    "MYSQL_BACKENDS",
-    "MYSQL_POOL_RECYCLE",
-    "MYSQL_SQL_MODE",
     "SQLITE_SYNCHRONOUS",
     "SQLITE_SYNCHRONOUS_MODES",
     "autocommits",
@@ -37,9 +31,7 @@ __all__ = [
     "check_timeout",
     "create_engine",
     "create_store_engine",
-    "engine_options",
     "install_connection_setup",
-    "is_memory_url",
     "masked",
     "passwords",
     "read_settings",
@@ -62,20 +54,6 @@ SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 """``NORMAL`` skips the fsync at each commit: still safe against a process crash, but the last
 commits before a power cut or an OS crash can be lost (the database stays consistent)."""
 
-MYSQL_BACKENDS = frozenset({"mysql", "mariadb"})
-"""Backend names of the MySQL family; SQLAlchemy calls MariaDB either, by the URL used."""
-
-MYSQL_SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ENGINE_SUBSTITUTION"
-"""Strict: a value the column cannot hold is an error, never silently truncated or coerced."""
-
-GALERA_SYNC_WAIT = 7
-"""``wsrep_sync_wait`` of the store's MariaDB sessions: before a read (1), an UPDATE or DELETE
-(2), an INSERT or REPLACE (4), a Galera node applies every write the cluster certified before
-it, so that a load sees every save acknowledged through any node (see :mod:`._galera`)."""
-
-MYSQL_POOL_RECYCLE = 3600
-"""Seconds before a pooled connection is replaced, well inside the server's wait_timeout."""
-
 _ASYNC_DRIVERS = {
     "sqlite": "aiosqlite",
     "postgresql": "asyncpg",
@@ -86,13 +64,6 @@ _ALIASES = {"postgres": "postgresql"}
 _EXTRAS = {"asyncmy": "mysql"}
 """Drivers that come with an optional extra of rustrade-store, by module name."""
 
-_SETTINGS = {
-    "sqlite": ("PRAGMA journal_mode", "PRAGMA synchronous"),
-    "postgresql": ("SHOW synchronous_commit", "SHOW fsync"),
-    "mysql": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
-    "mariadb": ("SELECT @@innodb_flush_log_at_trx_commit", "SELECT @@sync_binlog"),
-}
-"""The statements reading each database's durability settings, for ``doctor``."""
 _SQLITE_SYNCHRONOUS_NAMES = {"0": "OFF", "1": "NORMAL", "2": "FULL", "3": "EXTRA"}
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 """libpq's ``sslmode`` values, which asyncpg takes as its ``ssl`` argument."""
@@ -190,12 +161,6 @@ def _with_ssl_mode(url: URL) -> URL:
     return url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
 
 
-def is_memory_url(url: URL) -> bool:
-    """True for an SQLite URL whose database exists only in memory."""
-    database = url.database or ""
-    return database in ("", ":memory:") or url.query.get("mode") == "memory"
-
-
 def refuse_memory_url(url: URL, what: str) -> None:
     """Raise :class:`ConfigurationError` for an SQLite URL that names no file (``sqlite://``,
     ``sqlite:///``, ``sqlite:///:memory:``): ``what`` (a durable store, a migration) would keep
@@ -210,56 +175,6 @@ def refuse_memory_url(url: URL, what: str) -> None:
     )
 
 
-def engine_options(url: URL, timeout: float) -> dict[str, Any]:
-    """Pool and driver settings for an engine the store creates for ``url``."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        if is_memory_url(url):
-            return {"poolclass": StaticPool}
-        # One writer at a time is all SQLite allows; the store queues operations itself.
-        return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
-    if backend == "postgresql":
-        # timeout bounds the connection attempt, command_timeout every statement after it.
-        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
-        if url.query.get("prepared_statement_cache_size") == "0":
-            # Behind PgBouncer's transaction pooling: statement names unique across clients
-            # (SQLAlchemy's advice), since clients share server connections. PgBouncer refuses
-            # startup parameters it does not know, so the server's own settings apply.
-            connect_args["prepared_statement_name_func"] = _unique_statement_name
-        else:
-            # A client frozen inside a transaction (SIGSTOP, a partition) would hold its locks,
-            # a lease row's share lock among them, for ever: the server ends such a session.
-            idle = f"{max(1, math.ceil(timeout)) * 1000}"
-            connect_args["server_settings"] = {"idle_in_transaction_session_timeout": idle}
-        return {"pool_timeout": timeout, "connect_args": connect_args}
-    if backend in MYSQL_BACKENDS:
-        return {
-            "pool_timeout": timeout,
-            "pool_recycle": MYSQL_POOL_RECYCLE,
-            # Every operation is one statement, so no snapshot is needed; InnoDB takes no gap
-            # locks under READ COMMITTED, which concurrent upserts could otherwise wait on.
-            "isolation_level": "READ COMMITTED",
-            "connect_args": {
-                # connect_timeout bounds the connection attempt, read_timeout every answer
-                # after it, innodb_lock_wait_timeout the wait for another session's row lock.
-                "connect_timeout": timeout,
-                "read_timeout": timeout,
-                "charset": "utf8mb4",
-                # DATETIME(6) holds UTC; the session zone keeps NOW() and friends in UTC too.
-                "init_command": (
-                    f"SET time_zone = '+00:00', sql_mode = '{MYSQL_SQL_MODE}', "
-                    f"innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
-                    # MariaDB only (MySQL skips /*M! */): end a session idle in a transaction,
-                    # as on PostgreSQL; on a Galera node, wait for the writes the cluster has
-                    # certified before each read and write (no effect elsewhere).
-                    f" /*M!, idle_transaction_timeout = {max(1, math.ceil(timeout))}"
-                    f", wsrep_sync_wait = {GALERA_SYNC_WAIT} */"
-                ),
-            },
-        }
-    return {}
-
-
 def store_engine_options(url: URL) -> dict[str, Any]:
     """Settings for an engine only the store uses (not for migrations, which need transactions).
 
@@ -267,7 +182,7 @@ def store_engine_options(url: URL) -> dict[str, Any]:
     with no BEGIN and COMMIT round trips (PostgreSQL) or commit hand-off (aiosqlite); and since
     every operation then ends its transaction, the pool's rollback on return is skipped while a
     connection is in autocommit. Operations of several statements switch their connection to
-    :attr:`DialectFacts.transaction_isolation` for one transaction.
+    :attr:`~._backends.Backend.transaction_isolation` for one transaction.
 
     Not behind PgBouncer's transaction pooling (``prepared_statement_cache_size=0``): there a
     statement prepared outside a transaction can land on one server connection and run on
@@ -314,10 +229,6 @@ def create_store_engine(
         sqlite_synchronous=sqlite_synchronous,
         **(store_engine_options(resolved) | options),
     )
-
-
-def _unique_statement_name() -> str:
-    return f"__rustrade_{uuid4().hex}__"
 
 
 def check_timeout(timeout: float) -> float:
@@ -381,7 +292,7 @@ def create_engine(
     timeout = check_timeout(timeout)
     sqlite_synchronous = check_synchronous(sqlite_synchronous)
     resolved = resolve_url(url)
-    defaults = engine_options(resolved, timeout)
+    defaults = backend_for(resolved).engine_options(timeout)
     if "poolclass" in options:  # another pool class takes other arguments
         defaults = {name: value for name, value in defaults.items() if not name.startswith("pool")}
         defaults.pop("max_overflow", None)
@@ -442,9 +353,8 @@ def read_settings(connection: Connection) -> list[tuple[str, str]]:
     ``fsync``; MySQL and MariaDB: ``innodb_flush_log_at_trx_commit`` and ``sync_binlog``. Read
     on a connection of an engine the store made, they are what the store uses.
     """
-    name = connection.dialect.name
     found = []
-    for statement in _SETTINGS.get(name, ()):
+    for statement in backend_for(connection.engine.url).durability_settings:
         setting = statement.split()[-1].removeprefix("@@")
         value = str(connection.exec_driver_sql(statement).scalar())
         if statement == "PRAGMA synchronous":

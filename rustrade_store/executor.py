@@ -6,7 +6,6 @@ write's result means is decided by the operation that wrote it (:mod:`._writes`)
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import threading
@@ -17,7 +16,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
-from . import _telemetry, queries
+from . import _telemetry
+from ._queue import GroupCommit, in_batch, retrieve, to_the_end
 from .engine import autocommits, check_timeout
 from .errors import (
     ConfigurationError,
@@ -36,20 +36,13 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.sql import Executable
 
-    from .dialects import DialectFacts
+    from ._backends import Backend
 
-__all__ = ["BATCH_ROWS", "Attempt", "Executor", "Rejected", "Row"]
+__all__ = ["Attempt", "Executor", "Rejected", "Row"]
 
 T = TypeVar("T")
 Row = dict[str, Any]
 """A row to write: ``key``, ``value`` (JSON text) and ``updated_at``."""
-
-BATCH_ROWS = 1000
-"""The most saves or loads one group-commit statement carries."""
-
-_DETACHED: ContextVar[bool] = ContextVar("_DETACHED", default=False)
-"""Set in a group-commit task: no caller can cancel it, so its attempts need no shield, and it
-holds the writer lock already where there is one."""
 
 _PER_STATEMENT: ContextVar[bool] = ContextVar("_PER_STATEMENT", default=False)
 """Set while work runs ``per_statement``: a cancellation waits for the statement in flight."""
@@ -103,202 +96,6 @@ class _Failed(Exception):
         """Seconds the call went on retrying before this failure, if it retried."""
 
 
-class _ToTheEnd(asyncio.Task[Any]):
-    """A task that refuses to be cancelled: ``asyncio.run`` cancels every task left when its
-    main coroutine returns, and one cut off mid-statement would lose an in-memory database or
-    leave SQLite's write lock held by aiosqlite's thread. It ends on its own, within the
-    store's timeouts."""
-
-    def cancel(self, msg: Any = None) -> bool:
-        return False
-
-
-async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise that
-    cancellation (an error of ``work`` the caller no longer waits for is dropped)."""
-    task: asyncio.Task[T] = _ToTheEnd(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()
-        raise
-
-
-class _Waiter:
-    """A queued call: its item, the future its caller awaits, its deadline in the queue, and,
-    once a batch has taken it, that batch's end."""
-
-    __slots__ = ("batch", "deadline", "future", "item")
-
-    def __init__(self, item: Any, future: asyncio.Future[Any], deadline: float) -> None:
-        self.item = item
-        self.future = future
-        self.deadline = deadline
-        self.batch: asyncio.Future[None] | None = None
-
-
-class _Batcher:
-    """Concurrent single-key calls gathered into batches, each run as one statement.
-
-    A call waits in a queue; up to ``slots`` batches run at once, each taking every call
-    queued when it holds ``gate`` (the one writer's lock, where there is one). A call cancelled
-    while queued is dropped untouched; one cancelled while its batch runs waits for the batch
-    to end first. A call still queued after ``timeout`` leaves the queue untouched and raises
-    what ``expired`` makes of its item: one timer, on the oldest call, serves the whole queue.
-    With ``shield``, a batch runs to its end even if the event loop shuts down; without, the
-    calls of a batch cut off, and those left queued with no batch task to serve them, are
-    cancelled rather than left waiting for ever.
-    """
-
-    __slots__ = (
-        "_expired",
-        "_gate",
-        "_idle",
-        "_queue",
-        "_run",
-        "_running",
-        "_shield",
-        "_slots",
-        "_tasks",
-        "_timeout",
-        "_timer",
-    )
-
-    def __init__(
-        self,
-        run: Callable[[list[Any], float], Coroutine[Any, Any, Sequence[Any]]],
-        slots: int,
-        gate: asyncio.Lock | None,
-        *,
-        shield: bool,
-        timeout: float,
-        expired: Callable[[Any], BaseException],
-    ) -> None:
-        self._run = run
-        self._slots = slots
-        self._gate = gate
-        self._shield = shield
-        self._timeout = timeout
-        self._expired = expired
-        self._queue: collections.deque[_Waiter] = collections.deque()
-        self._running = 0
-        self._idle = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, item: Any) -> Any:
-        """Queue ``item`` and return its result."""
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(item, loop.create_future(), loop.time() + self._timeout)
-        self._queue.append(waiter)
-        if self._timer is None:
-            self._timer = loop.call_at(waiter.deadline, self._expire, loop)
-        if self._running < self._slots and not self._idle:
-            # One batch task at a time waits to take the queue: it takes every call queued.
-            self._running += 1
-            self._idle = True
-            drain = self._drain()
-            task = _ToTheEnd(drain, loop=loop) if self._shield else loop.create_task(drain)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            if waiter.batch is None:
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(waiter)
-                if waiter.future.done():
-                    _retrieve(waiter.future)
-                raise
-            # Its batch is running: the cancellation is honoured once the batch has ended, so
-            # that the call's write has landed or never will.
-            while not waiter.batch.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(waiter.batch)
-            _retrieve(waiter.future)
-            raise
-        except GeneratorExit:  # the coroutine closed: it may not wait, but it leaves the queue
-            if waiter.batch is None:
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(waiter)
-            else:
-                waiter.future.add_done_callback(_retrieve)
-            raise
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail the queued calls whose deadline has passed; wait for the next one's."""
-        self._timer = None
-        now = loop.time()
-        while self._queue and self._queue[0].deadline <= now:
-            waiter = self._queue.popleft()
-            if not waiter.future.done():
-                waiter.future.set_exception(self._expired(waiter.item))
-        if self._queue:
-            self._timer = loop.call_at(self._queue[0].deadline, self._expire, loop)
-
-    def _take(self) -> list[_Waiter]:
-        self._idle = False
-        batch: list[_Waiter] = []
-        while self._queue and len(batch) < BATCH_ROWS:
-            waiter = self._queue.popleft()
-            if not waiter.future.done():
-                batch.append(waiter)
-        return batch
-
-    async def _drain(self) -> None:
-        _DETACHED.set(True)
-        loop = asyncio.get_running_loop()
-        batch: list[_Waiter] = []
-        took = False
-        try:
-            while self._queue:
-                async with self._gate or contextlib.nullcontext():
-                    batch = self._take()
-                    took = True
-                    if not batch:
-                        continue
-                    end = loop.create_future()
-                    for waiter in batch:
-                        waiter.batch = end
-                    # The batch ends by its callers' earliest deadline: a call's time in the
-                    # queue counts against its one deadline.
-                    deadline = min(waiter.deadline for waiter in batch)
-                    try:
-                        results = await self._run([waiter.item for waiter in batch], deadline)
-                    except Exception as exc:
-                        results = [exc] * len(batch)
-                    finally:
-                        end.set_result(None)
-                for waiter, result in zip(batch, results, strict=True):
-                    if waiter.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        waiter.future.set_exception(result)
-                    else:
-                        waiter.future.set_result(result)
-                batch = []
-        finally:
-            self._running -= 1
-            if not took:
-                self._idle = False
-            stranded = batch if self._running else batch + list(self._queue)
-            if not self._running:
-                self._queue.clear()
-                self._idle = False
-            for waiter in stranded:
-                waiter.future.cancel()
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark the outcome of a future nobody awaits any more as seen."""
-    if not future.cancelled():
-        future.exception()
-
-
 class Executor:
     """Runs the store's statements on its engine.
 
@@ -313,16 +110,14 @@ class Executor:
 
     __slots__ = (
         "_autocommit",
+        "_backend",
         "_batchers",
         "_bind_lock",
         "_closed",
         "_engine",
-        "_facts",
         "_loop",
         "_ready",
         "_schema_lock",
-        "_select_value",
-        "_select_values",
         "_timeout",
         "_where",
         "_writer_lock",
@@ -331,14 +126,14 @@ class Executor:
     def __init__(
         self,
         engine: AsyncEngine,
-        facts: DialectFacts,
+        backend: Backend,
         *,
         where: str,
         timeout: float,
         owns_engine: bool,
     ) -> None:
         self._engine = engine
-        self._facts = facts
+        self._backend = backend
         self._where = where
         self._timeout = check_timeout(timeout)
         self._autocommit = owns_engine and autocommits(engine.url)
@@ -346,8 +141,6 @@ class Executor:
         self._ready = False
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._select_value = queries.value(facts)
-        self._select_values = queries.values(facts)
         self._make_loop_state()
         if owns_engine:  # no one else's error handling to change
             event.listen(engine.sync_engine, "handle_error", self._on_error)
@@ -357,17 +150,17 @@ class Executor:
         counts as a disconnect: SQLAlchemy then replaces the connection and every pooled one
         opened before it, and the call is retried until its deadline."""
         error = context.original_exception
-        if self._facts.is_read_only(error) or self._facts.is_unreachable(error):
+        if self._backend.is_read_only(error) or self._backend.is_unreachable(error):
             context.is_disconnect = True
 
     def _make_loop_state(self) -> None:
-        self._writer_lock = asyncio.Lock() if self._facts.one_writer else None
+        self._writer_lock = asyncio.Lock() if self._backend.one_writer else None
         self._schema_lock = asyncio.Lock()
-        self._batchers: dict[str, _Batcher] = {}
+        self._batchers: dict[str, GroupCommit] = {}
 
     @property
-    def facts(self) -> DialectFacts:
-        return self._facts
+    def backend(self) -> Backend:
+        return self._backend
 
     @property
     def where(self) -> str:
@@ -412,51 +205,23 @@ class Executor:
         if batcher is None:
             slots = 1
             pool = self._engine.sync_engine.pool
-            if not self._facts.one_writer and isinstance(pool, QueuePool):
+            if not self._backend.one_writer and isinstance(pool, QueuePool):
                 slots = max(1, pool.size())
 
             def expired(_item: Any) -> BaseException:
                 busy = TimeoutError("the store's writer stayed busy")
                 return self.failure(action, key, busy)
 
-            batcher = _Batcher(
+            batcher = GroupCommit(
                 run,
                 slots,
                 self._writer_lock,
-                shield=self._facts.finish_when_cancelled,
+                shield=self._backend.finish_when_cancelled,
                 timeout=self._timeout,
                 expired=expired,
             )
             self._batchers[action] = batcher
         return await batcher.submit(item)
-
-    async def load(self, key: str) -> str | None:
-        """The stored JSON text of ``key``, batched with concurrent loads."""
-        text: str | None = await self.queued("load", key, key, self._load_batch)
-        return text
-
-    async def load_keys(self, keys: list[str], deadline: float | None = None) -> dict[str, str]:
-        """``{key: JSON text}`` of the stored keys among ``keys``, as one consistent snapshot."""
-        step = self._facts.max_keys_per_query
-        chunks = [keys] if step is None else [keys[i : i + step] for i in range(0, len(keys), step)]
-
-        async def work(connection: AsyncConnection) -> dict[str, str]:
-            found: dict[str, str] = {}
-            for chunk in chunks:
-                params = {"keys": self._facts.keys_param(chunk)}
-                found.update((await connection.execute(self._select_values, params)).all())
-            return found
-
-        if len(chunks) == 1:
-            return await self.run("load_many", None, work, deadline=deadline)
-        return await self.run(
-            "load_many",
-            None,
-            work,
-            transaction=True,
-            isolation=self._facts.snapshot_isolation,
-            deadline=deadline,
-        )
 
     async def run(
         self,
@@ -508,21 +273,6 @@ class Executor:
         self._closed = True
         if dispose:
             await self._engine.dispose()
-
-    # -- group commit ----------------------------------------------------------------------
-
-    async def _load_batch(self, keys: list[str], deadline: float) -> list[str | None]:
-        _telemetry.group_commit(self._where, "load", len(keys))
-        if len(set(keys)) == 1:
-
-            async def one(connection: AsyncConnection) -> list[Any]:
-                return list((await connection.execute(self._select_value, {"key": keys[0]})).all())
-
-            rows = await self.run("load", keys[0], one, deadline=deadline)
-            text = rows[0][0] if rows else None
-            return [text] * len(keys)
-        found = await self.load_keys(list(dict.fromkeys(keys)), deadline)
-        return [found.get(key) for key in keys]
 
     # -- attempts --------------------------------------------------------------------------
 
@@ -582,7 +332,7 @@ class Executor:
                     return await self._on_connection(work, transaction, isolation, attempt)
                 finally:
                     _PER_STATEMENT.reset(token)
-        if not self._facts.finish_when_cancelled:
+        if not self._backend.finish_when_cancelled:
             # The driver's own timeouts bound each step; this bounds their sum by the call's
             # deadline. Cut off there, the attempt's cancellation (the server told to stop the
             # statement) is waited for a quarter of the timeout at most: over a frozen link it
@@ -596,27 +346,27 @@ class Executor:
                 while not task.done():  # a cancelled call ends when its statement has
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.wait([task])
-                _retrieve(task)
+                retrieve(task)
                 raise
             if not task.done():
                 task.cancel()
                 await asyncio.wait([task], timeout=self._timeout / 4)
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(retrieve)
                 raise TimeoutError("the call's deadline passed")
             return task.result()
-        if _DETACHED.get():  # a group-commit task, holding the writer lock where there is one
+        if in_batch():  # a group-commit task, holding the writer lock where there is one
             return await self._on_connection(work, transaction, isolation, attempt)
         async with self._writer_turn(deadline):
             # Cancelled mid-transaction, SQLAlchemy discards the connection: an in-memory
             # database goes with it, an SQLite connection busy in aiosqlite's thread keeps the
             # write lock, and asyncmy's is left unusable. So the attempt runs to its end.
-            return await _to_the_end(self._on_connection(work, transaction, isolation, attempt))
+            return await to_the_end(self._on_connection(work, transaction, isolation, attempt))
 
     @contextlib.asynccontextmanager
     async def _writer_turn(self, deadline: float) -> AsyncIterator[None]:
         """Hold the one writer's lock, where there is one: waiting for it is cancellable (an
         operation still queued touched nothing) and bounded by the call's deadline."""
-        if self._writer_lock is None or _DETACHED.get():
+        if self._writer_lock is None or in_batch():
             yield
             return
         async with asyncio.timeout_at(deadline):
@@ -632,8 +382,8 @@ class Executor:
         """The rows of ``statement`` (none for one without), or ``[rowcount]`` if it returns
         none; run to its end if cancelled, in work run ``per_statement`` on a database that
         needs it."""
-        if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
-            result = await _to_the_end(connection.execute(statement, params))
+        if _PER_STATEMENT.get() and self._backend.finish_when_cancelled:
+            result = await to_the_end(connection.execute(statement, params))
         else:
             result = await connection.execute(statement, params)
         return list(result.all()) if result.returns_rows else [(result.rowcount,)]
@@ -649,7 +399,7 @@ class Executor:
             await self._check_schema()
         async with self._engine.connect() as connection:
             if transaction or not self._autocommit:
-                level = isolation or self._facts.transaction_isolation
+                level = isolation or self._backend.transaction_isolation
                 try:
                     await connection.execution_options(isolation_level=level)
                 except self._engine.dialect.loaded_dbapi.Error:
@@ -658,8 +408,8 @@ class Executor:
                 async with connection.begin() as begun:
                     result = await work(connection)
                     attempt.in_flight = True
-                    if _PER_STATEMENT.get() and self._facts.finish_when_cancelled:
-                        await _to_the_end(begun.commit())
+                    if _PER_STATEMENT.get() and self._backend.finish_when_cancelled:
+                        await to_the_end(begun.commit())
                     else:
                         await begun.commit()
                     return result
@@ -676,9 +426,9 @@ class Executor:
                     f"{self._where} is MySQL, not MariaDB: rustrade-store writes with INSERT ... "
                     "RETURNING, which MySQL lacks; use MariaDB 10.6 or later"
                 )
-            await connection.execution_options(isolation_level=self._facts.transaction_isolation)
+            await connection.execution_options(isolation_level=self._backend.transaction_isolation)
             async with connection.begin():
-                if self._facts.in_memory:
+                if self._backend.in_memory:
                     await upgrade_connection(connection)
                 else:
                     await check_revision(connection, self._where)
@@ -686,16 +436,16 @@ class Executor:
 
     def _classify(self, exc: BaseException) -> Failure:
         cause = root_cause(exc)
-        if isinstance(cause, TimeoutError) or self._facts.is_timeout(cause):
+        if isinstance(cause, TimeoutError) or self._backend.is_timeout(cause):
             return Failure.TIMEOUT
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return Failure.LOST
-        if isinstance(exc, DBAPIError) and self._facts.is_aborted(cause):
+        if isinstance(exc, DBAPIError) and self._backend.is_aborted(cause):
             return Failure.ABORTED
         dialect = self._engine.dialect
         unwrapped = not isinstance(exc, SQLAlchemyError)  # e.g. from an isolation level switch
         if unwrapped and isinstance(cause, dialect.loaded_dbapi.Error):
-            lost = dialect.is_disconnect(cause, None, None) or self._facts.is_unreachable(cause)
+            lost = dialect.is_disconnect(cause, None, None) or self._backend.is_unreachable(cause)
             return Failure.LOST if lost else Failure.OTHER
         if isinstance(cause, OSError) and not isinstance(exc, SQLAlchemyError):
             return Failure.LOST
@@ -715,7 +465,7 @@ class Executor:
                 )
             if old is not None:
                 self._make_loop_state()
-                if not self._facts.one_writer:
+                if not self._backend.one_writer:
                     # Pooled connections belong to the old loop's transports: let them go
                     # without I/O on this loop, and open new ones here.
                     self._engine.sync_engine.dispose(close=False)
@@ -732,7 +482,7 @@ class Executor:
             key,
             self._where,
             exc,
-            self._facts.failure_hint(action in _WRITES, cause),
-            timed_out=self._facts.is_timeout(cause),
+            self._backend.failure_hint(action in _WRITES, cause),
+            timed_out=self._backend.is_timeout(cause),
             retried_for=retried_for,
         )

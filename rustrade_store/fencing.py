@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from datetime import datetime
 
-    from .dialects import DialectFacts
+    from ._backends import Backend
 
 __all__ = ["Fencing", "clock_param"]
 
@@ -27,10 +27,10 @@ class Fencing:
     once lost), the leases it lost, and the :class:`~rustrade_store._outcome.Write` of each row
     it sends, with the parameters that carry them."""
 
-    __slots__ = ("_facts", "_held", "_ignore", "_lost", "_on_lost", "_valid_until")
+    __slots__ = ("_backend", "_held", "_ignore", "_lost", "_on_lost", "_valid_until")
 
-    def __init__(self, facts: DialectFacts, *, ignore_leases: bool) -> None:
-        self._facts = facts
+    def __init__(self, backend: Backend, *, ignore_leases: bool) -> None:
+        self._backend = backend
         self._ignore = ignore_leases
         self._held: dict[str, str] = {}
         self._lost: dict[str, LeaseLostError] = {}
@@ -84,7 +84,7 @@ class Fencing:
             raise LeaseLostError(f"write of {key!r} refused: {lost}")
 
     def now(self) -> dict[str, Any]:
-        return clock_param(self._facts)
+        return clock_param(self._backend)
 
     def write(
         self,
@@ -116,7 +116,7 @@ class Fencing:
 
     def rows(self, writes: Sequence[Write]) -> dict[str, Any]:
         """The parameters of :func:`~rustrade_store.queries.upsert` for ``writes``."""
-        time_text = self._facts.time_text
+        time_text = self._backend.time_text
         source = [
             {
                 "key": write.key,
@@ -133,6 +133,6 @@ class Fencing:
         return IGNORE_LEASES if write.ignore_leases and write.mine is None else write.mine
 
 
-def clock_param(facts: DialectFacts) -> dict[str, Any]:
+def clock_param(backend: Backend) -> dict[str, Any]:
     """The parameter of a statement that reads the clock, where it is the host's."""
-    return {"now": clock.now()} if facts.host_clock else {}
+    return {"now": clock.now()} if backend.host_clock else {}

@@ -26,7 +26,6 @@ from ._galera import refuse_lease
 from ._outcome import held_error, lease_text, lease_value
 from ._writes import UNHELD_SINCE, unheld_text
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
-from .engine import MYSQL_BACKENDS
 from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError, StoreError
 from .executor import Attempt
 from .fencing import clock_param
@@ -124,9 +123,9 @@ class Lease:
         self.wait = wait
         self._on_lost = on_lost
         self._row_key = LEASE_PREFIX + prefix
-        self._read = queries.lease_read(executor.facts)
-        self._renew = queries.lease_renew(executor.facts)
-        self._new = executor.facts.insert_new(queries.snapshots)
+        self._read = queries.lease_read(executor.backend)
+        self._renew = queries.lease_renew(executor.backend)
+        self._new = executor.backend.insert_new(queries.snapshots)
         self._text: str | None = None
         self._lost: LeaseLostError | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -239,7 +238,7 @@ class Lease:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex[:12]}
 
         async def work(connection: AsyncConnection) -> tuple[str, int, datetime, dict[str, Any]]:
-            if executor.facts.name in MYSQL_BACKENDS:
+            if executor.backend.may_be_galera:
                 await refuse_lease(connection, self.prefix, executor.where)
             # Lock the row before reading it, so that no other store takes it in between, and
             # no write of a store holding no lease lands between this take-over and its commit.
@@ -372,9 +371,9 @@ class _NoLeaseRow(StoreError):
 
 
 async def _server_now(executor: Executor, connection: AsyncConnection) -> datetime:
-    if executor.facts.host_clock:
+    if executor.backend.host_clock:
         return clock.now()
-    rows = await executor.execute(connection, queries.server_now(executor.facts))
+    rows = await executor.execute(connection, queries.server_now(executor.backend))
     now: datetime = rows[0][0]
     return now
 
@@ -393,8 +392,8 @@ class LeaseInfo:
 async def list_leases(executor: Executor) -> list[LeaseInfo]:
     """Every lease taken at least once, live or not, in prefix order (a row created unheld, to
     serialise writes with a first take-over, is none)."""
-    statement = queries.leases(executor.facts)
-    rows = await executor.fetch("leases", None, statement, clock_param(executor.facts))
+    statement = queries.leases(executor.backend)
+    rows = await executor.fetch("leases", None, statement, clock_param(executor.backend))
     return [
         LeaseInfo(key.removeprefix(LEASE_PREFIX), _token(value), _holder(value), until, bool(on))
         for key, value, until, on in rows
@@ -407,7 +406,7 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
     dead: the row gets a new token and expires now, so the old holder's writes are refused
     even if it comes back. Return the lease as it was, or ``None`` if there was none."""
     row_key = LEASE_PREFIX + check_prefix(prefix)
-    read = queries.lease_read(executor.facts)
+    read = queries.lease_read(executor.backend)
 
     async def work(connection: AsyncConnection) -> LeaseInfo | None:
         if (await executor.execute(connection, queries.lease_lock(), {"row": row_key}))[0][0] == 0:

@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .dialects import facts_for
+from . import queries
+from ._backends import backend_for
 from .engine import (
     DEFAULT_TIMEOUT,
-    MYSQL_BACKENDS,
     check_timeout,
     create_engine,
     masked,
@@ -27,7 +26,7 @@ from .engine import (
     resolve_url,
 )
 from .errors import SchemaError, root_cause, storage_error, upgrade_hint
-from .schema import VERSION_TABLE, version_table
+from .schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,7 +40,6 @@ __all__ = [
     "SchemaState",
     "SchemaStatus",
     "check_revision",
-    "current_revision",
     "downgrade",
     "head_revision",
     "known_revision",
@@ -165,67 +163,16 @@ def _run_command(connection: Connection, name: str, revision: str) -> None:
     getattr(command, name)(config, revision)
 
 
-_LOCK_NAME = "rustrade_store migrations"
-_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
-"""The advisory lock of PostgreSQL migrations (advisory locks are per database)."""
-_PG_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_PG_LOCK_KEY)
-"""Held to the end of the migration's transaction: safe behind PgBouncer's transaction
-pooling, where a session's lock could outlive it on a shared server connection."""
-_SQLITE_LOCK = "BEGIN IMMEDIATE"
-"""SQLite's write lock on the file, taken before the first read: pysqlite opens no
-transaction before DDL, so Alembic's reads and CREATEs would otherwise run unlocked."""
-_MYSQL_LOCK_NAME = "CONCAT(:name, ' ', SHA1(COALESCE(DATABASE(), '')))"
-"""A lock of the session, named after the database (GET_LOCK's names are server-wide): DDL
-commits implicitly, so no transaction could hold it."""
-_MYSQL_LOCK = text(f"SELECT GET_LOCK({_MYSQL_LOCK_NAME}, :wait)").bindparams(name=_LOCK_NAME)
-"""1 taken, 0 timed out."""
-_MYSQL_UNLOCK = text(f"SELECT RELEASE_LOCK({_MYSQL_LOCK_NAME})").bindparams(name=_LOCK_NAME)
-
-
 @contextlib.asynccontextmanager
 async def _migration_lock(engine: AsyncEngine, wait: float) -> AsyncIterator[AsyncConnection]:
     """A connection in a transaction, holding the database's migration lock, so that
     migrations of one database by any number of processes run one after another; each finds
     the schema where the one before left it, waiting for the lock up to ``wait`` seconds."""
-    async with engine.connect() as connection:
-        backend = connection.dialect.name
-        if backend != "sqlite":
-            # A lock statement's snapshot must not predate its wait (REPEATABLE READ), and a
-            # transaction lock needs a transaction (an autocommit engine has none).
-            await connection.execution_options(isolation_level="READ COMMITTED")
-        if backend in MYSQL_BACKENDS:
-            async with _mysql_lock(connection, wait), connection.begin():
-                yield connection
-            return
-        async with connection.begin():
-            if backend == "postgresql":
-                await connection.execute(_PG_LOCK)
-            elif backend == "sqlite":
-                await connection.exec_driver_sql(_SQLITE_LOCK)
-            yield connection
-
-
-@contextlib.asynccontextmanager
-async def _mysql_lock(connection: AsyncConnection, wait: float) -> AsyncIterator[None]:
-    """MariaDB's migration lock, released before the connection returns to the pool; a
-    connection whose release failed is closed instead, which releases it too."""
-    # Under the driver's read timeout (the engine's own), so a wait ends with GET_LOCK's 0.
-    seconds = max(wait - 1.0, wait / 2)
-    taken = await connection.scalar(_MYSQL_LOCK, {"wait": seconds})
-    await connection.commit()
-    if taken != 1:
-        raise TimeoutError(
-            f"another process's migration of this database held its lock for {seconds:g} s"
-        )
-    try:
-        yield
-    finally:
-        try:
-            await connection.execute(_MYSQL_UNLOCK)
-            await connection.commit()
-        except BaseException:
-            await connection.invalidate()
-            raise
+    async with (
+        engine.connect() as connection,
+        backend_for(engine.url).migration_lock(connection, wait),
+    ):
+        yield connection
 
 
 async def _run(
@@ -241,7 +188,7 @@ async def _run(
         async with _migration_lock(engine, wait) as connection, _alembic_turn():
             await connection.run_sync(_run_command, name, revision)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        hint = facts_for(engine.url).failure_hint(True, root_cause(exc))
+        hint = backend_for(engine.url).failure_hint(True, root_cause(exc))
         raise storage_error(f"{name} to {revision}", None, masked(engine.url), exc, hint) from exc
     finally:
         if engine is not target:
@@ -302,7 +249,7 @@ class SchemaStatus:
 def _read_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table(VERSION_TABLE):
         return None
-    return connection.execute(select(version_table.c.version_num)).scalar()
+    return connection.execute(queries.revision()).scalar()
 
 
 def _status(
@@ -348,11 +295,6 @@ async def schema_status(
     the message (default: its URL, password masked), ``url_text`` is the URL its upgrade
     command gives (default: the connection's, password masked; the CLI gives its ``--url``)."""
     return await connection.run_sync(_status, where, url_text)
-
-
-async def current_revision(connection: AsyncConnection) -> str | None:
-    """The schema revision the database is at, or ``None`` if it was never migrated."""
-    return await connection.run_sync(_read_revision)
 
 
 async def check_revision(

@@ -23,13 +23,13 @@ from sqlalchemy import (
 )
 
 from .codec import LEASE_PREFIX, check_key
-from .schema import snapshots
+from .schema import snapshots, version_table
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, CompoundSelect, Delete, Insert, Select, Update
     from sqlalchemy.sql.expression import TableClause
 
-    from .dialects import DialectFacts
+    from ._backends import Backend
 
 __all__ = [
     "IGNORE_LEASES",
@@ -94,7 +94,7 @@ def _under(prefix: str) -> list[ColumnElement[bool]]:
 
 
 def fence(
-    facts: DialectFacts, lease_key: ColumnElement[Any], mine: ColumnElement[Any]
+    backend: Backend, lease_key: ColumnElement[Any], mine: ColumnElement[Any]
 ) -> ColumnElement[bool]:
     """Whether a write under the lease row ``lease_key`` may apply: the row still holds
     ``mine`` (this store's lease), or, for a store holding none (``mine`` null), the row is
@@ -114,67 +114,69 @@ def fence(
     return case(
         (mine == IGNORE_LEASES, true()),
         (lease_key.is_(None), true()),
-        (mine.is_(None), locked(lease.c.updated_at) <= facts.server_now()),
-        else_=locked(facts.json_text(lease.c.value)) == mine,
+        (mine.is_(None), locked(lease.c.updated_at) <= backend.server_now()),
+        else_=locked(backend.json_text(lease.c.value)) == mine,
     )
 
 
-def _key_fence(facts: DialectFacts) -> ColumnElement[bool]:
+def _key_fence(backend: Backend) -> ColumnElement[bool]:
     """:func:`fence` of a single-key statement, its lease bound as ``lease_key`` and ``mine``."""
-    return fence(facts, bindparam("lease_key", type_=Text), bindparam("mine", type_=Text))
+    return fence(backend, bindparam("lease_key", type_=Text), bindparam("mine", type_=Text))
 
 
-def upsert(facts: DialectFacts, guard: ColumnElement[bool] | None = None) -> Insert:
+def upsert(backend: Backend, guard: ColumnElement[bool] | None = None) -> Insert:
     """The one write of snapshots: the rows bound as ``rows`` (see
-    :class:`~rustrade_store.dialects.RowSource`), each applied only where its lease allows
+    :class:`~rustrade_store._backends.RowSource`), each applied only where its lease allows
     and over an older snapshot of its key (and where ``guard`` holds on the stored row)."""
-    rows = facts.rows()
+    rows = backend.rows()
     chosen = (
         select(rows.key, rows.value, rows.updated_at)
         .select_from(rows.table)
-        .where(fence(facts, rows.lease_key, rows.mine))
+        .where(fence(backend, rows.lease_key, rows.mine))
     )
-    return facts.upsert(_table, chosen, guard)
+    return backend.upsert(_table, chosen, guard)
 
 
-def upsert_if_absent(facts: DialectFacts) -> Insert:
+def upsert_if_absent(backend: Backend) -> Insert:
     """:func:`upsert` of a key only if it is missing."""
-    return upsert(facts, false())
+    return upsert(backend, false())
 
 
-def value(facts: DialectFacts) -> Select[Any]:
+def value(backend: Backend) -> Select[Any]:
     """The value of the key bound as ``key``."""
-    return select(facts.json_text(_table.c.value)).where(_table.c.key == bindparam("key"))
+    return select(backend.json_text(_table.c.value)).where(_table.c.key == bindparam("key"))
 
 
-def values(facts: DialectFacts) -> Select[Any]:
+def values(backend: Backend) -> Select[Any]:
     """Each stored key of those bound as ``keys``, with its value."""
-    return select(_table.c.key, facts.json_text(_table.c.value)).where(facts.key_in(_table.c.key))
+    return select(_table.c.key, backend.json_text(_table.c.value)).where(
+        backend.key_in(_table.c.key)
+    )
 
 
-def stored(facts: DialectFacts) -> Select[Any]:
+def stored(backend: Backend) -> Select[Any]:
     """Each stored key of those bound as ``keys``, with its time and value."""
-    value = facts.json_text(_table.c.value)
-    return select(_table.c.key, _table.c.updated_at, value).where(facts.key_in(_table.c.key))
+    value = backend.json_text(_table.c.value)
+    return select(_table.c.key, _table.c.updated_at, value).where(backend.key_in(_table.c.key))
 
 
-def snapshot(facts: DialectFacts) -> Select[Any]:
+def snapshot(backend: Backend) -> Select[Any]:
     """The value and time of the key bound as ``key``."""
-    value = facts.json_text(_table.c.value)
+    value = backend.json_text(_table.c.value)
     return select(value, _table.c.updated_at).where(_table.c.key == bindparam("key"))
 
 
-def delete_older(facts: DialectFacts) -> Delete:
+def delete_older(backend: Backend) -> Delete:
     """Delete the key bound as ``key`` if its stored time is before the one bound as ``before``
     and its lease allows (bound as ``lease_key`` and ``mine``)."""
     return delete(_table).where(
         _table.c.key == bindparam("key"),
         _table.c.updated_at < bindparam("before"),
-        _key_fence(facts),
+        _key_fence(backend),
     )
 
 
-def update_if_at(facts: DialectFacts) -> Update:
+def update_if_at(backend: Backend) -> Update:
     """Compare-and-set: write ``new_value`` at ``new_time`` over the key bound as ``at_key``
     only if it is stored at ``expected`` (and that is older) and its lease allows (bound as
     ``lease_key`` and ``mine``); a missing key stays missing."""
@@ -184,18 +186,18 @@ def update_if_at(facts: DialectFacts) -> Update:
             _table.c.key == bindparam("at_key"),
             _table.c.updated_at == bindparam("expected"),
             _table.c.updated_at < bindparam("new_time"),
-            _key_fence(facts),
+            _key_fence(backend),
         )
         .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
     )
 
 
-def seen(facts: DialectFacts) -> Select[Any]:
+def seen(backend: Backend) -> Select[Any]:
     """Each stored row of the keys bound as ``keys`` (snapshots and lease rows): its time, its
     text, and the database's clock."""
-    value = facts.json_text(_table.c.value)
-    return select(_table.c.key, _table.c.updated_at, value, facts.server_now()).where(
-        facts.key_in(_table.c.key)
+    value = backend.json_text(_table.c.value)
+    return select(_table.c.key, _table.c.updated_at, value, backend.server_now()).where(
+        backend.key_in(_table.c.key)
     )
 
 
@@ -204,12 +206,12 @@ def count(prefix: str) -> Select[Any]:
     return select(func.count()).select_from(_table).where(*_under(prefix))
 
 
-def page(facts: DialectFacts, prefix: str, *, values: bool) -> Select[Any]:
+def page(backend: Backend, prefix: str, *, values: bool) -> Select[Any]:
     """Up to :data:`PAGE_SIZE` keys (with their values and times) under ``prefix``, in key
     order, after the key bound as ``after``."""
     columns: list[ColumnElement[Any]] = [_table.c.key]
     if values:
-        columns += [facts.json_text(_table.c.value), _table.c.updated_at]
+        columns += [backend.json_text(_table.c.value), _table.c.updated_at]
     return (
         select(*columns)
         .where(*_under(prefix), _table.c.key > bindparam("after"))
@@ -231,9 +233,9 @@ def lease_lock() -> Update:
     )
 
 
-def lease_read(facts: DialectFacts) -> Select[Any]:
+def lease_read(backend: Backend) -> Select[Any]:
     """The value and expiry of the lease row bound as ``row``."""
-    value = facts.json_text(_table.c.value)
+    value = backend.json_text(_table.c.value)
     return select(value, _table.c.updated_at).where(_table.c.key == bindparam("row"))
 
 
@@ -246,10 +248,10 @@ def lease_take() -> Update:
     )
 
 
-def lease_renew(facts: DialectFacts) -> Update:
+def lease_renew(backend: Backend) -> Update:
     """Move the expiry of the lease row bound as ``row`` to ``until``, if it still holds
     ``mine``."""
-    value = facts.json_text(_table.c.value)
+    value = backend.json_text(_table.c.value)
     return (
         update(_table)
         .where(_table.c.key == bindparam("row"), value == bindparam("mine"))
@@ -257,15 +259,15 @@ def lease_renew(facts: DialectFacts) -> Update:
     )
 
 
-def server_now(facts: DialectFacts) -> Select[Any]:
+def server_now(backend: Backend) -> Select[Any]:
     """The database server's clock (the host's, bound as ``now``, on SQLite)."""
-    return select(facts.server_now())
+    return select(backend.server_now())
 
 
-def leases(facts: DialectFacts) -> Select[Any]:
+def leases(backend: Backend) -> Select[Any]:
     """Every lease row in key order: key, value, expiry, and whether it is live."""
-    value = facts.json_text(_table.c.value)
-    live = _table.c.updated_at > facts.server_now()
+    value = backend.json_text(_table.c.value)
+    live = _table.c.updated_at > backend.server_now()
     return (
         select(_table.c.key, value, _table.c.updated_at, live)
         .where(_table.c.key >= LEASE_PREFIX, _table.c.key < prefix_end(LEASE_PREFIX))
@@ -292,7 +294,7 @@ def standbys() -> Select[Any]:
     return select(view.c.application_name, view.c.sync_state).order_by(view.c.application_name)
 
 
-def reset_if_at(facts: DialectFacts) -> Update:
+def reset_if_at(backend: Backend) -> Update:
     """Compare-and-set that may set the time back: write ``new_value`` at ``new_time`` over the
     key bound as ``at_key`` only if it is stored at exactly ``expected`` (earlier or later than
     ``new_time``) and its lease allows (bound as ``lease_key`` and ``mine``): the repair of a
@@ -302,7 +304,7 @@ def reset_if_at(facts: DialectFacts) -> Update:
         .where(
             _table.c.key == bindparam("at_key"),
             _table.c.updated_at == bindparam("expected"),
-            _key_fence(facts),
+            _key_fence(backend),
         )
         .values(value=bindparam("new_value"), updated_at=bindparam("new_time"))
     )
@@ -339,3 +341,8 @@ def galera_status() -> CompoundSelect[Any]:
             session.c.VARIABLE_NAME.in_(_GALERA_VARIABLES)
         ),
     )
+
+
+def revision() -> Select[Any]:
+    """The schema revision Alembic recorded (its version table's one row)."""
+    return select(version_table.c.version_num)

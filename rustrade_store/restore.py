@@ -111,7 +111,7 @@ async def _restore(
     """Write the batches ``batches()`` gives in one transaction, counting into ``report``; a
     cancellation waits at most for the statement in flight, then rolls back."""
     attempt = Attempt()
-    stored_rows = queries.stored(executor.facts)
+    stored_rows = queries.stored(executor.backend)
 
     async def work(connection: AsyncConnection) -> None:
         if attempt.maybe_applied:
@@ -123,7 +123,7 @@ async def _restore(
         async for batch in batches():
             rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
             if rows:
-                params = {"keys": executor.facts.keys_param([row["key"] for row in rows])}
+                params = {"keys": executor.backend.keys_param([row["key"] for row in rows])}
                 found = await executor.execute(connection, stored_rows, params)
                 _count(rows, {row[0]: (row[1], row[2]) for row in found}, overwrite, report)
                 await writes.restore_in(connection, rows, attempt)

@@ -14,7 +14,7 @@ from sqlalchemy import CheckConstraint, Column, MetaData, Table, Text, column, t
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import DateTime, String, TypeDecorator
 
-from .engine import MYSQL_BACKENDS
+from ._urls import MYSQL_BACKENDS
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

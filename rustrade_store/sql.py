@@ -8,6 +8,8 @@ import weakref
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _telemetry, clock, queries
+from ._backends import backend_for
+from ._reads import Reads
 from ._writes import Writes
 from .codec import (
     JSONValue,
@@ -18,7 +20,6 @@ from .codec import (
     encode,
     encode_rows,
 )
-from .dialects import facts_for
 from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
 from .errors import StoreError
 from .executor import Executor
@@ -59,6 +60,7 @@ class SqlStore(StateStore):
         "_fencing",
         "_leases",
         "_owns_engine",
+        "_reads",
         "_snapshot",
         "_writes",
     )
@@ -73,13 +75,14 @@ class SqlStore(StateStore):
     ) -> None:
         self._engine = engine
         self._owns_engine = owns_engine
-        facts = facts_for(engine.url)
+        backend = backend_for(engine.url)
         self._executor = Executor(
-            engine, facts, where=masked(engine.url), timeout=timeout, owns_engine=owns_engine
+            engine, backend, where=masked(engine.url), timeout=timeout, owns_engine=owns_engine
         )
-        self._fencing = Fencing(facts, ignore_leases=ignore_leases)
+        self._fencing = Fencing(backend, ignore_leases=ignore_leases)
         self._writes = Writes(self._executor, self._fencing)
-        self._snapshot = queries.snapshot(self._executor.facts)
+        self._reads = Reads(self._executor)
+        self._snapshot = queries.snapshot(self._executor.backend)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
     @classmethod
@@ -124,7 +127,7 @@ class SqlStore(StateStore):
     @_telemetry.traced("load")
     async def load(self, key: str) -> JSONValue:
         check_key(key)
-        text = await self._executor.load(key)
+        text = await self._reads.load(key)
         return None if text is None else decode(text, key)
 
     @_telemetry.traced("save", write=True)
@@ -155,7 +158,7 @@ class SqlStore(StateStore):
         """Return ``{key: value}`` for every key asked, ``None`` where missing, as one
         consistent snapshot."""
         wanted = check_keys(keys)
-        found = await self._executor.load_keys(wanted) if wanted else {}
+        found = await self._reads.load_keys(wanted) if wanted else {}
         return {key: None if key not in found else decode(found[key], key) for key in wanted}
 
     @_telemetry.traced("save", batch=True, write=True)
@@ -262,7 +265,7 @@ class SqlStore(StateStore):
         await self._executor.aclose(dispose=self._owns_engine)
 
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
-        page = queries.page(self._executor.facts, prefix, values=values)
+        page = queries.page(self._executor.backend, prefix, values=values)
         after = ""
         while True:
             rows = await self._executor.fetch("list", prefix or None, page, {"after": after})
@@ -292,9 +295,9 @@ class SqlStore(StateStore):
     @_telemetry.traced("server_time")
     async def server_time(self) -> datetime:
         """The database server's clock now (SQLite has none: this host's)."""
-        facts = self._executor.facts
+        backend = self._executor.backend
         rows = await self._executor.fetch(
-            "time", None, queries.server_now(facts), self._fencing.now()
+            "time", None, queries.server_now(backend), self._fencing.now()
         )
         when: datetime = rows[0][0]
         return when

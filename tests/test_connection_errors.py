@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import SqlStore, StorageError, upgrade
-from rustrade_store.dialects import facts_for
+from rustrade_store._backends import backend_for
 from rustrade_store.errors import causes
 
 from .helpers import MARIADB_ADMIN_URL, POSTGRES_ADMIN_URL, run_as_admin, server_port
@@ -31,8 +31,8 @@ async def failure(url: str | URL, *, hopeless: bool = True) -> str:
     async with SqlStore.from_url(url, timeout=WAIT) as store:
         with pytest.raises(StorageError) as caught:
             await store.load("k")
-        facts = facts_for(store.engine.url)
-    assert any(facts.is_hopeless(error) for error in causes(caught.value)) == hopeless
+        backend = backend_for(store.engine.url)
+    assert any(backend.is_hopeless(error) for error in causes(caught.value)) == hopeless
     with pytest.raises(StorageError) as migrating:
         await upgrade(url, wait=WAIT)
     message = str(caught.value)

@@ -13,8 +13,8 @@ from sqlalchemy import delete, event, text
 from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
+from rustrade_store._backends import backend_for
 from rustrade_store.codec import encode
-from rustrade_store.dialects import facts_for
 from rustrade_store.engine import DEFAULT_TIMEOUT
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
@@ -221,7 +221,7 @@ def test_the_packet_hint_needs_a_write_large_enough_for_the_limit(mariadb_url: U
     as 2006 ("gone away"): only the write's size tells them apart, so the executor passes it."""
     from asyncmy.errors import OperationalError
 
-    hint = facts_for(mariadb_url).failure_hint
+    hint = backend_for(mariadb_url).failure_hint
     gone = OperationalError(2006, "MySQL server has gone away")
     assert hint(True, gone, written=40) == ""
     assert "max_allowed_packet" in hint(True, gone, written=8 * MIB)

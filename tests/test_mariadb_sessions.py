@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from rustrade_store import SqlStore
+from rustrade_store._backends.mariadb import GALERA_SYNC_WAIT, MYSQL_SQL_MODE
 from rustrade_store._galera import LEASE_RULE, galera_node, galera_report
-from rustrade_store.engine import GALERA_SYNC_WAIT, MYSQL_SQL_MODE
 
 from .commandline import cli, ok
 from .proxy import TcpProxy

@@ -25,7 +25,8 @@ import pytest
 from sqlalchemy import delete, event
 
 from rustrade_store import SqlStore, StorageError, downgrade, upgrade
-from rustrade_store.engine import engine_options, resolve_url
+from rustrade_store._backends import backend_for
+from rustrade_store.engine import resolve_url
 from rustrade_store.schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
@@ -118,11 +119,10 @@ class TestThroughPgBouncer(StateStoreContract):
 
 def test_pooler_url_gets_statement_names_unique_across_clients() -> None:
     url = resolve_url("postgresql://u@h/db").set(query=POOLER_QUERY)
-    name_func = engine_options(url, 1.0)["connect_args"]["prepared_statement_name_func"]
+    name_func = backend_for(url).engine_options(1.0)["connect_args"]["prepared_statement_name_func"]
     assert name_func() != name_func()
-    assert (
-        "prepared_statement_name_func" not in engine_options(url.set(query={}), 1.0)["connect_args"]
-    )
+    plain = backend_for(url.set(query={})).engine_options(1.0)["connect_args"]
+    assert "prepared_statement_name_func" not in plain
 
 
 async def test_many_connections_share_few_server_connections(pgbouncer: URL) -> None:

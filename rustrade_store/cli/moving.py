@@ -12,7 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..engine import is_memory_url, masked
+from .._urls import is_memory_url
+from ..engine import masked
 from ..errors import InvalidValueError
 from ..restore import RestoreReport
 from ..transfer import copy, export, format_time, import_lines
