@@ -20,7 +20,6 @@ from . import _telemetry
 from ._queue import GroupCommit, in_batch, retrieve, to_the_end
 from .engine import autocommits, check_timeout
 from .errors import (
-    ConfigurationError,
     OutcomeUnknownError,
     StorageError,
     StoreError,
@@ -420,12 +419,7 @@ class Executor:
         async with self._schema_lock, self._engine.connect() as connection:
             if self._ready:
                 return
-            dialect = connection.dialect
-            if dialect.name == "mysql" and not getattr(dialect, "is_mariadb", False):
-                raise ConfigurationError(
-                    f"{self._where} is MySQL, not MariaDB: rustrade-store writes with INSERT ... "
-                    "RETURNING, which MySQL lacks; use MariaDB 10.6 or later"
-                )
+            self._backend.check_server(connection.dialect, self._where)
             await connection.execution_options(isolation_level=self._backend.transaction_isolation)
             async with connection.begin():
                 if self._backend.in_memory:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL, ColumnElement, FromClause, Select, Table
     from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.dml import Insert
 
@@ -76,6 +77,10 @@ class Backend:
     def engine_options(self, timeout: float) -> dict[str, Any]:
         """Pool and driver settings for an engine the store creates."""
         return {"pool_timeout": timeout}
+
+    def check_server(self, dialect: Dialect, where: str) -> None:
+        """Raise :class:`~rustrade_store.ConfigurationError` for a server the store cannot use,
+        as SQLAlchemy's ``dialect`` found it on connecting."""
 
     # -- statements that differ --------------------------------------------------------------
 

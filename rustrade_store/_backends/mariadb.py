@@ -11,6 +11,7 @@ from sqlalchemy import and_, func, literal_column, text
 from sqlalchemy.dialects import mysql
 
 from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_hopeless, mysql_timeout
+from ..errors import ConfigurationError
 from ..schema import UtcTimestamp
 from .base import Backend, RowSource
 from .postgresql import MIGRATION_LOCK
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from sqlalchemy import URL, ColumnElement, Select, Table
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.dml import Insert
 
@@ -104,6 +106,13 @@ class MariaDB(Backend):
                 ),
             },
         }
+
+    def check_server(self, dialect: Dialect, where: str) -> None:
+        if not getattr(dialect, "is_mariadb", False):
+            raise ConfigurationError(
+                f"{where} is MySQL, not MariaDB: rustrade-store writes with INSERT ... "
+                "RETURNING, which MySQL lacks; use MariaDB 10.6 or later"
+            )
 
     def rows(self) -> RowSource:
         return _mysql_rows()
