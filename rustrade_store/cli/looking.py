@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from .._lines import format_line, format_time
 from ..codec import encode
 from ..condition import compile_condition
 from ..engine import masked
-from ..transfer import format_line, format_time
 from .exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, PROG, CommandError
 from .opening import checked_key, database_url
 from .output import pretty, shown_key, size
