@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import TYPE_CHECKING
 
 from .codec import check_key, encode, parse
@@ -25,14 +26,18 @@ from .errors import InvalidValueError
 from .store import Snapshot
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .codec import JSONValue
 
 __all__ = [
     "BOM",
     "TRAILER",
+    "Raw",
     "Trailer",
     "format_line",
     "format_time",
+    "json_line",
     "parse_json",
     "parse_line",
     "parse_time",
@@ -48,6 +53,7 @@ BOM = b"\xef\xbb\xbf"
 
 _FIELDS = ("key", "value", "updated_at")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 
 # -- strict JSON and times from outside ----------------------------------------------------
@@ -97,11 +103,41 @@ def format_time(when: datetime) -> str:
 # -- writing lines -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """JSON text that goes into a line as it is: a value's text exactly as stored, never
+    decoded and encoded again."""
+
+    text: str
+
+
+def json_line(members: Mapping[str, str | int | Raw]) -> str:
+    """One compact JSON object and a newline, its members in the order given: strings UTF-8,
+    not escaped to ASCII; :class:`Raw` texts as they are."""
+    return (
+        "{"
+        + ",".join(
+            f"{_name(name)}:{text.text if type(text) is Raw else _dumps(text)}"
+            for name, text in members.items()
+        )
+        + "}\n"
+    )
+
+
+@cache
+def _name(name: str) -> str:
+    return json.dumps(name)
+
+
 def format_line(snapshot: Snapshot) -> str:
     """The JSON Lines form of ``snapshot``, newline included: compact, UTF-8, UTC time."""
-    key = json.dumps(snapshot.key, ensure_ascii=False)
-    when = format_time(snapshot.updated_at)
-    return f'{{"key":{key},"value":{encode(snapshot.value)},"updated_at":"{when}"}}\n'
+    return json_line(
+        {
+            "key": snapshot.key,
+            "value": Raw(encode(snapshot.value)),
+            "updated_at": format_time(snapshot.updated_at),
+        }
+    )
 
 
 def trailer_line(count: int, sha256: str) -> str:

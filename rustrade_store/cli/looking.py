@@ -3,10 +3,9 @@ prints snapshots."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
-from .._lines import format_line, format_time
+from .._lines import Raw, format_line, format_time, json_line
 from ..codec import encode
 from ..condition import compile_condition
 from ..engine import masked
@@ -94,10 +93,14 @@ async def _listing(
 def _ls_line(snapshot: Snapshot, values: bool) -> str:
     """``ls --json``: one object a line, with the value's JSON text exactly as stored."""
     text = encode(snapshot.value)
-    key = json.dumps(snapshot.key, ensure_ascii=False)
-    when = format_time(snapshot.updated_at)
-    line = f'{{"key":{key},"updated_at":"{when}","size":{size(snapshot.value, text)}'
-    return line + (f',"value":{text}}}\n' if values else "}\n")
+    members: dict[str, str | int | Raw] = {
+        "key": snapshot.key,
+        "updated_at": format_time(snapshot.updated_at),
+        "size": size(snapshot.value, text),
+    }
+    if values:
+        members["value"] = Raw(text)
+    return json_line(members)
 
 
 class _Table:
