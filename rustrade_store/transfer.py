@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
 from ._lines import BOM, Trailer, format_line, read_line, trailer_line
-from .codec import encode
+from .codec import BATCH_ROWS, encode
 from .errors import BadFileError, CopyMismatchError, InvalidValueError, TargetNotEmptyError
 from .restore import RestoreReport
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_BYTES",
-    "BATCH_ROWS",
     "ExportWriter",
     "ImportCounts",
     "copy",
@@ -36,9 +35,6 @@ __all__ = [
     "import_lines",
     "verify",
 ]
-
-BATCH_ROWS = 1000
-"""Snapshots written per statement by import and copy."""
 
 BATCH_BYTES = 16 * 1024 * 1024
 """A batch is also cut once its values reach this many bytes, so large values stay bounded."""

@@ -29,10 +29,11 @@ from rustrade_store._lines import (
     parse_line,
     parse_time,
 )
+from rustrade_store.codec import BATCH_ROWS
 from rustrade_store.engine import resolve_url
 from rustrade_store.errors import BadFileError, CopyMismatchError, TargetNotEmptyError
 from rustrade_store.testing import EXACT_VALUES, assert_same_json
-from rustrade_store.transfer import BATCH_ROWS, ExportWriter, copy, export, import_lines, verify
+from rustrade_store.transfer import ExportWriter, copy, export, import_lines, verify
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable

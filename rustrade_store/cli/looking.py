@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lines import Raw, format_line, format_time, json_line
-from ..codec import encode
+from ..codec import BATCH_ROWS, encode
 from ..condition import compile_condition
 from ..engine import masked
 from .exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, PROG, CommandError
@@ -122,7 +122,7 @@ class _Table:
                 str(size(snapshot.value)),
             )
         )
-        if len(self._rows) == 1000:
+        if len(self._rows) == BATCH_ROWS:
             self.flush()
 
     def flush(self) -> None:
