@@ -49,6 +49,19 @@ async def test_connection_refused_asks_whether_the_server_runs_there(scheme: str
     assert re.search(r"; retried for [0-9.]+ s$", message), message
 
 
+async def test_a_retried_failure_tells_how_long_it_was_retried() -> None:
+    """``retried_for``, as the message says it: what the command adds its advice to."""
+    async with SqlStore.from_url(
+        f"postgresql://u@127.0.0.1:{server_port()}/db", timeout=WAIT
+    ) as store:
+        with pytest.raises(StorageError) as caught:
+            await store.load("k")
+    retried_for = caught.value.retried_for
+    assert retried_for is not None
+    assert str(caught.value).endswith(f"; retried for {retried_for:.1f} s")
+    assert StorageError("not from a call").retried_for is None
+
+
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 async def test_an_unknown_host_is_named_as_such(scheme: str) -> None:
     message = await failure(f"{scheme}://u@no-such-host.invalid:5000/db")
