@@ -39,7 +39,6 @@ __all__ = [
     "format_time",
     "json_line",
     "parse_json",
-    "parse_line",
     "parse_time",
     "read_line",
     "trailer_line",
@@ -154,14 +153,6 @@ class Trailer:
 
     count: int
     sha256: str
-
-
-def parse_line(raw: bytes) -> Snapshot:
-    """Parse one line of an export; raise :class:`InvalidValueError` saying what is wrong."""
-    line = read_line(raw)
-    if isinstance(line, Trailer):
-        raise InvalidValueError("this is an export's trailer line, not a snapshot")
-    return line
 
 
 def read_line(raw: bytes) -> Snapshot | Trailer:
