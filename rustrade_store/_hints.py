@@ -5,7 +5,6 @@ no retry can mend. Errors are recognised by exception type, errno, SQLSTATE and 
 from __future__ import annotations
 
 import re
-import socket
 from typing import TYPE_CHECKING, Protocol
 
 from ._urls import masked
@@ -18,11 +17,9 @@ __all__ = [
     "MYSQL_CONFLICTS",
     "FailureHint",
     "mysql_hint",
-    "mysql_hopeless",
     "mysql_timeout",
     "no_hint",
     "postgres_hint",
-    "postgres_hopeless",
 ]
 
 
@@ -159,28 +156,6 @@ def _packet_hint(writing: bool, cause: BaseException, written: int | None) -> st
         "quotes and backslashes count twice: if this write is that large, raise "
         "max_allowed_packet on the server or save smaller values)"
     )
-
-
-_POSTGRES_HOPELESS = frozenset({"3D000", "28P01", "28000"})
-"""invalid_catalog_name, invalid_password, invalid_authorization_specification."""
-_MYSQL_HOPELESS = frozenset({1044, 1045, 1049})
-"""ER_DBACCESS_DENIED_ERROR, ER_ACCESS_DENIED_ERROR, ER_BAD_DB_ERROR."""
-
-
-def _unknown_host(cause: BaseException) -> bool:
-    return any(isinstance(error, socket.gaierror) for error in causes(cause))
-
-
-def postgres_hopeless(cause: BaseException) -> bool:
-    # A bare ConnectionError is asyncpg's for a server answering as no PostgreSQL server does.
-    return _unknown_host(cause) or any(
-        getattr(error, "sqlstate", None) in _POSTGRES_HOPELESS or type(error) is ConnectionError
-        for error in causes(cause)
-    )
-
-
-def mysql_hopeless(cause: BaseException) -> bool:
-    return _unknown_host(cause) or (bool(cause.args) and cause.args[0] in _MYSQL_HOPELESS)
 
 
 def mysql_timeout(cause: BaseException) -> bool:

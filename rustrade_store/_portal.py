@@ -12,6 +12,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .codec import BATCH_ROWS
 from .errors import StorageError
 
 if TYPE_CHECKING:
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["Portal"]
 
 T = TypeVar("T")
-
-PAGE = 1000
-"""Items an iterator brings from the loop in one call."""
 
 STOP_WAIT = 5.0
 """Seconds :meth:`Portal.stop` waits for the loop's thread to end."""
@@ -127,7 +125,7 @@ class Portal:
         bounded as a :meth:`call`."""
         try:
             while True:
-                page, finished = self.call(_page(iterator, PAGE), bound)
+                page, finished = self.call(_page(iterator, BATCH_ROWS), bound)
                 yield from page
                 if finished:
                     return

@@ -9,15 +9,14 @@ import contextlib
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .codec import BATCH_ROWS
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
 
-__all__ = ["BATCH_ROWS", "GroupCommit", "in_batch", "retrieve", "to_the_end"]
+__all__ = ["GroupCommit", "in_batch", "retrieve", "to_the_end"]
 
 T = TypeVar("T")
-
-BATCH_ROWS = 1000
-"""The most calls one batch carries."""
 
 _IN_BATCH: ContextVar[bool] = ContextVar("_IN_BATCH", default=False)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
 __all__ = [
+    "BATCH_ROWS",
     "LEASE_PREFIX",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
@@ -65,6 +66,9 @@ MAX_VALUE_BYTES = 8 * 1024 * 1024
 
 MAX_INT_DIGITS = 4300
 """Longest integer, in decimal digits: Python refuses to parse longer ones by default."""
+
+BATCH_ROWS = 1000
+"""The most rows one statement, page or batch carries."""
 
 _BIG_INT_BITS = 14_000  # below this no int can reach MAX_INT_DIGITS, so no str() is needed
 

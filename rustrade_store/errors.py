@@ -49,6 +49,10 @@ class StorageError(StoreError):
     The counterpart of the Rust contract's ``Error::Storage``.
     """
 
+    retried_for: float | None = None
+    """Seconds the call went on retrying a lost connection before it failed; ``None`` if it
+    was not retried."""
+
 
 class ClockSkewError(StorageError):
     """A write refused because the stored snapshot's time is later than the writer's own clock.
@@ -196,6 +200,7 @@ def storage_error(
         detail = f"{detail}; retried for {retried_for:.1f} s"
     subject = action if key is None else f"{action} {key!r}"
     error = StorageError(f"{subject} failed on {where}: {detail}")
+    error.retried_for = retried_for
     error.__cause__ = exc  # also where it is handed to a caller rather than raised (group commit)
     return error
 

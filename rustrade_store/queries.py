@@ -22,7 +22,7 @@ from sqlalchemy import (
     update,
 )
 
-from .codec import LEASE_PREFIX, check_key
+from .codec import BATCH_ROWS, LEASE_PREFIX, check_key
 from .schema import snapshots, version_table
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IGNORE_LEASES",
-    "PAGE_SIZE",
     "count",
     "delete_older",
     "fence",
@@ -63,9 +62,6 @@ __all__ = [
 IGNORE_LEASES = "*"
 """The ``mine`` of a write that ignores leases (an operator's forced repair); no lease row's
 value is this text."""
-
-PAGE_SIZE = 1000
-"""Rows fetched per query when listing: listing streams, whatever the table's size."""
 
 _table = snapshots
 
@@ -207,7 +203,7 @@ def count(prefix: str) -> Select[Any]:
 
 
 def page(backend: Backend, prefix: str, *, values: bool) -> Select[Any]:
-    """Up to :data:`PAGE_SIZE` keys (with their values and times) under ``prefix``, in key
+    """Up to :data:`~.codec.BATCH_ROWS` keys (with their values and times) under ``prefix``, in key
     order, after the key bound as ``after``."""
     columns: list[ColumnElement[Any]] = [_table.c.key]
     if values:
@@ -216,7 +212,7 @@ def page(backend: Backend, prefix: str, *, values: bool) -> Select[Any]:
         select(*columns)
         .where(*_under(prefix), _table.c.key > bindparam("after"))
         .order_by(_table.c.key)
-        .limit(PAGE_SIZE)
+        .limit(BATCH_ROWS)
     )
 
 

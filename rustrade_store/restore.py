@@ -1,13 +1,16 @@
 """Writing snapshots with their own times (import, copy), all in one transaction.
 
-Each snapshot replaces only an older stored one of its key; a newer one, or one of the same
-time with another value, is kept and counted, unless ``overwrite``: then it is replaced at a
-time just past the stored one (never back in time). Batches are written as they come and
-nothing is committed until the last one is in, so an error anywhere (a bad snapshot, one raised
-by the batches, a cancellation) leaves the database as it was. A stream is not retried on a
-lost connection: its batches cannot be replayed. A restore whose COMMIT's answer was lost is
-not retried either: it raises :class:`~rustrade_store.OutcomeUnknownError`, its report left at
-``"committing"``. The batches must not use the same store.
+Each snapshot replaces only an older stored one of its key; a newer one, or one of the same time
+with another value, is kept and counted, unless ``overwrite``: then it is replaced at a time
+just past the stored one (never back in time). Overwrite forces the snapshots over what was
+stored before the restore, not over the stream's own: of a key given again in a later batch the
+later time still wins, so a restore that overwrites remembers the time of each key it wrote.
+Batches are written as they come and nothing is committed until the last one is in, so an error
+anywhere (a bad snapshot, one raised by the batches, a cancellation) leaves the database as it
+was. A stream is not retried on a lost connection: its batches cannot be replayed. A restore
+whose COMMIT's answer was lost is not retried either: it raises
+:class:`~rustrade_store.OutcomeUnknownError`, its report left at ``"committing"``. The batches
+must not use the same store.
 """
 
 from __future__ import annotations
@@ -120,12 +123,13 @@ async def _restore(
                 "was written is unknown; list or load the keys to see what is stored"
             )
         report._start()  # an attempt retried after a lost connection counts afresh
+        streamed: dict[str, datetime] | None = {} if overwrite else None
         async for batch in batches():
             rows = encode_rows((item.key, item.value, item.updated_at) for item in batch)
             if rows:
                 params = {"keys": executor.backend.keys_param([row["key"] for row in rows])}
                 found = await executor.execute(connection, stored_rows, params)
-                _count(rows, {row[0]: (row[1], row[2]) for row in found}, overwrite, report)
+                rows = _weigh(rows, {row[0]: (row[1], row[2]) for row in found}, report, streamed)
                 await writes.restore_in(connection, rows, attempt)
         report.state = "committing"
 
@@ -147,27 +151,54 @@ async def _restore(
     return report
 
 
-def _count(
-    rows: list[Row], stored: dict[str, tuple[datetime, str]], overwrite: bool, report: RestoreReport
-) -> None:
-    """Count each row against what is stored; with ``overwrite``, move the time of a row that
-    would be refused just past the stored one, so that it applies and times never go back."""
+def _weigh(
+    rows: list[Row],
+    stored: dict[str, tuple[datetime, str]],
+    report: RestoreReport,
+    streamed: dict[str, datetime] | None,
+) -> list[Row]:
+    """Count each row against what is stored and return the rows to write.
+
+    With ``overwrite``, ``streamed`` holds the time each key had in the stream's batches so
+    far: a row no later than it is the stream's own older line and is dropped, uncounted, as
+    it would lose without ``overwrite``; a row that would be refused gets a time just past the
+    stored one, so that it applies and times never go back.
+    """
+    chosen = []
     for row in rows:
-        found = stored.get(row["key"])
+        key, given = row["key"], row["updated_at"]
+        found = stored.get(key)
+        if streamed is not None:
+            earlier = streamed.get(key)
+            if earlier is not None and given <= earlier:
+                continue
+            streamed[key] = given
+            if earlier is not None:  # counted with its first line; forced again if that was
+                if found is not None and found[0] >= given:
+                    row["updated_at"] = _past(found[0])
+                chosen.append(row)
+                continue
+        chosen.append(row)
         if found is None:
             report.added += 1
             continue
         when, text = found
-        if when < row["updated_at"]:
+        if when < given:
             report.replaced += 1
             continue
-        if when == row["updated_at"] and text == row["value"]:
+        if when == given and text == row["value"]:
             report.unchanged += 1
             continue
-        if when == row["updated_at"]:
+        if when == given:
             report.conflicting += 1
         else:
             report.newer += 1
-        if overwrite:
-            row["updated_at"] = max(clock.next_save_time(), when + _TICK)
+        if streamed is not None:
+            row["updated_at"] = _past(when)
             report.overwritten += 1
+    return chosen
+
+
+def _past(when: datetime) -> datetime:
+    """A save time past ``when``: now, or one microsecond after it if it is not behind now."""
+    return max(clock.next_save_time(), when + _TICK)

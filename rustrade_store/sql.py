@@ -12,6 +12,7 @@ from ._backends import backend_for
 from ._reads import Reads
 from ._writes import Writes
 from .codec import (
+    BATCH_ROWS,
     JSONValue,
     check_key,
     check_keys,
@@ -272,7 +273,7 @@ class SqlStore(StateStore):
             for row in rows:
                 if row[0].startswith(prefix):  # guards against a collation that is not code point
                     yield row
-            if len(rows) < queries.PAGE_SIZE:
+            if len(rows) < BATCH_ROWS:
                 return
             after = rows[-1][0]
 

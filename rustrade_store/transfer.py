@@ -5,200 +5,39 @@ read the source a page at a time, import reads its file a line at a time. Import
 through :meth:`SqlStore.restore_stream`, one transaction for the whole stream: a bad line, a
 failed connection or an interrupt leaves the target exactly as it was.
 
-One line of the file is one snapshot, a JSON object with exactly three members::
-
-    {"key":"bot1/BTCUSDT","value":{"halted":true},"updated_at":"2026-11-26T12:03:45.123456+00:00"}
-
-An export ends with a trailer, one more JSON line holding the number of snapshot lines and the
-SHA-256 of every byte before it, so that a file cut short is refused rather than imported as a
-whole backup (``head -n -1 FILE | sha256sum`` recomputes it)::
-
-    {"rustrade_store_export":{"count":2,"sha256":"9f86d081884c7d65..."}}
+The file's format (a line per snapshot, then a trailer) is in :mod:`rustrade_store._lines`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NoReturn
 
-from .codec import check_key, encode, parse
-from .errors import (
-    BadFileError,
-    CopyMismatchError,
-    InvalidValueError,
-    TargetNotEmptyError,
-)
+from ._lines import BOM, Trailer, format_line, read_line, trailer_line
+from .codec import BATCH_ROWS, encode
+from .errors import BadFileError, CopyMismatchError, InvalidValueError, TargetNotEmptyError
 from .restore import RestoreReport
-from .store import Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from typing import BinaryIO
 
-    from .codec import JSONValue
     from .sql import SqlStore
+    from .store import Snapshot
 
 __all__ = [
     "BATCH_BYTES",
-    "BATCH_ROWS",
-    "TRAILER",
     "ExportWriter",
     "ImportCounts",
     "copy",
     "export",
-    "format_line",
-    "format_time",
     "import_lines",
-    "parse_json",
-    "parse_line",
-    "parse_time",
     "verify",
 ]
 
-BATCH_ROWS = 1000
-"""Snapshots written per statement by import and copy."""
-
 BATCH_BYTES = 16 * 1024 * 1024
 """A batch is also cut once its values reach this many bytes, so large values stay bounded."""
-
-TRAILER = "rustrade_store_export"
-"""The one member of an export's last line: ``{"count": N, "sha256": "..."}``."""
-
-_FIELDS = ("key", "value", "updated_at")
-_BOM = b"\xef\xbb\xbf"
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-# -- strict JSON from outside --------------------------------------------------------------
-
-
-def parse_json(text: str) -> JSONValue:
-    """Parse JSON typed by a person as strictly as the store writes it; raise naming the fault.
-
-    Refused: anything not JSON, ``NaN`` and ``Infinity`` (which Python's ``json`` accepts),
-    numbers no float can hold, an object member given twice, and whatever the store itself
-    refuses (too deep, too large, lone surrogates).
-    """
-    try:
-        value = parse(text)
-    except ValueError as exc:
-        hint = ""
-        stripped = text.strip()
-        if str(exc).startswith("Expecting value") and stripped and stripped[0] not in '{["-':
-            hint = f" (a string must be quoted: '{json.dumps(stripped)}')"
-        raise InvalidValueError(f"not valid JSON: {exc}{hint}") from None
-    encode(value)
-    return value
-
-
-def parse_time(stamp: str) -> datetime:
-    """An ISO 8601 time with a zone, in UTC; raise :class:`InvalidValueError` saying why not."""
-    try:
-        when = datetime.fromisoformat(stamp)
-    except ValueError:
-        raise InvalidValueError(f"updated_at {stamp!r} is not ISO 8601") from None
-    if when.tzinfo is None:
-        raise InvalidValueError(f"updated_at {stamp!r} has no time zone (add +00:00 for UTC)")
-    try:
-        return when.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 is valid ISO 8601 but before year 1 in UTC
-        raise InvalidValueError(
-            f"updated_at {stamp!r} is out of range once converted to UTC"
-        ) from None
-
-
-# -- one line, one snapshot ----------------------------------------------------------------
-
-
-def format_time(when: datetime) -> str:
-    """A save time as exports, ``ls`` and ``get`` print it and ``--if-updated-at`` takes it:
-    ISO 8601 in UTC with microseconds, ``2026-11-26T12:03:45.123456+00:00``."""
-    return when.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def format_line(snapshot: Snapshot) -> str:
-    """The JSON Lines form of ``snapshot``, newline included: compact, UTF-8, UTC time."""
-    key = json.dumps(snapshot.key, ensure_ascii=False)
-    when = format_time(snapshot.updated_at)
-    return f'{{"key":{key},"value":{encode(snapshot.value)},"updated_at":"{when}"}}\n'
-
-
-@dataclass(frozen=True, slots=True)
-class _Trailer:
-    """An export's last line: how many snapshot lines come before it, and their SHA-256."""
-
-    count: int
-    sha256: str
-
-
-def parse_line(raw: bytes) -> Snapshot:
-    """Parse one line of an export; raise :class:`InvalidValueError` saying what is wrong."""
-    line = _read_line(raw)
-    if isinstance(line, _Trailer):
-        raise InvalidValueError("this is an export's trailer line, not a snapshot")
-    return line
-
-
-def _read_line(raw: bytes) -> Snapshot | _Trailer:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidValueError(f"not UTF-8 (byte {exc.start + 1})") from None
-    try:
-        record = parse(text)
-    except ValueError as exc:
-        raise InvalidValueError(f"not valid JSON: {exc}") from None
-    if type(record) is not dict:
-        raise InvalidValueError(f"a line must be a JSON object, not {type(record).__name__}")
-    if TRAILER in record:
-        return _read_trailer(record)
-    missing = [name for name in _FIELDS if name not in record]
-    extra = [name for name in record if name not in _FIELDS]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append("missing " + ", ".join(missing))
-        if extra:
-            parts.append("unexpected " + ", ".join(json.dumps(name) for name in extra))
-        raise InvalidValueError(f"{'; '.join(parts)} (a line has key, value, updated_at)")
-    try:
-        key = check_key(record["key"])
-    except (ValueError, TypeError) as exc:
-        raise InvalidValueError(str(exc)) from None
-    try:
-        encode(record["value"])
-    except (ValueError, TypeError) as exc:
-        raise InvalidValueError(f"key {key!r}: {exc}") from None
-    stamp = record["updated_at"]
-    if type(stamp) is not str:
-        raise InvalidValueError(f"key {key!r}: updated_at must be an ISO 8601 string")
-    try:
-        when = parse_time(stamp)
-    except InvalidValueError as exc:
-        raise InvalidValueError(f"key {key!r}: {exc}") from None
-    return Snapshot(key, record["value"], when)
-
-
-def _read_trailer(record: dict[str, JSONValue]) -> _Trailer:
-    body = record[TRAILER]
-    if (
-        len(record) != 1
-        or type(body) is not dict
-        or set(body) != {"count", "sha256"}
-        or type(body["count"]) is not int
-        or body["count"] < 0
-        or type(body["sha256"]) is not str
-        or not _SHA256.fullmatch(body["sha256"])
-    ):
-        raise InvalidValueError(
-            f'malformed export trailer (expected {{"{TRAILER}":{{"count":N,"sha256":"64 hex '
-            'digits"}})'
-        )
-    return _Trailer(body["count"], body["sha256"])
 
 
 # -- export --------------------------------------------------------------------------------
@@ -222,8 +61,7 @@ class ExportWriter:
         self.count += len(snapshots)
 
     def close(self) -> None:
-        trailer = {TRAILER: {"count": self.count, "sha256": self._sha.hexdigest()}}
-        self._out.write((json.dumps(trailer, separators=(",", ":")) + "\n").encode("ascii"))
+        self._out.write(trailer_line(self.count, self._sha.hexdigest()).encode("ascii"))
 
 
 async def export(
@@ -300,11 +138,11 @@ class _Reader:
         batch: list[Snapshot] = []
         size = 0
         entries = 0  # lines that are not blank and not a trailer
-        trailer: tuple[int, _Trailer, str, int] | None = None  # line, trailer, digest, entries
+        trailer: tuple[int, Trailer, str, int] | None = None  # line, trailer, digest, entries
         seen_any = False
         for number, raw in enumerate(self._lines, 1):
             seen_any = True
-            line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
+            line = raw[len(BOM) :] if number == 1 and raw.startswith(BOM) else raw
             if not line.strip():
                 self._sha.update(raw)
                 continue
@@ -316,15 +154,15 @@ class _Reader:
                 )
                 trailer = None
             try:
-                parsed = _read_line(line)
-                if self._vet is not None and not isinstance(parsed, _Trailer):
+                parsed = read_line(line)
+                if self._vet is not None and not isinstance(parsed, Trailer):
                     self._vet(parsed)
             except InvalidValueError as exc:
                 self._sha.update(raw)
                 entries += 1
                 self._bad(number, str(exc))
                 continue
-            if isinstance(parsed, _Trailer):
+            if isinstance(parsed, Trailer):
                 trailer = (number, parsed, self._sha.hexdigest(), entries)
                 self._sha.update(raw)
                 continue
@@ -347,7 +185,7 @@ class _Reader:
             yield batch
 
     @staticmethod
-    def _trailer_problem(found: tuple[int, _Trailer, str, int] | None) -> str | None:
+    def _trailer_problem(found: tuple[int, Trailer, str, int] | None) -> str | None:
         if found is None:
             return (
                 "no export trailer at its end, so it may be cut short (an export that did not "

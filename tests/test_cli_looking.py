@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import JSONValue, Snapshot, SqlStore, head_revision
+from rustrade_store._lines import format_line
 from rustrade_store.condition import compile_condition
-from rustrade_store.transfer import format_line
 
 from .commandline import T0, cli, ok, one_line_error
 
@@ -53,6 +53,10 @@ def test_ls_get_and_doctor_print_json(sqlite_url: URL, tmp_path: Path) -> None:
     assert listed[2]["size"] == len(compact.encode("utf-8"))  # bytes, not characters
     with_values = run("ls", "--json", "--values", "bot2/").splitlines()
     assert [json.loads(line)["value"] for line in with_values] == [BOTS[2].value, None]
+    assert with_values[0] == (  # compact, UTF-8, the value's text as stored
+        '{"key":"bot2/SOLUSDT","updated_at":"2026-03-04T05:06:07.123456+00:00","size":45,'
+        '"value":{"halted":true,"loss_streak":5,"note":"née"}}'
+    )
 
     # Halted bots, found without exporting everything.
     assert run("ls", "--keys", "--where", "$.halted == true") == "bot1/BTCUSDT\nbot2/SOLUSDT\n"

@@ -48,12 +48,23 @@ def timed(*args: str, cwd: Path) -> tuple[Run, float]:
     return run, time.monotonic() - started
 
 
-def test_a_refused_connection_says_so_and_that_it_was_retried(tmp_path: Path) -> None:
-    url = f"postgresql://u@127.0.0.1:{server_port()}/state"
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_refused_connection_says_so_once_and_that_it_was_retried(
+    scheme: str, tmp_path: Path
+) -> None:
+    """The store's message names the refusal and the retries; the command adds only the option
+    (it said both twice, in the store's words and its own)."""
+    port = server_port()
+    url = f"{scheme}://u@127.0.0.1:{port}/state"
     run = cli("--timeout", "1", "--url", url, "ls", cwd=tmp_path)
     one_line_error(
-        run, 3, "connection refused by 127.0.0.1:", "is the server running there", "retried for 1 s"
+        run,
+        3,
+        f"connection refused: is the server running on 127.0.0.1:{port}?",
+        "; retried for ",
+        " s (--timeout sets how long)",
     )
+    assert run.err.count("refused") == run.err.count("retried") == 1, run
 
 
 def test_an_unknown_host_is_not_retried(tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ from .commandline import cli, ok, one_line_error
 if TYPE_CHECKING:
     from pathlib import Path
 
+MIGRATION_LOCK = "CONCAT('rustrade_store migrations', ' ', SHA1(DATABASE()))"
+"""The name of MariaDB's migration lock on the connection's database (docs/operations.md)."""
+
 
 @pytest.mark.mariadb
 def test_a_mariadb_upgrade_prints_no_server_warning(fresh_mariadb: URL, tmp_path: Path) -> None:
@@ -34,6 +37,26 @@ def test_a_mariadb_upgrade_prints_no_server_warning(fresh_mariadb: URL, tmp_path
     assert run.err.splitlines() == [
         f"{fresh_mariadb.render_as_string()}: schema revision 0001 (head)"
     ]
+
+
+@pytest.mark.mariadb
+async def test_upgrade_waits_for_another_migration_as_long_as_its_timeout(
+    fresh_mariadb: URL, tmp_path: Path
+) -> None:
+    """``--timeout`` bounds the wait for another process's migration lock too (MariaDB's
+    GET_LOCK): it waited the library's default instead, under a read timeout of 3 s that cut
+    it off as a server not answering."""
+    engine = create_engine(fresh_mariadb)
+    try:
+        async with engine.connect() as other:  # another process's migration, under way
+            held = await other.scalar(text(f"SELECT GET_LOCK({MIGRATION_LOCK}, 0)"))
+            assert held == 1
+            run = await asyncio.to_thread(
+                cli, "--timeout", "3", "upgrade", url=fresh_mariadb, cwd=tmp_path
+            )
+    finally:
+        await engine.dispose()
+    one_line_error(run, 3, "another process's migration", "held its lock for 2 s")
 
 
 def test_version_skew_is_reported_by_doctor_current_and_every_command(tmp_path: Path) -> None:

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import SqlStore, StorageError, upgrade
-from rustrade_store._backends import backend_for
-from rustrade_store.errors import causes
 
 from .helpers import MARIADB_ADMIN_URL, POSTGRES_ADMIN_URL, run_as_admin, server_port
 
@@ -24,15 +22,12 @@ WAIT = 1.0
 """The store's timeout in these tests: a refused connection is retried until it passes."""
 
 
-async def failure(url: str | URL, *, hopeless: bool = True) -> str:
+async def failure(url: str | URL) -> str:
     """The message of the StorageError that a store's first call on ``url`` raises, and that of
-    an upgrade of it (they must agree on the hint). ``hopeless``: whether the dialect calls the
-    driver's error one that no retry can mend (the executor's test before retrying)."""
+    an upgrade of it (they must agree on the hint)."""
     async with SqlStore.from_url(url, timeout=WAIT) as store:
         with pytest.raises(StorageError) as caught:
             await store.load("k")
-        backend = backend_for(store.engine.url)
-    assert any(backend.is_hopeless(error) for error in causes(caught.value)) == hopeless
     with pytest.raises(StorageError) as migrating:
         await upgrade(url, wait=WAIT)
     message = str(caught.value)
@@ -44,9 +39,22 @@ async def failure(url: str | URL, *, hopeless: bool = True) -> str:
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 async def test_connection_refused_asks_whether_the_server_runs_there(scheme: str) -> None:
     port = server_port()  # free: nothing listens there
-    message = await failure(f"{scheme}://u@127.0.0.1:{port}/db", hopeless=False)
+    message = await failure(f"{scheme}://u@127.0.0.1:{port}/db")
     assert f"(connection refused: is the server running on 127.0.0.1:{port}?)" in message
     assert re.search(r"; retried for [0-9.]+ s$", message), message
+
+
+async def test_a_retried_failure_tells_how_long_it_was_retried() -> None:
+    """``retried_for``, as the message says it: what the command adds its advice to."""
+    async with SqlStore.from_url(
+        f"postgresql://u@127.0.0.1:{server_port()}/db", timeout=WAIT
+    ) as store:
+        with pytest.raises(StorageError) as caught:
+            await store.load("k")
+    retried_for = caught.value.retried_for
+    assert retried_for is not None
+    assert str(caught.value).endswith(f"; retried for {retried_for:.1f} s")
+    assert StorageError("not from a call").retried_for is None
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
@@ -72,9 +80,7 @@ async def test_a_mysql_url_at_the_postgres_port_says_it_is_postgresqls(
     postgres_admin_url: URL, mariadb_admin_url: URL
 ) -> None:
     """It was "(2013, 'Lost connection to MySQL server during query (read timeout)')"."""
-    message = await failure(
-        mariadb_admin_url.set(host=postgres_admin_url.host, port=5432), hopeless=False
-    )
+    message = await failure(mariadb_admin_url.set(host=postgres_admin_url.host, port=5432))
     assert "5432 is PostgreSQL's usual port" in message
     assert "is a MariaDB server listening there?" in message
 

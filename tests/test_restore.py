@@ -103,3 +103,40 @@ async def test_a_cancelled_restore_stream_stops_at_once_and_rolls_back(store: Sq
     assert await store.count() == 0
     await store.save("after", 1)
     assert await store.load("after") == 1
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["kept", "overwrite"])
+async def test_a_key_given_again_in_a_later_batch_keeps_its_latest_time(
+    store: SqlStore, overwrite: bool
+) -> None:
+    """A stream's own older line, 1,000 lines after the newer one of its key, loses to it,
+    with ``overwrite`` too: overwrite forces the stream over what was stored before it, not
+    over the stream's own lines (an import lost the newer line so)."""
+    day, hour = datetime.now(UTC) - timedelta(days=1), timedelta(hours=1)
+    await store.restore([Snapshot("kept", "stored", day), Snapshot("again", "stored", day)])
+
+    async def batches() -> AsyncIterator[list[Snapshot]]:
+        yield [
+            Snapshot("k", "newer", day),
+            Snapshot("kept", "file", day - hour),
+            Snapshot("again", "file", day - 2 * hour),
+        ]
+        yield [Snapshot(f"filler/{index:04d}", index, day) for index in range(1000)]
+        yield [
+            Snapshot("k", "older", day - hour),
+            Snapshot("kept", "file, older", day - 2 * hour),
+            Snapshot("again", "file, newer", day - hour),
+        ]
+
+    report = await store.restore_stream(batches(), overwrite=overwrite)
+    assert await store.load_snapshot("k") == Snapshot("k", "newer", day)
+    assert await store.load_many(["kept", "again"]) == (
+        {"kept": "file", "again": "file, newer"}
+        if overwrite
+        else {"kept": "stored", "again": "stored"}
+    )
+    if overwrite:  # a key given twice counts once (without overwrite: twice, as before)
+        assert (report.added, report.newer, report.overwritten, report.total) == (1001, 2, 2, 1003)
+        again = await store.load_snapshot("again")
+        assert again is not None
+        assert again.updated_at > datetime.now(UTC) - timedelta(minutes=1)

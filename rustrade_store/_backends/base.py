@@ -159,11 +159,6 @@ class Backend:
         down, not yet promoted): a lost connection, retried until the deadline."""
         return False
 
-    def is_hopeless(self, cause: BaseException) -> bool:
-        """Whether the driver's error says no retry can succeed as configured (an unknown host,
-        a server speaking another protocol, a missing database, credentials refused)."""
-        return False
-
     def is_aborted(self, cause: BaseException) -> bool:
         """Whether the driver's error says the database rolled the transaction back to resolve a
         conflict (a deadlock, a serialisation or certification failure): nothing of it took

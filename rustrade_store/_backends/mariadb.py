@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, literal_column, text
 from sqlalchemy.dialects import mysql
 
-from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_hopeless, mysql_timeout
+from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_timeout
 from ..errors import ConfigurationError
 from ..schema import UtcTimestamp
 from .base import Backend, RowSource
@@ -171,9 +171,6 @@ class MariaDB(Backend):
 
     def failure_hint(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
         return self._hint(writing, cause, written)
-
-    def is_hopeless(self, cause: BaseException) -> bool:
-        return mysql_hopeless(cause)
 
     def is_timeout(self, cause: BaseException) -> bool:
         return mysql_timeout(cause)

@@ -12,7 +12,7 @@ from sqlalchemy import DateTime, Text, any_, bindparam, cast, column, func, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import String
 
-from .._hints import postgres_hint, postgres_hopeless
+from .._hints import postgres_hint
 from .base import Backend, RowSource
 
 if TYPE_CHECKING:
@@ -106,9 +106,6 @@ class PostgreSQL(Backend):
 
     def failure_hint(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
         return self._hint(writing, cause, written)
-
-    def is_hopeless(self, cause: BaseException) -> bool:
-        return postgres_hopeless(cause)
 
     def is_aborted(self, cause: BaseException) -> bool:
         return getattr(cause, "sqlstate", None) in _POSTGRES_ABORTS

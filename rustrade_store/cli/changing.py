@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._lines import format_time, parse_json
 from ..codec import encode
 from ..engine import masked
 from ..errors import ConflictError, InvalidValueError, LeaseHeldError
-from ..transfer import format_time, parse_json
 from .exits import (
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .._lines import format_time
 from ..codec import LEASE_PREFIX, lease_key
 from ..engine import masked
 from ..errors import InvalidKeyError, KeyTypeError
 from ..lease import check_prefix
-from ..transfer import format_time
 from .exits import (
     EXIT_BAD_INPUT,
     EXIT_LEASED,

@@ -3,13 +3,12 @@ prints snapshots."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
-from ..codec import encode
+from .._lines import Raw, format_line, format_time, json_line
+from ..codec import BATCH_ROWS, encode
 from ..condition import compile_condition
 from ..engine import masked
-from ..transfer import format_line, format_time
 from .exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, PROG, CommandError
 from .opening import checked_key, database_url
 from .output import pretty, shown_key, size
@@ -94,10 +93,14 @@ async def _listing(
 def _ls_line(snapshot: Snapshot, values: bool) -> str:
     """``ls --json``: one object a line, with the value's JSON text exactly as stored."""
     text = encode(snapshot.value)
-    key = json.dumps(snapshot.key, ensure_ascii=False)
-    when = format_time(snapshot.updated_at)
-    line = f'{{"key":{key},"updated_at":"{when}","size":{size(snapshot.value, text)}'
-    return line + (f',"value":{text}}}\n' if values else "}\n")
+    members: dict[str, str | int | Raw] = {
+        "key": snapshot.key,
+        "updated_at": format_time(snapshot.updated_at),
+        "size": size(snapshot.value, text),
+    }
+    if values:
+        members["value"] = Raw(text)
+    return json_line(members)
 
 
 class _Table:
@@ -119,7 +122,7 @@ class _Table:
                 str(size(snapshot.value)),
             )
         )
-        if len(self._rows) == 1000:
+        if len(self._rows) == BATCH_ROWS:
             self.flush()
 
     def flush(self) -> None:

@@ -12,11 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._lines import format_time
 from .._urls import is_memory_url
 from ..engine import masked
 from ..errors import InvalidValueError
 from ..restore import RestoreReport
-from ..transfer import copy, export, format_time, import_lines
+from ..transfer import copy, export, import_lines
 from .exits import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, PROG, CommandError
 from .opening import checked_key, database_url, hosts_of
 from .prompts import confirm

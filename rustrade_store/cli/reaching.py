@@ -65,11 +65,10 @@ def _create_database(url: URL) -> str:
     return f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4"
 
 
-def failure_line(exc: BaseException, url: URL, wait: float, *, retried: bool) -> str | None:
-    """What kind of connection failure ``exc`` is and what to check, or ``None`` when it is
-    none of those this knows. ``retried``: the store retried it until ``wait`` ran out."""
+def failure_line(exc: BaseException, url: URL, wait: float) -> str | None:
+    """What kind of connection failure ``exc``, met by a connection tried once, is and what to
+    check, or ``None`` when it is none of those this knows."""
     where = ", ".join(hosts_of(url)) or "the local socket"
-    again = f" (retried for {wait:g} s; --timeout sets how long)" if retried else " (not retried)"
     for cause in _causes(exc):
         code = _code(cause)
         if code in (_POSTGRES_UNKNOWN_DATABASE, _MYSQL_UNKNOWN_DATABASE):
@@ -86,7 +85,7 @@ def failure_line(exc: BaseException, url: URL, wait: float, *, retried: bool) ->
         if isinstance(cause, ConnectionRefusedError):
             return (
                 f"connection refused by {where}: is the server running there, listening on that "
-                f"port?{again}"
+                "port? (not retried)"
             )
         if type(cause) is ConnectionError and url.get_backend_name() == "postgresql":
             return (
@@ -111,7 +110,7 @@ async def connection(url: URL, wait: float, action: str) -> AsyncIterator[AsyncC
             yield connected
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         error = storage_error(action, None, masked(url), exc)
-        line = failure_line(exc, url, wait, retried=False)
+        line = failure_line(exc, url, wait)
         raise (error if line is None else StorageError(f"{error}; {line}")) from exc
     finally:
         await engine.dispose()
@@ -126,7 +125,7 @@ async def _first_connection(url: URL, wait: float) -> None:
         async with connection(url, wait, "connect"):
             pass
     except StorageError as exc:
-        if failure_line(exc, url, wait, retried=False) is not None and not _retryable(exc):
+        if failure_line(exc, url, wait) is not None and not _retryable(exc):
             raise
 
 
@@ -138,16 +137,16 @@ def _retryable(exc: StorageError) -> bool:
 async def open_store(url: URL, wait: float, *, force: bool = False) -> AsyncIterator[SqlStore]:
     """The command's store, once a first connection showed that the database can be reached
     (or that retrying may help); ``force`` (``--force``) writes under other stores' live
-    leases. A connection failure that ends the command says what kind it was."""
+    leases. The store's message for a failed connection already says what kind it was and
+    how long it was retried: only the option that sets how long is added."""
     await _first_connection(url, wait)
     async with SqlStore.from_url(url, timeout=wait, ignore_leases=force) as store:
         try:
             yield store
         except StorageError as exc:
-            line = failure_line(exc, url, wait, retried=True)
-            if line is None:
+            if exc.retried_for is None or failure_line(exc, url, wait) is None:
                 raise
-            raise StorageError(f"{exc}; {line}") from exc
+            raise StorageError(f"{exc} (--timeout sets how long)") from exc
 
 
 async def upgrade_hint(raw: str | None, wait: float) -> str:

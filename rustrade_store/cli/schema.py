@@ -3,7 +3,7 @@ against this release's head."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import inspect
 
@@ -19,7 +19,7 @@ from .reaching import connection
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -79,17 +79,22 @@ async def cmd_downgrade(args: argparse.Namespace, console: Console) -> int:
     return await _report_revision(url, args.timeout, console, "downgrade")
 
 
-async def _migrate(
-    step: Callable[[AsyncEngine, str], Coroutine[Any, Any, None]],
-    url: URL,
-    revision: str,
-    wait: float,
-) -> None:
+class _Step(Protocol):
+    """:func:`~rustrade_store.upgrade` or :func:`~rustrade_store.downgrade`."""
+
+    def __call__(
+        self, target: AsyncEngine, revision: str, /, *, wait: float
+    ) -> Coroutine[Any, Any, None]: ...
+
+
+async def _migrate(step: _Step, url: URL, revision: str, wait: float) -> None:
+    """Run ``step``, waiting up to ``wait`` (``--timeout``) for another process's migration of
+    the database as for each statement."""
     from alembic.util import CommandError as AlembicCommandError
 
     engine = create_engine(url, timeout=wait)
     try:
-        await step(engine, revision)  # its driver errors come translated, as StorageError
+        await step(engine, revision, wait=wait)  # driver errors come translated, as StorageError
     except AlembicCommandError as exc:
         raise CommandError(EXIT_BAD_INPUT, f"revision {revision!r}: {exc}") from None
     finally:
