@@ -87,7 +87,7 @@ class Writes:
             latest: dict[str, int] = {}
             for index in pending:
                 held = latest.get(writes[index].key)
-                if held is None or writes[held].sent < writes[index].sent:
+                if held is None or clock.supersedes(writes[index].sent, writes[held].sent):
                     latest[writes[index].key] = index
             group = sorted((writes[i] for i in latest.values()), key=lambda write: write.key)
             outcome, rejected = await self._save_group(group, deadline)

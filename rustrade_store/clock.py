@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["horizon", "next_save_time", "now"]
+__all__ = ["horizon", "next_save_time", "now", "supersedes"]
 
 _TICK = timedelta(microseconds=1)
 _lock = threading.Lock()
@@ -33,3 +33,10 @@ def horizon() -> datetime:
     clock running ahead."""
     with _lock:
         return max(now(), _last)
+
+
+def supersedes(new: datetime, held: datetime) -> bool:
+    """Whether, in one list of saves of a key, the save at ``new`` (later in the list) takes the
+    place of the one at ``held``: the latest save time wins, and on a tie the later in the list,
+    as a dict keeps its last item."""
+    return held <= new

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
+from .clock import supersedes
 from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
 
 if TYPE_CHECKING:
@@ -406,7 +407,7 @@ def encode_rows(items: Iterable[tuple[str, object, object]]) -> list[dict[str, A
         text = encode_entry(key, value)
         time = check_time(key, when)
         held = latest.get(key)
-        if held is None or held[1] <= time:
+        if held is None or supersedes(time, held[1]):
             latest[key] = (text, time)
     return [
         {"key": key, "value": text, "updated_at": when}

@@ -166,11 +166,6 @@ class Executor:
         """The database URL, its password masked."""
         return self._where
 
-    @property
-    def autocommit(self) -> bool:
-        """Whether a statement run outside a transaction commits on its own."""
-        return self._autocommit
-
     # -- operations ------------------------------------------------------------------------
 
     async def fetch(
