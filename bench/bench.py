@@ -71,11 +71,11 @@ else:
 
 try:  # the Core baseline builds the store's own statements with the package's internals
     from rustrade_store._backends import backend_for
-    from rustrade_store.fencing import Fencing
-    from rustrade_store.queries import IGNORE_LEASES, snapshots
-    from rustrade_store.queries import upsert as store_upsert
-    from rustrade_store.queries import value as store_value
-    from rustrade_store.queries import values as store_values
+    from rustrade_store._fencing import Fencing
+    from rustrade_store._statements import IGNORE_LEASES, snapshots
+    from rustrade_store._statements import upsert as store_upsert
+    from rustrade_store._statements import value as store_value
+    from rustrade_store._statements import values as store_values
 except ImportError as exc:  # moved since this bench was written: its Core lines say so
     CORE_MISSING: str | None = f"{type(exc).__name__}: {exc}"
 else:

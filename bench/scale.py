@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from rustrade_store.engine import resolve_url
-from rustrade_store.store import Snapshot
+from rustrade_store._engine import resolve_url
+from rustrade_store._store import Snapshot
 from rustrade_store.transfer import ExportWriter
 
 if TYPE_CHECKING:

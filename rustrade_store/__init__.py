@@ -10,19 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._sync import SyncBufferedStore, SyncStore
-    from ._sync_lease import SyncLease
-    from .buffered import BufferedStore
-    from .codec import (
-        MAX_DEPTH,
-        MAX_INT_DIGITS,
-        MAX_KEY_LENGTH,
-        MAX_VALUE_BYTES,
-        JSONInput,
-        JSONValue,
-    )
-    from .engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
-    from .errors import (
+    from ._buffered import BufferedStore
+    from ._engine import DEFAULT_URL, ENV_VAR, create_engine, resolve_url
+    from ._errors import (
         ClockSkewError,
         ConfigurationError,
         ConflictError,
@@ -38,12 +28,22 @@ if TYPE_CHECKING:
         StoreError,
         ValueTypeError,
     )
-    from .lease import Lease
-    from .memory import InMemoryStore
-    from .migrate import downgrade, head_revision, upgrade
-    from .restore import RestoreReport
-    from .sql import SqlStore
-    from .store import Snapshot, StateStore
+    from ._lease import Lease
+    from ._memory import InMemoryStore
+    from ._migrate import downgrade, head_revision, upgrade
+    from ._restore import RestoreReport
+    from ._sql import SqlStore
+    from ._store import Snapshot, StateStore
+    from ._sync import SyncBufferedStore, SyncStore
+    from ._sync_lease import SyncLease
+    from .codec import (
+        MAX_DEPTH,
+        MAX_INT_DIGITS,
+        MAX_KEY_LENGTH,
+        MAX_VALUE_BYTES,
+        JSONInput,
+        JSONValue,
+    )
 
     __version__: str
 
@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 _HOMES = {
-    "buffered": ("BufferedStore",),
+    "_buffered": ("BufferedStore",),
     "codec": (
         "MAX_DEPTH",
         "MAX_INT_DIGITS",
@@ -98,8 +98,8 @@ _HOMES = {
         "JSONInput",
         "JSONValue",
     ),
-    "engine": ("DEFAULT_URL", "ENV_VAR", "create_engine", "resolve_url"),
-    "errors": (
+    "_engine": ("DEFAULT_URL", "ENV_VAR", "create_engine", "resolve_url"),
+    "_errors": (
         "ClockSkewError",
         "ConfigurationError",
         "ConflictError",
@@ -115,12 +115,12 @@ _HOMES = {
         "StoreError",
         "ValueTypeError",
     ),
-    "lease": ("Lease",),
-    "memory": ("InMemoryStore",),
-    "migrate": ("downgrade", "head_revision", "upgrade"),
-    "restore": ("RestoreReport",),
-    "sql": ("SqlStore",),
-    "store": ("Snapshot", "StateStore"),
+    "_lease": ("Lease",),
+    "_memory": ("InMemoryStore",),
+    "_migrate": ("downgrade", "head_revision", "upgrade"),
+    "_restore": ("RestoreReport",),
+    "_sql": ("SqlStore",),
+    "_store": ("Snapshot", "StateStore"),
     "_sync": ("SyncBufferedStore", "SyncStore"),
     "_sync_lease": ("SyncLease",),
 }

@@ -16,10 +16,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import queries
+from . import _statements
 from ._backends.mariadb import GALERA_SYNC_WAIT
+from ._errors import LeaseError
 from ._urls import listed_hosts
-from .errors import LeaseError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -61,7 +61,7 @@ class GaleraNode:
     primary: bool
     """The node is in the primary component (``wsrep_cluster_status`` Primary)."""
     ready: bool
-    """``wsrep_ready``: the node accepts queries."""
+    """``wsrep_ready``: the node accepts _statements."""
     sync_wait: int
     """This session's ``wsrep_sync_wait``."""
     isolation: str
@@ -74,7 +74,7 @@ class GaleraNode:
 
 
 def galera_node(rows: Iterable[Sequence[object]]) -> GaleraNode | None:
-    """The node that ``(name, value)`` rows of :func:`~rustrade_store.queries.galera_status`
+    """The node that ``(name, value)`` rows of :func:`~rustrade_store._statements.galera_status`
     describe, or None if the server is not a Galera node (``wsrep_on`` off or absent)."""
     found = {str(name).lower(): str(value) for name, value in rows}
     if found.get("wsrep_on", "OFF").upper() != "ON":
@@ -131,7 +131,7 @@ def is_mariadb(connection: AsyncConnection) -> bool:
 
 async def read_node(connection: AsyncConnection) -> GaleraNode | None:
     """The Galera node ``connection`` is on, or None (MariaDB only)."""
-    return galera_node((await connection.execute(queries.galera_status())).all())
+    return galera_node((await connection.execute(_statements.galera_status())).all())
 
 
 async def refuse_lease(connection: AsyncConnection, prefix: str, where: str) -> None:
@@ -161,7 +161,7 @@ def first_synced_node(
     base = url.difference_update_query(["host"])
     nodes = [base.set(host=host.name, port=host.port) for host in listed_hosts(url)]
     status = str(
-        queries.galera_status().compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        _statements.galera_status().compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     )
     share = timeout / max(1, len(nodes))
 

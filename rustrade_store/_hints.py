@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Protocol
 
+from ._errors import causes, connection_hint, upgrade_hint
 from ._urls import masked
-from .errors import causes, connection_hint, upgrade_hint
 
 if TYPE_CHECKING:
     from sqlalchemy import URL

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING
 
+from ._errors import InvalidValueError
+from ._store import Snapshot
 from .codec import check_key, encode, parse
-from .errors import InvalidValueError
-from .store import Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import (
+from ._errors import (
     ClockSkewError,
     ConflictError,
     LeaseHeldError,
@@ -158,7 +158,7 @@ def judge(
     ``maybe_applied``: an earlier attempt of the same call may have taken effect (its answer
     was lost). A stored row with this write's own time and text is then that attempt; any
     other refusal is an :class:`OutcomeUnknownError`.
-    ``wall`` is this process's clock (:func:`~rustrade_store.clock.horizon`).
+    ``wall`` is this process's clock (:func:`~rustrade_store._clock.horizon`).
     """
     stored, lease = seen.stored, seen.lease
     if (

@@ -12,8 +12,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._errors import StorageError
 from .codec import BATCH_ROWS
-from .errors import StorageError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine, Iterator

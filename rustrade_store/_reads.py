@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import _telemetry, queries
+from . import _statements, _telemetry
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from .executor import Executor
+    from ._executor import Executor
 
 __all__ = ["Reads"]
 
@@ -23,8 +23,8 @@ class Reads:
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
         self._backend = executor.backend
-        self._select_value = queries.value(self._backend)
-        self._select_values = queries.values(self._backend)
+        self._select_value = _statements.value(self._backend)
+        self._select_values = _statements.values(self._backend)
 
     async def load(self, key: str) -> str | None:
         """The stored JSON text of ``key``, batched with concurrent loads."""

@@ -11,10 +11,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy.pool import QueuePool
 
-from ._portal import Portal
-from ._sync_lease import SyncLease
-from .buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
-from .engine import (
+from ._buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
+from ._engine import (
     DEFAULT_TIMEOUT,
     SQLITE_SYNCHRONOUS,
     check_timeout,
@@ -23,9 +21,11 @@ from .engine import (
     resolve_url,
     store_engine_options,
 )
-from .errors import ConfigurationError, LeaseLostError
-from .lease import DEFAULT_TTL
-from .sql import SqlStore
+from ._errors import ConfigurationError, LeaseLostError
+from ._lease import DEFAULT_TTL
+from ._portal import Portal
+from ._sql import SqlStore
+from ._sync_lease import SyncLease
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from ._lease import LeaseInfo
+    from ._restore import RestoreReport
+    from ._store import Snapshot, StateStore
     from .codec import JSONInput, JSONValue
-    from .lease import LeaseInfo
-    from .restore import RestoreReport
-    from .store import Snapshot, StateStore
 
 __all__ = ["SyncBufferedStore", "SyncStore"]
 

@@ -8,8 +8,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import TracebackType
 
+    from ._lease import Lease
     from ._sync import _Calls
-    from .lease import Lease
 
 __all__ = ["SyncLease"]
 

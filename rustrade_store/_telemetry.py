@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import make_url
 
-from .errors import (
+from ._errors import (
     ClockSkewError,
     ConflictError,
     LeaseHeldError,

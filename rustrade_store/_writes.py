@@ -11,20 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import _telemetry, clock, queries
+from . import _clock, _statements, _telemetry
+from ._errors import LeaseLostError, StorageError, StoreError
+from ._executor import Attempt, Rejected
 from ._outcome import LeaseRow, Seen, Stored, Verdict, judge, lease_text
 from .codec import LEASE_PREFIX
-from .errors import LeaseLostError, StorageError, StoreError
-from .executor import Attempt, Rejected
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from ._executor import Executor
+    from ._fencing import Fencing
     from ._outcome import Write
-    from .executor import Executor
-    from .fencing import Fencing
 
 __all__ = ["UNHELD_SINCE", "Writes"]
 
@@ -61,13 +61,13 @@ class Writes:
         self._executor = executor
         self._fencing = fencing
         self._where = executor.where
-        self._upsert = queries.upsert(backend)
-        self._upsert_if_absent = queries.upsert_if_absent(backend)
-        self._update_if_at = queries.update_if_at(backend)
-        self._reset_if_at = queries.reset_if_at(backend)
-        self._delete = queries.delete_older(backend)
-        self._seen = queries.seen(backend)
-        self._new_lease = backend.insert_new(queries.snapshots)
+        self._upsert = _statements.upsert(backend)
+        self._upsert_if_absent = _statements.upsert_if_absent(backend)
+        self._update_if_at = _statements.update_if_at(backend)
+        self._reset_if_at = _statements.reset_if_at(backend)
+        self._delete = _statements.delete_older(backend)
+        self._seen = _statements.seen(backend)
+        self._new_lease = backend.insert_new(_statements.snapshots)
 
     # -- single saves, batched -------------------------------------------------------------
 
@@ -87,7 +87,7 @@ class Writes:
             latest: dict[str, int] = {}
             for index in pending:
                 held = latest.get(writes[index].key)
-                if held is None or clock.supersedes(writes[index].sent, writes[held].sent):
+                if held is None or _clock.supersedes(writes[index].sent, writes[held].sent):
                     latest[writes[index].key] = index
             group = sorted((writes[i] for i in latest.values()), key=lambda write: write.key)
             outcome, rejected = await self._save_group(group, deadline)
@@ -225,7 +225,7 @@ class Writes:
                 seen[key],
                 maybe_applied=attempt.maybe_applied,
                 where=self._where,
-                wall=clock.horizon(),
+                wall=_clock.horizon(),
             )
 
         for _ in range(3):
@@ -315,7 +315,7 @@ class Writes:
         if not refused:
             return {}
         seen = await self._read(connection, refused)
-        wall = clock.horizon()
+        wall = _clock.horizon()
         return {
             write.key: judge(
                 write,

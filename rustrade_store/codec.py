@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, cast
 
-from .clock import supersedes
-from .errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
+from ._clock import supersedes
+from ._errors import InvalidKeyError, InvalidValueError, KeyTypeError, StorageError, ValueTypeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

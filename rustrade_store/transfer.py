@@ -14,17 +14,17 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NoReturn
 
+from ._errors import BadFileError, CopyMismatchError, InvalidValueError, TargetNotEmptyError
 from ._lines import BOM, Trailer, format_line, read_line, trailer_line
+from ._restore import RestoreReport
 from .codec import BATCH_ROWS, encode
-from .errors import BadFileError, CopyMismatchError, InvalidValueError, TargetNotEmptyError
-from .restore import RestoreReport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from typing import BinaryIO
 
-    from .sql import SqlStore
-    from .store import Snapshot
+    from ._sql import SqlStore
+    from ._store import Snapshot
 
 __all__ = [
     "BATCH_BYTES",

@@ -27,8 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from rustrade_store import InMemoryStore, OutcomeUnknownError, SqlStore, StoreError
-from rustrade_store.engine import DEFAULT_TIMEOUT, create_engine
-from rustrade_store.schema import snapshots
+from rustrade_store._engine import DEFAULT_TIMEOUT, create_engine
+from rustrade_store._schema import snapshots
 
 from .proxy import TcpProxy
 

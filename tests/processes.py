@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete
 
 from rustrade_store import SqlStore
-from rustrade_store.schema import snapshots
+from rustrade_store._schema import snapshots
 
 if TYPE_CHECKING:
     import asyncpg

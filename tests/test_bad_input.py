@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import text, update
 
 from rustrade_store import SchemaError, SqlStore, StorageError, upgrade
-from rustrade_store.engine import resolve_url
-from rustrade_store.schema import snapshots
+from rustrade_store._engine import resolve_url
+from rustrade_store._schema import snapshots
 from rustrade_store.testing import BAD_KEYS, BAD_VALUES
 
 from .helpers import open_store

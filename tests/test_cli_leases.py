@@ -12,10 +12,10 @@ import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rustrade_store import Snapshot, SqlStore
+from rustrade_store._engine import resolve_url
 from rustrade_store._lines import format_time
+from rustrade_store._migrate import upgrade
 from rustrade_store.cli import EXIT_LEASED
-from rustrade_store.engine import resolve_url
-from rustrade_store.migrate import upgrade
 from rustrade_store.transfer import export
 
 from .commandline import T0, cli, ok, on_terminal, one_line_error

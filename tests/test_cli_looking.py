@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import JSONValue, Snapshot, SqlStore, head_revision
+from rustrade_store._condition import compile_condition
 from rustrade_store._lines import format_line
-from rustrade_store.condition import compile_condition
 
 from .commandline import T0, cli, ok, one_line_error
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import Snapshot, SqlStore
+from rustrade_store._engine import resolve_url
 from rustrade_store._lines import format_line
 from rustrade_store.cli import main
 from rustrade_store.cli.moving import same_database
 from rustrade_store.codec import encode
-from rustrade_store.engine import resolve_url
 from rustrade_store.testing import EXACT_VALUES, assert_same_json
 from rustrade_store.transfer import ExportWriter
 

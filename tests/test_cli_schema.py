@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import URL, text
 
 from rustrade_store import SqlStore, head_revision
+from rustrade_store._engine import create_engine, resolve_url
+from rustrade_store._migrate import upgrade
+from rustrade_store._schema import VERSION_TABLE
 from rustrade_store.cli.doctor import Replication, replication_report
 from rustrade_store.cli.opening import hosts_of
-from rustrade_store.engine import create_engine, resolve_url
-from rustrade_store.migrate import upgrade
-from rustrade_store.schema import VERSION_TABLE
 
 from .commandline import cli, ok, one_line_error
 

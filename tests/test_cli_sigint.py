@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 from rustrade_store import RestoreReport, Snapshot, SqlStore, upgrade
+from rustrade_store._engine import ENV_VAR, resolve_url
 from rustrade_store.cli.moving import interrupted_line
-from rustrade_store.engine import ENV_VAR, resolve_url
 from rustrade_store.transfer import ExportWriter
 
 from .commandline import COMMAND, T0, cli, ok

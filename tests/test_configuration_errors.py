@@ -20,7 +20,7 @@ from rustrade_store import (
     create_engine,
     upgrade,
 )
-from rustrade_store.engine import resolve_url
+from rustrade_store._engine import resolve_url
 
 from .commandline import cli, ok, one_line_error
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from rustrade_store import SqlStore
-from rustrade_store.engine import create_engine
+from rustrade_store._engine import create_engine
 
 from .helpers import asyncpg_connection
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import DEFAULT_URL, ENV_VAR, ConfigurationError, SqlStore, resolve_url
-from rustrade_store.engine import masked
+from rustrade_store._engine import masked
 
 if TYPE_CHECKING:
     from sqlalchemy import URL

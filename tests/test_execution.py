@@ -22,7 +22,7 @@ from rustrade_store import (
     SqlStore,
     StorageError,
 )
-from rustrade_store.schema import snapshots
+from rustrade_store._schema import snapshots
 
 from .helpers import open_store
 

@@ -14,9 +14,9 @@ from sqlalchemy.exc import DBAPIError
 
 from rustrade_store import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES, SqlStore, StorageError
 from rustrade_store._backends import backend_for
+from rustrade_store._engine import DEFAULT_TIMEOUT
+from rustrade_store._schema import snapshots
 from rustrade_store.codec import encode
-from rustrade_store.engine import DEFAULT_TIMEOUT
-from rustrade_store.schema import snapshots
 from rustrade_store.testing import EXACT_VALUES, assert_same_json, nested
 
 from .helpers import IN_CI

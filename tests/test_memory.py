@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy import text
 
 from rustrade_store import InMemoryStore, head_revision
-from rustrade_store.schema import VERSION_TABLE
+from rustrade_store._schema import VERSION_TABLE
 
 
 async def test_instances_are_isolated() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import SqlStore, create_engine, downgrade, head_revision, upgrade
-from rustrade_store.migrate import schema_status
+from rustrade_store._migrate import schema_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

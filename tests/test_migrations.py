@@ -21,9 +21,9 @@ from sqlalchemy import URL, event, inspect, make_url, text
 from sqlalchemy.schema import CreateTable
 
 from rustrade_store import InMemoryStore, SchemaError, SqlStore, downgrade, head_revision, upgrade
-from rustrade_store.engine import ENV_VAR, create_engine, resolve_url
-from rustrade_store.migrate import schema_status
-from rustrade_store.schema import VERSION_TABLE, metadata
+from rustrade_store._engine import ENV_VAR, create_engine, resolve_url
+from rustrade_store._migrate import schema_status
+from rustrade_store._schema import VERSION_TABLE, metadata
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -328,10 +328,10 @@ class _Signal(logging.Handler):
 @pytest.fixture
 def lock_wait(caplog: pytest.LogCaptureFixture) -> Iterator[threading.Event]:
     """Set when a migration starts waiting for another one in this process to finish."""
-    caplog.set_level(logging.DEBUG, logger="rustrade_store.migrate")
+    caplog.set_level(logging.DEBUG, logger="rustrade_store._migrate")
     signal = threading.Event()
     handler = _Signal(signal)
-    logger = logging.getLogger("rustrade_store.migrate")
+    logger = logging.getLogger("rustrade_store._migrate")
     logger.addHandler(handler)
     try:
         yield signal

@@ -26,8 +26,8 @@ from sqlalchemy import delete, event
 
 from rustrade_store import SqlStore, StorageError, downgrade, upgrade
 from rustrade_store._backends import backend_for
-from rustrade_store.engine import resolve_url
-from rustrade_store.schema import snapshots
+from rustrade_store._engine import resolve_url
+from rustrade_store._schema import snapshots
 from rustrade_store.testing import StateStoreContract
 
 from .helpers import asyncpg_connection, server_port, unavailable

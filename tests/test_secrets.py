@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from rustrade_store import ConfigurationError, SchemaError, SqlStore, StorageError, upgrade
-from rustrade_store.engine import create_engine, resolve_url
+from rustrade_store._engine import create_engine, resolve_url
 
 from .commandline import cli, ok, one_line_error
 from .proxy import TcpProxy

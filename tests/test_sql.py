@@ -18,8 +18,8 @@ from rustrade_store import (
     StorageError,
     ValueTypeError,
 )
-from rustrade_store.engine import create_engine
-from rustrade_store.queries import prefix_end
+from rustrade_store._engine import create_engine
+from rustrade_store._statements import prefix_end
 from rustrade_store.testing import assert_same_json
 
 if TYPE_CHECKING:

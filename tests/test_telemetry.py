@@ -473,8 +473,7 @@ def test_without_the_extra_the_store_runs_its_methods_undecorated(tmp_path: Path
     code = """
 import asyncio, sys
 sys.modules["opentelemetry"] = None  # as if the extra were not installed
-from rustrade_store import BufferedStore, SqlStore, _telemetry
-from rustrade_store.lease import Lease
+from rustrade_store import BufferedStore, Lease, SqlStore, _telemetry
 assert not _telemetry.ENABLED
 methods = [SqlStore.save, SqlStore.load, SqlStore.save_many, Lease.acquire, Lease.renew]
 methods += [BufferedStore._queue, BufferedStore._write_pending]

@@ -21,6 +21,8 @@ from rustrade_store import (
     SqlStore,
     upgrade,
 )
+from rustrade_store._engine import resolve_url
+from rustrade_store._errors import BadFileError, CopyMismatchError, TargetNotEmptyError
 from rustrade_store._lines import (
     TRAILER,
     format_line,
@@ -30,8 +32,6 @@ from rustrade_store._lines import (
     read_line,
 )
 from rustrade_store.codec import BATCH_ROWS
-from rustrade_store.engine import resolve_url
-from rustrade_store.errors import BadFileError, CopyMismatchError, TargetNotEmptyError
 from rustrade_store.testing import EXACT_VALUES, assert_same_json
 from rustrade_store.transfer import ExportWriter, copy, export, import_lines, verify
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rustrade_store import ConfigurationError
+from rustrade_store._engine import masked, resolve_url
 from rustrade_store.cli.opening import hosts_of
-from rustrade_store.engine import masked, resolve_url
 
 from .commandline import cli, one_line_error
 

@@ -58,7 +58,7 @@ def test_the_wheel_works_from_a_fresh_virtualenv(tmp_path: Path, fresh_postgres:
     where = run(
         python,
         "-c",
-        "import rustrade_store, rustrade_store.migrate as m; "
+        "import rustrade_store, rustrade_store._migrate as m; "
         "print(rustrade_store.__file__); print(m.script_location())",
         cwd=outside,
     ).split()

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, literal_column, text
 from sqlalchemy.dialects import mysql
 
+from .._errors import ConfigurationError
 from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_timeout
-from ..errors import ConfigurationError
-from ..schema import UtcTimestamp
+from .._schema import UtcTimestamp
 from .base import Backend, RowSource
 from .postgresql import MIGRATION_LOCK
 

@@ -10,8 +10,8 @@ from sqlalchemy import Text, bindparam, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
+from .._schema import UtcTimestamp
 from .._urls import is_memory_url
-from ..schema import UtcTimestamp
 from .base import Backend, RowSource
 
 if TYPE_CHECKING:

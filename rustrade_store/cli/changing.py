@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._engine import masked
+from .._errors import ConflictError, InvalidValueError, LeaseHeldError
 from .._lines import format_time, parse_json
 from ..codec import encode
-from ..engine import masked
-from ..errors import ConflictError, InvalidValueError, LeaseHeldError
 from .exits import (
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,
@@ -30,8 +30,8 @@ from .reaching import open_store
 if TYPE_CHECKING:
     import argparse
 
+    from .._store import Snapshot
     from ..codec import JSONValue
-    from ..store import Snapshot
     from .output import Console
 
 __all__ = ["cmd_edit", "cmd_put", "cmd_rm"]

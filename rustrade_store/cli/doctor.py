@@ -12,11 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import __version__, queries
+from .. import __version__, _statements
+from .._engine import masked, read_settings
+from .._errors import SchemaError, StorageError
 from .._galera import galera_report, is_mariadb, read_node
-from ..engine import masked, read_settings
-from ..errors import SchemaError, StorageError
-from ..migrate import schema_status
+from .._migrate import schema_status
 from .exits import EXIT_OK
 from .opening import database_url, hosts_of
 from .reaching import connection
@@ -182,8 +182,8 @@ async def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Replication:
-    """What a PostgreSQL server said of its replication (:func:`queries.server_replication`
-    and :func:`queries.standbys`)."""
+    """What a PostgreSQL server said of its replication (:func:`_statements.server_replication`
+    and :func:`_statements.standbys`)."""
 
     standby_names: str
     in_recovery: bool
@@ -193,8 +193,8 @@ class Replication:
 
 
 def read_replication(connected: Connection) -> Replication:
-    names, in_recovery, address, port = connected.execute(queries.server_replication()).one()
-    standbys = [(name, state) for name, state in connected.execute(queries.standbys())]
+    names, in_recovery, address, port = connected.execute(_statements.server_replication()).one()
+    standbys = [(name, state) for name, state in connected.execute(_statements.standbys())]
     return Replication(
         str(names or ""),
         bool(in_recovery),

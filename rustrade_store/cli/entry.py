@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from ..errors import (
+from .._errors import (
     ClockSkewError,
     ConflictError,
     LeaseError,
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     import asyncio
 
-    from ..engine import DEFAULT_TIMEOUT
+    from .._engine import DEFAULT_TIMEOUT
     from .output import Console
 
     args = build_parser().parse_args(arguments)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .._engine import masked
+from .._errors import InvalidKeyError, KeyTypeError
+from .._lease import check_prefix
 from .._lines import format_time
 from ..codec import LEASE_PREFIX, lease_key
-from ..engine import masked
-from ..errors import InvalidKeyError, KeyTypeError
-from ..lease import check_prefix
 from .exits import (
     EXIT_BAD_INPUT,
     EXIT_LEASED,
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import argparse
     from typing import TextIO
 
-    from ..lease import LeaseInfo
-    from ..sql import SqlStore
+    from .._lease import LeaseInfo
+    from .._sql import SqlStore
     from .output import Console
 
 __all__ = ["cmd_lease_break", "cmd_leases", "lease_text", "refuse_if_leased"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._condition import compile_condition
+from .._engine import masked
 from .._lines import Raw, format_line, format_time, json_line
 from ..codec import BATCH_ROWS, encode
-from ..condition import compile_condition
-from ..engine import masked
 from .exits import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_OK, PROG, CommandError
 from .opening import checked_key, database_url
 from .output import pretty, shown_key, size
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TextIO
 
+    from .._sql import SqlStore
+    from .._store import Snapshot
     from ..codec import JSONValue
-    from ..sql import SqlStore
-    from ..store import Snapshot
     from .output import Console
 
 __all__ = ["cmd_get", "cmd_ls"]

@@ -12,11 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._engine import masked
+from .._errors import InvalidValueError
 from .._lines import format_time
+from .._restore import RestoreReport
 from .._urls import is_memory_url
-from ..engine import masked
-from ..errors import InvalidValueError
-from ..restore import RestoreReport
 from ..transfer import copy, export, import_lines
 from .exits import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, PROG, CommandError
 from .opening import checked_key, database_url, hosts_of
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy import URL
 
-    from ..sql import SqlStore
-    from ..store import Snapshot
+    from .._sql import SqlStore
+    from .._store import Snapshot
     from .output import Console
 
 __all__ = ["cmd_copy", "cmd_export", "cmd_import", "interrupted_line", "same_database"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._engine import masked, refuse_memory_url, resolve_url
+from .._errors import ConfigurationError, InvalidKeyError, InvalidValueError, KeyTypeError
 from .._lines import parse_time
 from .._urls import hosts_of, is_memory_url
 from ..codec import check_key
-from ..engine import masked, refuse_memory_url, resolve_url
-from ..errors import ConfigurationError, InvalidKeyError, InvalidValueError, KeyTypeError
 from .exits import EXIT_BAD_INPUT, EXIT_STORAGE, PROG, CommandError
 
 if TYPE_CHECKING:

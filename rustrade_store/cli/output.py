@@ -10,8 +10,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from .._engine import passwords
 from ..codec import encode
-from ..engine import passwords
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -317,7 +317,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _timeout(text: str) -> float:
     """``--timeout``: seconds in the range the store accepts, else a usage error naming it."""
-    from ..engine import check_timeout
+    from .._engine import check_timeout
 
     try:
         return check_timeout(float(text))
@@ -334,7 +334,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command's parser, built from :data:`COMMANDS`; global options are accepted before
     or after the command."""
-    from ..engine import DEFAULT_TIMEOUT, ENV_VAR
+    from .._engine import DEFAULT_TIMEOUT, ENV_VAR
 
     epilog = (
         f"The database URL comes from --url, else ${ENV_VAR}, else ./rustrade_state.db.\n"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..engine import create_engine, masked, resolve_url
-from ..errors import StorageError, StoreError, storage_error
-from ..migrate import schema_status
-from ..sql import SqlStore
+from .._engine import create_engine, masked, resolve_url
+from .._errors import StorageError, StoreError, storage_error
+from .._migrate import schema_status
+from .._sql import SqlStore
 from .exits import PROG
 from .opening import hosts_of
 

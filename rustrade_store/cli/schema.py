@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import inspect
 
-from .. import __version__, queries
-from ..engine import create_engine, masked
-from ..errors import SchemaError
-from ..migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
-from ..schema import snapshots
+from .. import __version__, _statements
+from .._engine import create_engine, masked
+from .._errors import SchemaError
+from .._migrate import downgrade, refuse_unknown_revision, schema_status, upgrade
+from .._schema import snapshots
 from .exits import EXIT_BAD_INPUT, EXIT_OK, PROG, CommandError
 from .opening import database_url
 from .prompts import confirm
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy import URL, Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from ..migrate import SchemaStatus
+    from .._migrate import SchemaStatus
     from .output import Console
 
 __all__ = ["cmd_current", "cmd_downgrade", "cmd_upgrade", "count_snapshots", "revision_line"]
@@ -49,7 +49,7 @@ def count_snapshots(connection: Connection) -> int | None:
     snapshots), or ``None`` when there is no table."""
     if not inspect(connection).has_table(snapshots.name):
         return None
-    return int(connection.execute(queries.count("")).scalar_one())
+    return int(connection.execute(_statements.count("")).scalar_one())
 
 
 async def cmd_upgrade(args: argparse.Namespace, console: Console) -> int:

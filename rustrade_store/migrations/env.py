@@ -11,9 +11,9 @@ from alembic import context
 from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 from sqlalchemy.pool import NullPool
 
+from rustrade_store._engine import create_engine, resolve_url
+from rustrade_store._schema import VERSION_TABLE, metadata
 from rustrade_store._urls import MYSQL_BACKENDS
-from rustrade_store.engine import create_engine, resolve_url
-from rustrade_store.schema import VERSION_TABLE, metadata
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, ClassVar
 import pytest
 import pytest_asyncio
 
+from .._errors import InvalidKeyError, InvalidValueError, KeyTypeError
 from ..codec import MAX_KEY_LENGTH
-from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError
 from ._values import BAD_KEYS, BAD_VALUES, EXACT_VALUES, assert_same_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from .._store import StateStore
     from ..codec import JSONValue
-    from ..store import StateStore
 
 __all__ = ["StateStoreContract"]
 

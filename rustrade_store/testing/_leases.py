@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pytest
 import pytest_asyncio
 
-from ..errors import InvalidKeyError, LeaseHeldError, LeaseLostError
+from .._errors import InvalidKeyError, LeaseHeldError, LeaseLostError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping
     from datetime import datetime
     from types import TracebackType
 
+    from .._lease import LeaseInfo
     from ..codec import JSONInput, JSONValue
-    from ..lease import LeaseInfo
 
 __all__ = ["BAD_PREFIXES", "LeaseHandle", "LeasingStore", "StateStoreLeaseContract"]
 

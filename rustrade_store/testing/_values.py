@@ -6,8 +6,8 @@ import math
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .._errors import InvalidKeyError, InvalidValueError, KeyTypeError, ValueTypeError
 from ..codec import MAX_DEPTH, MAX_KEY_LENGTH, MAX_VALUE_BYTES
-from ..errors import InvalidKeyError, InvalidValueError, KeyTypeError, ValueTypeError
 
 if TYPE_CHECKING:
     from ..codec import JSONValue

@@ -15,9 +15,9 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import queries
+from . import _statements
 from ._backends import backend_for
-from .engine import (
+from ._engine import (
     DEFAULT_TIMEOUT,
     check_timeout,
     create_engine,
@@ -25,8 +25,8 @@ from .engine import (
     refuse_memory_url,
     resolve_url,
 )
-from .errors import SchemaError, root_cause, storage_error, upgrade_hint
-from .schema import VERSION_TABLE
+from ._errors import SchemaError, root_cause, storage_error, upgrade_hint
+from ._schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -249,7 +249,7 @@ class SchemaStatus:
 def _read_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table(VERSION_TABLE):
         return None
-    return connection.execute(queries.revision()).scalar()
+    return connection.execute(_statements.revision()).scalar()
 
 
 def _status(

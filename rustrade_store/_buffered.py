@@ -8,9 +8,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import _telemetry
+from ._errors import LeaseLostError, StorageError, StoreError
+from ._store import StateStore
 from .codec import JSONInput, JSONValue, check_key, check_keys, decode, encode, encode_entry
-from .errors import LeaseLostError, StorageError, StoreError
-from .store import StateStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -7,11 +7,11 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import clock
+from . import _clock
+from ._errors import LeaseLostError
 from ._outcome import Write
+from ._statements import IGNORE_LEASES
 from .codec import lease_key
-from .errors import LeaseLostError
-from .queries import IGNORE_LEASES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -115,7 +115,7 @@ class Fencing:
         return {"lease_key": write.lease_key, "mine": self._mine(write)} | self.now()
 
     def rows(self, writes: Sequence[Write]) -> dict[str, Any]:
-        """The parameters of :func:`~rustrade_store.queries.upsert` for ``writes``."""
+        """The parameters of :func:`~rustrade_store._statements.upsert` for ``writes``."""
         time_text = self._backend.time_text
         source = [
             {
@@ -135,4 +135,4 @@ class Fencing:
 
 def clock_param(backend: Backend) -> dict[str, Any]:
     """The parameter of a statement that reads the clock, where it is the host's."""
-    return {"now": clock.now()} if backend.host_clock else {}
+    return {"now": _clock.now()} if backend.host_clock else {}

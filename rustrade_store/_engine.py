@@ -12,8 +12,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ._backends import backend_for
+from ._errors import ConfigurationError, SchemaError, upgrade_hint
 from ._urls import MYSQL_BACKENDS, check_hosts, hosts_as_query, is_memory_url, masked, passwords
-from .errors import ConfigurationError, SchemaError, upgrade_hint
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

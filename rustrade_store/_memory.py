@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import DEFAULT_TIMEOUT, create_engine, resolve_url, store_engine_options
-from .sql import SqlStore
+from ._engine import DEFAULT_TIMEOUT, create_engine, resolve_url, store_engine_options
+from ._sql import SqlStore
 
 __all__ = ["InMemoryStore"]
 

@@ -17,16 +17,16 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from . import _telemetry
-from ._queue import GroupCommit, in_batch, retrieve, to_the_end
-from .engine import autocommits, check_timeout
-from .errors import (
+from ._engine import autocommits, check_timeout
+from ._errors import (
     OutcomeUnknownError,
     StorageError,
     StoreError,
     root_cause,
     storage_error,
 )
-from .migrate import check_revision, upgrade_connection
+from ._migrate import check_revision, upgrade_connection
+from ._queue import GroupCommit, in_batch, retrieve, to_the_end
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence

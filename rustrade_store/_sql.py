@@ -7,9 +7,16 @@ import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any, Self
 
-from . import _telemetry, clock, queries
+from . import _clock, _statements, _telemetry
 from ._backends import backend_for
+from ._engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
+from ._errors import StoreError
+from ._executor import Executor
+from ._fencing import Fencing
+from ._lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
 from ._reads import Reads
+from ._restore import RestoreReport, restore, restore_stream
+from ._store import Snapshot, StateStore
 from ._writes import Writes
 from .codec import (
     BATCH_ROWS,
@@ -21,13 +28,6 @@ from .codec import (
     encode,
     encode_rows,
 )
-from .engine import DEFAULT_TIMEOUT, SQLITE_SYNCHRONOUS, create_store_engine, masked
-from .errors import StoreError
-from .executor import Executor
-from .fencing import Fencing
-from .lease import DEFAULT_TTL, Lease, LeaseInfo, break_lease, list_leases
-from .restore import RestoreReport, restore, restore_stream
-from .store import Snapshot, StateStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from ._errors import LeaseLostError
     from .codec import JSONInput
-    from .errors import LeaseLostError
 
 __all__ = ["SqlStore"]
 
@@ -83,7 +83,7 @@ class SqlStore(StateStore):
         self._fencing = Fencing(backend, ignore_leases=ignore_leases)
         self._writes = Writes(self._executor, self._fencing)
         self._reads = Reads(self._executor)
-        self._snapshot = queries.snapshot(self._executor.backend)
+        self._snapshot = _statements.snapshot(self._executor.backend)
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
     @classmethod
@@ -145,7 +145,7 @@ class SqlStore(StateStore):
         ``if_absent`` only if the key does not exist: otherwise nothing is written and
         :class:`~rustrade_store.ConflictError` names the stored time."""
         check_key(key)
-        row = {"key": key, "value": encode(value), "updated_at": clock.next_save_time()}
+        row = {"key": key, "value": encode(value), "updated_at": _clock.next_save_time()}
         if if_updated_at is None and not if_absent:
             await self._writes.save(row)
         elif if_updated_at is not None and if_absent:
@@ -165,7 +165,7 @@ class SqlStore(StateStore):
     @_telemetry.traced("save", batch=True, write=True)
     async def save_many(self, values: Mapping[str, JSONInput]) -> None:
         """Save every item in one transaction: all of them, or none if any is refused."""
-        when = clock.next_save_time()
+        when = _clock.next_save_time()
         rows = encode_rows((key, value, when) for key, value in values.items())
         if rows:
             await self._writes.save_all("save_many", rows)
@@ -185,7 +185,7 @@ class SqlStore(StateStore):
     ) -> RestoreReport:
         """Write every batch of snapshots, times kept, in ONE transaction (import, copy): all
         or nothing, newer stored state kept unless ``overwrite``; ``report`` (returned) counts
-        what was found and says how far it got. See :mod:`rustrade_store.restore`."""
+        what was found and says how far it got. See :mod:`rustrade_store._restore`."""
         return await restore_stream(
             self._executor, self._writes, batches, overwrite=overwrite, report=report
         )
@@ -207,7 +207,7 @@ class SqlStore(StateStore):
         key is then gone, whether this call removed it is unknown:
         :class:`~rustrade_store.OutcomeUnknownError`."""
         check_key(key)
-        return await self._writes.delete(key, clock.next_save_time())
+        return await self._writes.delete(key, _clock.next_save_time())
 
     def check_writable(self, key: str) -> None:
         self._fencing.check(key)
@@ -251,7 +251,7 @@ class SqlStore(StateStore):
     @_telemetry.traced("count")
     async def count(self, prefix: str = "") -> int:
         """How many keys start with ``prefix`` (all keys by default)."""
-        rows = await self._executor.fetch("count", prefix or None, queries.count(prefix))
+        rows = await self._executor.fetch("count", prefix or None, _statements.count(prefix))
         return int(rows[0][0])
 
     async def is_empty(self) -> bool:
@@ -266,7 +266,7 @@ class SqlStore(StateStore):
         await self._executor.aclose(dispose=self._owns_engine)
 
     async def _scan(self, prefix: str, *, values: bool) -> AsyncIterator[Any]:
-        page = queries.page(self._executor.backend, prefix, values=values)
+        page = _statements.page(self._executor.backend, prefix, values=values)
         after = ""
         while True:
             rows = await self._executor.fetch("list", prefix or None, page, {"after": after})
@@ -288,7 +288,7 @@ class SqlStore(StateStore):
         a key saved again since, or removed, is left as it is (:class:`ConflictError`), and the
         leases fence it as any write. Return the time written."""
         check_key(key)
-        written = clock.next_save_time()
+        written = _clock.next_save_time()
         row = {"key": key, "value": encode(value), "updated_at": written}
         await self._writes.save_if(row, check_time(key, stored_at), reset=True)
         return written
@@ -298,7 +298,7 @@ class SqlStore(StateStore):
         """The database server's clock now (SQLite has none: this host's)."""
         backend = self._executor.backend
         rows = await self._executor.fetch(
-            "time", None, queries.server_now(backend), self._fencing.now()
+            "time", None, _statements.server_now(backend), self._fencing.now()
         )
         when: datetime = rows[0][0]
         return when

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
-from . import clock, queries
+from . import _clock, _statements
+from ._errors import OutcomeUnknownError
+from ._executor import Attempt
 from .codec import encode_rows
-from .errors import OutcomeUnknownError
-from .executor import Attempt
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from ._executor import Executor, Row
+    from ._store import Snapshot
     from ._writes import Writes
-    from .executor import Executor, Row
-    from .store import Snapshot
 
 __all__ = ["RestoreReport", "restore", "restore_stream"]
 
@@ -114,7 +114,7 @@ async def _restore(
     """Write the batches ``batches()`` gives in one transaction, counting into ``report``; a
     cancellation waits at most for the statement in flight, then rolls back."""
     attempt = Attempt()
-    stored_rows = queries.stored(executor.backend)
+    stored_rows = _statements.stored(executor.backend)
 
     async def work(connection: AsyncConnection) -> None:
         if attempt.maybe_applied:
@@ -201,4 +201,4 @@ def _weigh(
 
 def _past(when: datetime) -> datetime:
     """A save time past ``when``: now, or one microsecond after it if it is not behind now."""
-    return max(clock.next_save_time(), when + _TICK)
+    return max(_clock.next_save_time(), when + _TICK)

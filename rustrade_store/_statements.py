@@ -22,8 +22,8 @@ from sqlalchemy import (
     update,
 )
 
+from ._schema import snapshots, version_table
 from .codec import BATCH_ROWS, LEASE_PREFIX, check_key
-from .schema import snapshots, version_table
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement, CompoundSelect, Delete, Insert, Select, Update

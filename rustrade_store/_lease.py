@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Self
 
-from . import _telemetry, clock, queries
+from . import _clock, _statements, _telemetry
+from ._errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError, StoreError
+from ._executor import Attempt
+from ._fencing import clock_param
 from ._galera import refuse_lease
 from ._outcome import held_error, lease_text, lease_value
 from ._writes import UNHELD_SINCE, unheld_text
 from .codec import LEASE_PREFIX, MAX_KEY_LENGTH, check_key
-from .errors import InvalidKeyError, LeaseHeldError, LeaseLostError, StorageError, StoreError
-from .executor import Attempt
-from .fencing import clock_param
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from .executor import Executor
-    from .fencing import Fencing
+    from ._executor import Executor
+    from ._fencing import Fencing
 
 __all__ = ["DEFAULT_TTL", "Lease", "LeaseInfo", "break_lease", "check_prefix", "list_leases"]
 
@@ -123,9 +123,9 @@ class Lease:
         self.wait = wait
         self._on_lost = on_lost
         self._row_key = LEASE_PREFIX + prefix
-        self._read = queries.lease_read(executor.backend)
-        self._renew = queries.lease_renew(executor.backend)
-        self._new = executor.backend.insert_new(queries.snapshots)
+        self._read = _statements.lease_read(executor.backend)
+        self._renew = _statements.lease_renew(executor.backend)
+        self._new = executor.backend.insert_new(_statements.snapshots)
         self._text: str | None = None
         self._lost: LeaseLostError | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -137,12 +137,12 @@ class Lease:
         self.holder: dict[str, Any] = {}
         """Who holds it: host, pid, a random id, and since when."""
         self.expires_at: datetime | None = None
-        """When the lease expires unless renewed, by the database's clock."""
+        """When the lease expires unless renewed, by the database's _clock."""
 
     @property
     def held(self) -> bool:
         """Whether this store holds the lease: taken, not lost, and within its ttl (less the
-        margin) of its last successful renewal by this host's monotonic clock."""
+        margin) of its last successful renewal by this host's monotonic _clock."""
         return self._text is not None and time.monotonic() < self._valid_until
 
     def __repr__(self) -> str:
@@ -243,7 +243,7 @@ class Lease:
             # Lock the row before reading it, so that no other store takes it in between, and
             # no write of a store holding no lease lands between this take-over and its commit.
             locked = await executor.execute(
-                connection, queries.lease_lock(), {"row": self._row_key}
+                connection, _statements.lease_lock(), {"row": self._row_key}
             )
             if locked[0][0] == 0:  # a row another store creates now would not be locked
                 raise _NoLeaseRow
@@ -261,7 +261,7 @@ class Lease:
             text = lease_text({"prefix": self.prefix, "token": token, "holder": holder})
             until = now + timedelta(seconds=self.ttl)
             params = {"row": self._row_key, "text": text, "until": until}
-            await executor.execute(connection, queries.lease_take(), params)
+            await executor.execute(connection, _statements.lease_take(), params)
             return text, token, until, holder
 
         attempt = Attempt()
@@ -372,8 +372,8 @@ class _NoLeaseRow(StoreError):
 
 async def _server_now(executor: Executor, connection: AsyncConnection) -> datetime:
     if executor.backend.host_clock:
-        return clock.now()
-    rows = await executor.execute(connection, queries.server_now(executor.backend))
+        return _clock.now()
+    rows = await executor.execute(connection, _statements.server_now(executor.backend))
     now: datetime = rows[0][0]
     return now
 
@@ -392,7 +392,7 @@ class LeaseInfo:
 async def list_leases(executor: Executor) -> list[LeaseInfo]:
     """Every lease taken at least once, live or not, in prefix order (a row created unheld, to
     serialise writes with a first take-over, is none)."""
-    statement = queries.leases(executor.backend)
+    statement = _statements.leases(executor.backend)
     rows = await executor.fetch("leases", None, statement, clock_param(executor.backend))
     return [
         LeaseInfo(key.removeprefix(LEASE_PREFIX), _token(value), _holder(value), until, bool(on))
@@ -406,10 +406,11 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
     dead: the row gets a new token and expires now, so the old holder's writes are refused
     even if it comes back. Return the lease as it was, or ``None`` if there was none."""
     row_key = LEASE_PREFIX + check_prefix(prefix)
-    read = queries.lease_read(executor.backend)
+    read = _statements.lease_read(executor.backend)
 
     async def work(connection: AsyncConnection) -> LeaseInfo | None:
-        if (await executor.execute(connection, queries.lease_lock(), {"row": row_key}))[0][0] == 0:
+        lock = _statements.lease_lock()
+        if (await executor.execute(connection, lock, {"row": row_key}))[0][0] == 0:
             return None
         now = await _server_now(executor, connection)
         found = await executor.execute(connection, read, {"row": row_key})
@@ -419,7 +420,7 @@ async def break_lease(executor: Executor, prefix: str) -> LeaseInfo | None:
         token = _token(text)
         broken = {"prefix": prefix, "token": token + 1, "holder": {"broken at": now.isoformat()}}
         params = {"row": row_key, "text": lease_text(broken), "until": now}
-        await executor.execute(connection, queries.lease_take(), params)
+        await executor.execute(connection, _statements.lease_take(), params)
         return LeaseInfo(prefix, token, _holder(text), until, until > now)
 
     return await executor.run("break lease", prefix, work, transaction=True, attempt=Attempt())
