@@ -259,17 +259,15 @@ def install_connection_setup(
     engine: AsyncEngine, timeout: float, synchronous: str = SQLITE_SYNCHRONOUS
 ) -> None:
     """Apply the durability settings to every new connection of an engine the store owns."""
-    synchronous = check_synchronous(synchronous)
-    if engine.dialect.name != "sqlite":
+    statements = backend_for(engine.url).session_setup(timeout, check_synchronous(synchronous))
+    if not statements:
         return
-    busy_ms = int(timeout * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    def _session_setup(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        for statement in statements:
+            cursor.execute(statement)
         cursor.close()
 
 

@@ -268,7 +268,7 @@ def _status(
         if url.get_backend_name() == "postgresql" and not url.database:
             message = (
                 f"{where} names no database, so the server chose its default, "
-                f"{connection.exec_driver_sql('SELECT current_database()').scalar()!r}, "
+                f"{connection.execute(_statements.current_database()).scalar()!r}, "
                 "which has no rustrade-store schema: name the database in the URL "
                 "(postgresql://user@host/dbname), then migrate it"
             )

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_LEASES",
     "count",
+    "current_database",
     "delete_older",
     "fence",
     "galera_status",
@@ -342,3 +343,8 @@ def galera_status() -> CompoundSelect[Any]:
 def revision() -> Select[Any]:
     """The schema revision Alembic recorded (its version table's one row)."""
     return select(version_table.c.version_num)
+
+
+def current_database() -> Select[Any]:
+    """PostgreSQL's name of the database a connection is on."""
+    return select(func.current_database())

@@ -78,6 +78,12 @@ class Backend:
         """Pool and driver settings for an engine the store creates."""
         return {"pool_timeout": timeout}
 
+    def session_setup(self, timeout: float, synchronous: str) -> tuple[str, ...]:
+        """Statements each new connection of an engine the store owns runs first (settings a
+        URL or the driver's arguments cannot carry), given the store's timeout and SQLite's
+        ``synchronous`` mode."""
+        return ()
+
     def check_server(self, dialect: Dialect, where: str) -> None:
         """Raise :class:`~rustrade_store.ConfigurationError` for a server the store cannot use,
         as SQLAlchemy's ``dialect`` found it on connecting."""

@@ -59,6 +59,15 @@ class SQLite(Backend):
         # One writer at a time is all SQLite allows; the store queues operations itself.
         return {"pool_size": 1, "max_overflow": 0, "pool_timeout": timeout}
 
+    def session_setup(self, timeout: float, synchronous: str) -> tuple[str, ...]:
+        # Waits for another connection's write lock, then writes ahead to a log: readers do
+        # not block the writer, and a commit is one fsync (FULL) or none (NORMAL).
+        return (
+            f"PRAGMA busy_timeout = {int(timeout * 1000)}",
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {synchronous}",
+        )
+
     def rows(self) -> RowSource:
         return _sqlite_rows()
 
