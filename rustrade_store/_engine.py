@@ -1,5 +1,5 @@
-"""Engines from URLs: plain URLs mapped to the async drivers, pool and driver options, SQLite's
-pragmas, and the durability settings read back for ``doctor``."""
+"""Engines from URLs: plain URLs mapped to the async drivers, the backend's pool, driver and
+session settings applied, and the durability settings read back for ``doctor``."""
 
 from __future__ import annotations
 

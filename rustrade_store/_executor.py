@@ -1,7 +1,8 @@
 """What every operation goes through: one event loop, one writer where the database needs it,
 a connection and its transaction, one deadline, one classification of errors and one retry
-policy, and group commit of concurrent single-key calls. It transports statements; what a
-write's result means is decided by the operation that wrote it (:mod:`._writes`)."""
+policy, and the group-commit queue (:mod:`._queue`) for concurrent single-key calls. It
+transports; what a result means is decided by the operation that sent it (:mod:`._writes`,
+:mod:`._reads`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The store's reads and its delete, as SQLAlchemy Core statements over the one table (the
-upsert, which differs per dialect, is in :mod:`.dialects`)."""
+"""Every SQL statement of the package, as SQLAlchemy Core over the one table: writes, reads,
+leases, the command's counts, the migrations' version read. What differs per database (the
+rows of a write, the upsert, the clock, how keys are bound) comes from the :mod:`._backends`
+class each function is given."""
 
 from __future__ import annotations
 
