@@ -17,7 +17,7 @@ from rustrade_store import (
     Snapshot,
     SqlStore,
     StorageError,
-    clock,
+    _clock,
 )
 
 from .helpers import BACKENDS_AND_POSTGRES_18
@@ -55,7 +55,7 @@ async def test_save_times_increase_when_the_wall_clock_steps_back(
 ) -> None:
     await store.save("k", 1)
     first = await stored_time(store, "k")
-    monkeypatch.setattr(clock, "now", stepped_back(timedelta(hours=1)))
+    monkeypatch.setattr(_clock, "now", stepped_back(timedelta(hours=1)))
     await store.save("k", 2)
     await store.save("k", 3)
     assert await store.load("k") == 3
@@ -79,7 +79,7 @@ async def test_a_write_ordered_before_a_newer_one_returns_normally(
     ordered before the newer one, so it returns normally and changes nothing."""
     stored = datetime.now(UTC) - timedelta(seconds=1)
     await store.restore([Snapshot("k", "newer", stored), Snapshot("j", "newer", stored)])
-    monkeypatch.setattr(clock, "next_save_time", stepped_back(timedelta(seconds=30)))
+    monkeypatch.setattr(_clock, "next_save_time", stepped_back(timedelta(seconds=30)))
     await store.save("k", "older")
     await store.save_many({"j": "older", "fresh": 1})
     assert not await store.delete("k")
