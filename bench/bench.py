@@ -702,14 +702,14 @@ async def drop_database(admin: URL, url: URL) -> None:
 
 
 async def postgres_facts(connection: Any) -> str:
-    backend = [f"PostgreSQL {await connection.fetchval('SHOW server_version')}"]
+    facts = [f"PostgreSQL {await connection.fetchval('SHOW server_version')}"]
     for setting in ("fsync", "synchronous_commit"):
-        backend.append(f"{setting}={await connection.fetchval(f'SHOW {setting}')}")
+        facts.append(f"{setting}={await connection.fetchval(f'SHOW {setting}')}")
     with contextlib.suppress(asyncpg.PostgresError):  # data_directory needs a privileged role
-        backend.append(
+        facts.append(
             f"data on {filesystem(Path(await connection.fetchval('SHOW data_directory')))}"
         )
-    return ", ".join(backend)
+    return ", ".join(facts)
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -1060,9 +1060,9 @@ async def main(sizes: Sizes, directory: Path | None) -> None:
                 await drop_database(admin, pg_url)
 
         burst, burst_ok = await buffered_burst(files / "burst.db", sizes)
-        backend = machine_facts(files, fsync, postgres, f"{load}, {load_average()}")
+        facts = machine_facts(files, fsync, postgres, f"{load}, {load_average()}")
 
-    print("\n".join(backend))
+    print("\n".join(facts))
     print(
         f"sizes: {sizes.sequential} sequential calls per implementation; {TASKS} tasks x "
         f"{sizes.rounds} saves; {sizes.boots} boots of {TASKS} loads; {sizes.batches} batches of "

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_DELAY", "DEFAULT_MAX_PENDING", "BufferedStore"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("rustrade_store.buffered")
 
 DEFAULT_DELAY = 0.05
 """Seconds a save may wait in memory before the background writer sends it on."""

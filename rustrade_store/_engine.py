@@ -304,7 +304,7 @@ def create_engine(
             )
     if resolved.get_backend_name() in MYSQL_BACKENDS and "host" in resolved.query:
         # asyncmy takes one host: the creator tries each, with every session setting.
-        from ._galera import first_synced_node  # it imports this module
+        from ._galera import first_synced_node  # only a URL of several hosts needs it
 
         creator = first_synced_node(resolved, merged.pop("connect_args", {}), timeout)
         merged.setdefault("async_creator", creator)

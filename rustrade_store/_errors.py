@@ -187,8 +187,8 @@ def storage_error(
     <where>: <cause>[ <hint>][; retried for <n> s]``, ``where`` being the URL with its password
     masked. A timeout (a ``TimeoutError``, or ``timed_out`` for one the driver reports
     otherwise) reads ``timed out waiting for the database (<cause>)``. ``hint`` says what the
-    database's message leaves out (:attr:`Backend.failure_hint`); ``retried_for`` is how
-    long the call went on retrying a lost connection, when it did.
+    database's message leaves out (:meth:`._backends.Backend.failure_hint`); ``retried_for``
+    is how long the call went on retrying a lost connection, when it did.
     """
     cause = root_cause(exc)
     detail = describe(cause)

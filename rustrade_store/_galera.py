@@ -61,7 +61,7 @@ class GaleraNode:
     primary: bool
     """The node is in the primary component (``wsrep_cluster_status`` Primary)."""
     ready: bool
-    """``wsrep_ready``: the node accepts _statements."""
+    """``wsrep_ready``: the node accepts queries."""
     sync_wait: int
     """This session's ``wsrep_sync_wait``."""
     isolation: str

@@ -1,6 +1,6 @@
 """What a failed call's message adds, per backend: the kind of connection failure and what to
-check, the statement creating a missing database, the server's packet limit; and which failures
-no retry can mend. Errors are recognised by exception type, errno, SQLSTATE and driver codes."""
+check, the statement creating a missing database, the server's packet limit. Errors are
+recognised by exception type, errno, SQLSTATE and driver codes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ __all__ = [
 
 
 class FailureHint(Protocol):
-    """What to add to the message of a failed operation: see :attr:`Backend.failure_hint`."""
+    """What to add to the message of a failed operation: see
+    :meth:`._backends.Backend.failure_hint`."""
 
     def __call__(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
         """``writing``: the operation writes; ``cause``: the driver's error; ``written``: the

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_TTL", "Lease", "LeaseInfo", "break_lease", "check_prefix", "list_leases"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("rustrade_store.lease")
 
 DEFAULT_TTL = 30.0
 """Seconds a lease lives without renewal."""
@@ -137,12 +137,12 @@ class Lease:
         self.holder: dict[str, Any] = {}
         """Who holds it: host, pid, a random id, and since when."""
         self.expires_at: datetime | None = None
-        """When the lease expires unless renewed, by the database's _clock."""
+        """When the lease expires unless renewed, by the database's clock."""
 
     @property
     def held(self) -> bool:
         """Whether this store holds the lease: taken, not lost, and within its ttl (less the
-        margin) of its last successful renewal by this host's monotonic _clock."""
+        margin) of its last successful renewal by this host's monotonic clock."""
         return self._text is not None and time.monotonic() < self._valid_until
 
     def __repr__(self) -> str:

@@ -50,7 +50,7 @@ __all__ = [
     "upgrade_connection",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("rustrade_store.migrate")
 
 _ALEMBIC = threading.Lock()
 """Held while an Alembic command runs: its ``context`` and ``op`` are process-wide globals, so

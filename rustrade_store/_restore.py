@@ -68,7 +68,9 @@ class RestoreReport:
 
     @property
     def total(self) -> int:
-        """How many snapshots were given (a key given twice counts once)."""
+        """How many snapshots were counted: a key given twice in one batch counts once, and so
+        does one given again in a later batch with ``overwrite`` (the stream's own older line
+        is dropped); without, each batch's line is counted."""
         return self.added + self.replaced + self.newer + self.conflicting + self.unchanged
 
     @property

@@ -392,14 +392,14 @@ def unflushed_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "rustrade_store._buffered" and record.levelno == logging.WARNING
+        if record.name == "rustrade_store.buffered" and record.levelno == logging.WARNING
     ]
 
 
 async def test_a_store_garbage_collected_with_unflushed_values_logs_their_keys(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rustrade_store._buffered")
+    caplog.set_level(logging.WARNING, logger="rustrade_store.buffered")
     inner = GatedStore()
     store = BufferedStore(inner, delay=0)
     await store.save_many({f"bot{index:02}/BTC": index for index in range(25)})
@@ -417,7 +417,7 @@ async def test_a_store_garbage_collected_with_unflushed_values_logs_their_keys(
 def test_an_event_loop_ending_with_unflushed_values_logs_their_keys_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="rustrade_store._buffered")
+    caplog.set_level(logging.WARNING, logger="rustrade_store.buffered")
 
     async def main() -> None:
         store = BufferedStore(RecordingStore(), delay=3600)

@@ -180,7 +180,7 @@ async def test_a_buffer_drops_only_what_its_lost_lease_covers_and_says_so(
     try:
         await operator.break_lease("bot1/")
         with (
-            caplog.at_level(logging.WARNING, logger="rustrade_store._buffered"),
+            caplog.at_level(logging.WARNING, logger="rustrade_store.buffered"),
             pytest.raises(LeaseLostError, match="bot1/breaker"),
         ):
             await buffered.flush()

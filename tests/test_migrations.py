@@ -328,10 +328,10 @@ class _Signal(logging.Handler):
 @pytest.fixture
 def lock_wait(caplog: pytest.LogCaptureFixture) -> Iterator[threading.Event]:
     """Set when a migration starts waiting for another one in this process to finish."""
-    caplog.set_level(logging.DEBUG, logger="rustrade_store._migrate")
+    caplog.set_level(logging.DEBUG, logger="rustrade_store.migrate")
     signal = threading.Event()
     handler = _Signal(signal)
-    logger = logging.getLogger("rustrade_store._migrate")
+    logger = logging.getLogger("rustrade_store.migrate")
     logger.addHandler(handler)
     try:
         yield signal

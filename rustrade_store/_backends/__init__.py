@@ -2,7 +2,9 @@
 settings, the statements and clock that differ, and what a driver's error means.
 
 :func:`backend_for` returns the :class:`Backend` of a URL, decided once; the rest of the package
-uses what it gets and never asks which database it is.
+uses what it gets. (SQLAlchemy's column types in :mod:`.._schema`, the migrations' batch
+mode and the command's reports still look at the dialect's name where they compile or word
+something per database.)
 """
 
 from __future__ import annotations

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import and_, bindparam
+
+from .._hints import no_hint
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -18,7 +21,17 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.dml import Insert
 
-__all__ = ["Backend", "RowSource"]
+    from .._hints import FailureHint
+
+__all__ = ["MIGRATION_LOCK", "Backend", "RowSource", "whole_seconds"]
+
+MIGRATION_LOCK = "rustrade_store migrations"
+"""The name of the lock migrations of one database take in turn."""
+
+
+def whole_seconds(timeout: float) -> int:
+    """``timeout`` for a server setting in whole seconds: rounded up, one at least."""
+    return max(1, math.ceil(timeout))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,7 @@ class Backend:
         self.in_memory = False
         """The database lives and dies with its connection, so the store migrates it itself."""
         self._url = url
+        self._hint: FailureHint = no_hint
 
     # -- the engine ------------------------------------------------------------------------
 
@@ -141,11 +155,14 @@ class Backend:
     async def migration_lock(self, connection: AsyncConnection, wait: float) -> AsyncIterator[None]:
         """A transaction on ``connection`` holding the database's migration lock, waited for up
         to ``wait`` seconds, so that migrations by any number of processes run in turn."""
+        await self._lock_isolation(connection)
+        async with connection.begin():
+            yield
+
+    async def _lock_isolation(self, connection: AsyncConnection) -> None:
         # A lock statement's snapshot must not predate its wait (REPEATABLE READ), and a
         # transaction lock needs a transaction (an autocommit engine has none).
         await connection.execution_options(isolation_level="READ COMMITTED")
-        async with connection.begin():
-            yield
 
     # -- what a driver's error means ---------------------------------------------------------
 
@@ -153,7 +170,7 @@ class Backend:
         """What to add to the message of a failed operation, given the driver's error: what the
         database's own message leaves out (what kind of connection failure, what to check, the
         statement creating a missing database)."""
-        return ""
+        return self._hint(writing, cause, written)
 
     def is_timeout(self, cause: BaseException) -> bool:
         """Whether the driver's error is a timeout (of a read, of a lock wait) that it does not

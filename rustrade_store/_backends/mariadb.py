@@ -4,7 +4,6 @@ statement text, which must fit the server's packet; session settings for Galera.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, literal_column, text
@@ -13,8 +12,7 @@ from sqlalchemy.dialects import mysql
 from .._errors import ConfigurationError
 from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_timeout
 from .._schema import UtcTimestamp
-from .base import Backend, RowSource
-from .postgresql import MIGRATION_LOCK
+from .base import MIGRATION_LOCK, Backend, RowSource, whole_seconds
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -64,11 +62,11 @@ class MariaDB(Backend):
     """MariaDB through asyncmy (``mysql://`` or ``mariadb://``): values inlined into the
     statement text, which must fit the server's packet."""
 
+    may_be_galera = True
     # The driver inlines parameters into the statement text, which must fit the server's
     # max_allowed_packet (16 MiB by default): 10,000 keys of up to 1,020 bytes each (255
     # four-byte characters) stay near 10 MiB; values, escaped (quotes and backslashes count
     # twice), get 4 MiB a statement.
-    may_be_galera = True
     max_keys_per_query = 10_000
     max_statement_bytes = 4 * 1024 * 1024
     durability_settings = (
@@ -81,7 +79,7 @@ class MariaDB(Backend):
         self._hint = mysql_hint(url)
 
     def engine_options(self, timeout: float) -> dict[str, Any]:
-        seconds = max(1, math.ceil(timeout))
+        seconds = whole_seconds(timeout)
         return {
             "pool_timeout": timeout,
             "pool_recycle": MYSQL_POOL_RECYCLE,
@@ -150,7 +148,7 @@ class MariaDB(Backend):
         # released before the connection returns to the pool; a connection whose release
         # failed is closed instead, which releases it too. Under the driver's read timeout
         # (the engine's own), so that a wait ends with GET_LOCK's 0.
-        await connection.execution_options(isolation_level="READ COMMITTED")
+        await self._lock_isolation(connection)
         seconds = max(wait - 1.0, wait / 2)
         taken = await connection.scalar(_MYSQL_LOCK, {"wait": seconds})
         await connection.commit()
@@ -168,9 +166,6 @@ class MariaDB(Backend):
             except BaseException:
                 await connection.invalidate()
                 raise
-
-    def failure_hint(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
-        return self._hint(writing, cause, written)
 
     def is_timeout(self, cause: BaseException) -> bool:
         return mysql_timeout(cause)

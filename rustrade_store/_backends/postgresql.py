@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
@@ -13,7 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import String
 
 from .._hints import postgres_hint
-from .base import Backend, RowSource
+from .base import MIGRATION_LOCK, Backend, RowSource, whole_seconds
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["PostgreSQL"]
-
-MIGRATION_LOCK = "rustrade_store migrations"
 
 
 def _postgres_rows() -> RowSource:
@@ -72,7 +69,7 @@ class PostgreSQL(Backend):
         else:
             # A client frozen inside a transaction (SIGSTOP, a partition) would hold its locks,
             # a lease row's share lock among them, for ever: the server ends such a session.
-            idle = f"{max(1, math.ceil(timeout)) * 1000}"
+            idle = f"{whole_seconds(timeout) * 1000}"
             connect_args["server_settings"] = {"idle_in_transaction_session_timeout": idle}
         return {"pool_timeout": timeout, "connect_args": connect_args}
 
@@ -103,9 +100,6 @@ class PostgreSQL(Backend):
         async with super().migration_lock(connection, wait):
             await connection.execute(_PG_LOCK)
             yield
-
-    def failure_hint(self, writing: bool, cause: BaseException, written: int | None = None) -> str:
-        return self._hint(writing, cause, written)
 
     def is_aborted(self, cause: BaseException) -> bool:
         return getattr(cause, "sqlstate", None) in _POSTGRES_ABORTS

@@ -3,7 +3,7 @@
 One module per job: :mod:`.exits` (exit codes and the one error commands raise), :mod:`.parser`
 (the table of commands, the parser and shell completion built from it), :mod:`.entry` (the
 entry point), :mod:`.output`, :mod:`.prompts`, :mod:`.opening`, and the commands by what they
-do: :mod:`._schema`, :mod:`.doctor`, :mod:`.looking`, :mod:`.changing`, :mod:`.moving`,
+do: :mod:`.schema`, :mod:`.doctor`, :mod:`.looking`, :mod:`.changing`, :mod:`.moving`,
 :mod:`.leases`. Importing this package loads no database library.
 """
 
