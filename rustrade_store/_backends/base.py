@@ -15,7 +15,7 @@ from .._hints import no_hint
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from sqlalchemy import URL, ColumnElement, FromClause, Select, Table
+    from sqlalchemy import URL, ColumnElement, Connection, FromClause, Select, Table
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -163,6 +163,10 @@ class Backend:
         # A lock statement's snapshot must not predate its wait (REPEATABLE READ), and a
         # transaction lock needs a transaction (an autocommit engine has none).
         await connection.execution_options(isolation_level="READ COMMITTED")
+
+    def prepare_version_table(self, connection: Connection) -> None:
+        """Run before Alembic's migrations, in their transaction: what the version table needs
+        beyond what Alembic makes of it."""
 
     # -- what a driver's error means ---------------------------------------------------------
 

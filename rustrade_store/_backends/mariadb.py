@@ -6,19 +6,29 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, literal_column, text
+from sqlalchemy import (
+    Column,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    and_,
+    func,
+    literal_column,
+    text,
+)
 from sqlalchemy.dialects import mysql
 
 from .._errors import ConfigurationError
 from .._hints import MYSQL_CONFLICTS, mysql_hint, mysql_timeout
-from .._schema import UtcTimestamp
+from .._schema import VERSION_TABLE, UtcTimestamp
 from .base import MIGRATION_LOCK, Backend, RowSource, whole_seconds
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from datetime import datetime
 
-    from sqlalchemy import URL, ColumnElement, Select, Table
+    from sqlalchemy import URL, ColumnElement, Connection, Select
     from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection
     from sqlalchemy.sql.dml import Insert
@@ -166,6 +176,17 @@ class MariaDB(Backend):
             except BaseException:
                 await connection.invalidate()
                 raise
+
+    def prepare_version_table(self, connection: Connection) -> None:
+        # MariaDB ignores a primary key's name, and warns about the one Alembic gives its
+        # version table (<table>_pkc) on every first upgrade: create that table first, as
+        # Alembic would but with the key unnamed; Alembic then finds it and uses it.
+        Table(
+            VERSION_TABLE,
+            MetaData(),
+            Column("version_num", String(32), nullable=False),
+            PrimaryKeyConstraint("version_num"),
+        ).create(connection, checkfirst=True)
 
     def is_timeout(self, cause: BaseException) -> bool:
         return mysql_timeout(cause)

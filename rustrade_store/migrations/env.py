@@ -8,12 +8,11 @@ from logging.config import fileConfig
 from typing import TYPE_CHECKING
 
 from alembic import context
-from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
 from sqlalchemy.pool import NullPool
 
+from rustrade_store._backends import backend_for
 from rustrade_store._engine import create_engine, resolve_url
 from rustrade_store._schema import VERSION_TABLE, metadata
-from rustrade_store._urls import MYSQL_BACKENDS
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -46,23 +45,10 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def _create_version_table(connection: Connection) -> None:
-    """MySQL and MariaDB ignore a primary key's name, and MariaDB warns about the one Alembic
-    gives its version table (``<table>_pkc``) on every first upgrade: create that table first,
-    as Alembic would but with the key unnamed; Alembic then finds it and uses it."""
-    Table(
-        VERSION_TABLE,
-        MetaData(),
-        Column("version_num", String(32), nullable=False),
-        PrimaryKeyConstraint("version_num"),
-    ).create(connection, checkfirst=True)
-
-
 def do_run_migrations(connection: Connection) -> None:
     _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
-        if connection.dialect.name in MYSQL_BACKENDS:  # "mariadb" for a mariadb:// URL
-            _create_version_table(connection)
+        backend_for(connection.engine.url).prepare_version_table(connection)
         context.run_migrations()
 
 
