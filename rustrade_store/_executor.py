@@ -455,7 +455,7 @@ class Executor:
                 )
             if old is not None:
                 self._make_loop_state()
-                if not self._backend.one_writer:
+                if self._backend.loop_bound_connections:
                     # Pooled connections belong to the old loop's transports: let them go
                     # without I/O on this loop, and open new ones here.
                     self._engine.sync_engine.dispose(close=False)

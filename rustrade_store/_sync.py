@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy.pool import QueuePool
 
+from ._backends import backend_for
 from ._buffered import DEFAULT_DELAY, DEFAULT_MAX_PENDING, BufferedStore
 from ._engine import (
     DEFAULT_TIMEOUT,
@@ -392,7 +393,7 @@ class SyncBufferedStore(_Calls):
 def _check_unused(engine: AsyncEngine) -> None:
     """Refuse an engine whose pooled connections are lent out now (to another event loop);
     drop, without I/O, those idle in its pool, which belong to the loop that opened them."""
-    if engine.dialect.name == "sqlite":  # aiosqlite's connections serve any loop
+    if not backend_for(engine.url).loop_bound_connections:
         return
     pool = engine.sync_engine.pool
     if not isinstance(pool, QueuePool):  # nothing pooled to belong to another loop

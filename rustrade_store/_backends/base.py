@@ -56,6 +56,9 @@ class Backend:
     one_writer: ClassVar[bool] = False
     """Operations run one at a time on one connection (SQLite: one writer, and ``:memory:``
     lives on a single connection whose transactions must not interleave)."""
+    loop_bound_connections: ClassVar[bool] = True
+    """A connection belongs to the event loop that opened it (its transport); aiosqlite's, run
+    by a thread of its own, serve any loop."""
     finish_when_cancelled: ClassVar[bool] = True
     """A cancelled operation runs to its end before the cancellation is raised. SQLite:
     SQLAlchemy discards a connection cancelled mid-transaction, which loses an in-memory database

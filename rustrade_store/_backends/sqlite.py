@@ -44,6 +44,7 @@ class SQLite(Backend):
     """SQLite through aiosqlite: one writer, the host's clock, keys bound as one JSON array."""
 
     one_writer = True
+    loop_bound_connections = False
     host_clock = True
     transaction_isolation = "SERIALIZABLE"
     snapshot_isolation = "SERIALIZABLE"
