@@ -51,17 +51,6 @@ _MYSQL_KEY = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
 _MYSQL_TEXT = "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 
 
-def _mysql_rows() -> RowSource:
-    # MariaDB's JSON_TABLE has no SQLAlchemy construct; its columns take the table's collations.
-    rows = text(
-        f"JSON_TABLE(:rows, '$[*]' COLUMNS (k {_MYSQL_KEY} PATH '$.key', "
-        f"val {_MYSQL_TEXT} PATH '$.value', t DATETIME(6) PATH '$.updated_at', "
-        f"lk {_MYSQL_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
-    )
-    c = literal_column
-    return RowSource(rows, c("v.k"), c("v.val"), c("v.t"), c("v.lk"), c("v.mine"))  # type: ignore[arg-type]
-
-
 _GALERA_NOT_READY = frozenset({1047})
 """ER_UNKNOWN_COM_ERROR, what a Galera node outside the primary component (isolated, joining,
 or not yet synced) answers every statement with ("WSREP has not yet prepared node for
@@ -123,7 +112,15 @@ class MariaDB(Backend):
             )
 
     def rows(self) -> RowSource:
-        return _mysql_rows()
+        # MariaDB's JSON_TABLE has no SQLAlchemy construct; its columns take the table's
+        # collations.
+        rows = text(
+            f"JSON_TABLE(:rows, '$[*]' COLUMNS (k {_MYSQL_KEY} PATH '$.key', "
+            f"val {_MYSQL_TEXT} PATH '$.value', t DATETIME(6) PATH '$.updated_at', "
+            f"lk {_MYSQL_KEY} PATH '$.lease_key', mine {_MYSQL_TEXT} PATH '$.mine')) AS v"
+        )
+        c = literal_column
+        return RowSource(rows, c("v.k"), c("v.val"), c("v.t"), c("v.lk"), c("v.mine"))  # type: ignore[arg-type]
 
     def upsert(self, table: Table, rows: Select[Any], guard: ColumnElement[bool] | None) -> Insert:
         # Assignments run left to right, so updated_at goes last: both conditions must see the

@@ -24,22 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["PostgreSQL"]
 
 
-def _postgres_rows() -> RowSource:
-    rows = (
-        func.json_to_recordset(cast(bindparam("rows", type_=Text), postgresql.JSON))
-        .table_valued(
-            column("key", Text),
-            column("value", Text),
-            column("updated_at", DateTime(timezone=True)),
-            column("lease_key", Text),
-            column("mine", Text),
-        )
-        .render_derived(name="v", with_types=True)
-    )
-    c = rows.c
-    return RowSource(rows, c.key, cast(c.value, postgresql.JSON), c.updated_at, c.lease_key, c.mine)
-
-
 _POSTGRES_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
 """admin_shutdown, crash_shutdown, cannot_connect_now (starting up or shutting down)."""
 
@@ -74,7 +58,21 @@ class PostgreSQL(Backend):
         return {"pool_timeout": timeout, "connect_args": connect_args}
 
     def rows(self) -> RowSource:
-        return _postgres_rows()
+        rows = (
+            func.json_to_recordset(cast(bindparam("rows", type_=Text), postgresql.JSON))
+            .table_valued(
+                column("key", Text),
+                column("value", Text),
+                column("updated_at", DateTime(timezone=True)),
+                column("lease_key", Text),
+                column("mine", Text),
+            )
+            .render_derived(name="v", with_types=True)
+        )
+        c = rows.c
+        return RowSource(
+            rows, c.key, cast(c.value, postgresql.JSON), c.updated_at, c.lease_key, c.mine
+        )
 
     def _insert(self, table: Table) -> postgresql.Insert:
         return postgresql.insert(table)

@@ -24,17 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["SQLite"]
 
 
-def _sqlite_rows() -> RowSource:
-    rows = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
-
-    def field(name: str) -> ColumnElement[Any]:
-        return func.json_extract(rows.c.value, f"$.{name}")
-
-    return RowSource(
-        rows, field("key"), field("value"), field("updated_at"), field("lease_key"), field("mine")
-    )
-
-
 _SQLITE_LOCK_CODES = frozenset({5, 6})
 """SQLITE_BUSY, SQLITE_LOCKED: the primary codes of a lock held past the busy timeout (the
 error carries the extended code, whose low byte is the primary one)."""
@@ -70,7 +59,19 @@ class SQLite(Backend):
         )
 
     def rows(self) -> RowSource:
-        return _sqlite_rows()
+        rows = func.json_each(bindparam("rows", type_=Text)).table_valued("value").alias("v")
+
+        def field(name: str) -> ColumnElement[Any]:
+            return func.json_extract(rows.c.value, f"$.{name}")
+
+        return RowSource(
+            rows,
+            field("key"),
+            field("value"),
+            field("updated_at"),
+            field("lease_key"),
+            field("mine"),
+        )
 
     def _insert(self, table: Table) -> sqlite.Insert:
         return sqlite.insert(table)
