@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store._engine import ENV_VAR, resolve_url
+from rustrade_store import ENV_VAR, resolve_url
 
 from .helpers import terminal_output
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rustrade_store import SqlStore, upgrade
-from rustrade_store._engine import resolve_url
+from rustrade_store import SqlStore, resolve_url, upgrade
 
 from . import postgres18, servers
 from .helpers import (

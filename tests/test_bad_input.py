@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import text, update
 
-from rustrade_store import SchemaError, SqlStore, StorageError, upgrade
-from rustrade_store._engine import resolve_url
+from rustrade_store import SchemaError, SqlStore, StorageError, resolve_url, upgrade
 from rustrade_store._schema import snapshots
 from rustrade_store.testing import BAD_KEYS, BAD_VALUES
 

@@ -11,10 +11,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rustrade_store import Snapshot, SqlStore
-from rustrade_store._engine import resolve_url
+from rustrade_store import Snapshot, SqlStore, resolve_url, upgrade
 from rustrade_store._lines import format_time
-from rustrade_store._migrate import upgrade
 from rustrade_store.cli import EXIT_LEASED
 from rustrade_store.transfer import export
 

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import Snapshot, SqlStore
-from rustrade_store._engine import resolve_url
+from rustrade_store import Snapshot, SqlStore, resolve_url
 from rustrade_store._lines import format_line
 from rustrade_store.cli import main
 from rustrade_store.cli.moving import same_database

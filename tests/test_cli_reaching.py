@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from rustrade_store._engine import create_engine
+from rustrade_store import create_engine
 
 from .commandline import Run, cli, ok, one_line_error
 from .helpers import server_port

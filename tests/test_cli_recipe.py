@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rustrade_store import ClockSkewError, Snapshot, SqlStore
-from rustrade_store._engine import ENV_VAR
+from rustrade_store import ENV_VAR, ClockSkewError, Snapshot, SqlStore
 
 from .commandline import COMMAND, T0, on_terminal
 

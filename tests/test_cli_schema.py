@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import URL, text
 
-from rustrade_store import SqlStore, head_revision
-from rustrade_store._engine import create_engine, resolve_url
-from rustrade_store._migrate import upgrade
+from rustrade_store import SqlStore, create_engine, head_revision, resolve_url, upgrade
 from rustrade_store._schema import VERSION_TABLE
 from rustrade_store.cli.doctor import Replication, replication_report
 from rustrade_store.cli.opening import hosts_of

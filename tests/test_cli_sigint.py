@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from rustrade_store import RestoreReport, Snapshot, SqlStore, upgrade
-from rustrade_store._engine import ENV_VAR, resolve_url
+from rustrade_store import ENV_VAR, RestoreReport, Snapshot, SqlStore, resolve_url, upgrade
 from rustrade_store.cli.moving import interrupted_line
 from rustrade_store.transfer import ExportWriter
 

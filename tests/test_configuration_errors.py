@@ -18,9 +18,9 @@ from rustrade_store import (
     SqlStore,
     StorageError,
     create_engine,
+    resolve_url,
     upgrade,
 )
-from rustrade_store._engine import resolve_url
 
 from .commandline import cli, ok, one_line_error
 

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import text
 
-from rustrade_store import SqlStore
-from rustrade_store._engine import create_engine
+from rustrade_store import SqlStore, create_engine
 
 from .helpers import asyncpg_connection
 

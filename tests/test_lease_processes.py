@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rustrade_store import Snapshot, SqlStore, upgrade
-from rustrade_store._engine import resolve_url
+from rustrade_store import Snapshot, SqlStore, resolve_url, upgrade
 from rustrade_store.transfer import export
 
 from .processes import Child, empty

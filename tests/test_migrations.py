@@ -20,8 +20,17 @@ from alembic.migration import MigrationContext
 from sqlalchemy import URL, event, inspect, make_url, text
 from sqlalchemy.schema import CreateTable
 
-from rustrade_store import InMemoryStore, SchemaError, SqlStore, downgrade, head_revision, upgrade
-from rustrade_store._engine import ENV_VAR, create_engine, resolve_url
+from rustrade_store import (
+    ENV_VAR,
+    InMemoryStore,
+    SchemaError,
+    SqlStore,
+    create_engine,
+    downgrade,
+    head_revision,
+    resolve_url,
+    upgrade,
+)
 from rustrade_store._migrate import schema_status
 from rustrade_store._schema import VERSION_TABLE, metadata
 

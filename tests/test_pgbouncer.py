@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import delete, event
 
-from rustrade_store import SqlStore, StorageError, downgrade, upgrade
+from rustrade_store import SqlStore, StorageError, downgrade, resolve_url, upgrade
 from rustrade_store._backends import backend_for
-from rustrade_store._engine import resolve_url
 from rustrade_store._schema import snapshots
 from rustrade_store.testing import StateStoreContract
 

@@ -16,8 +16,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from rustrade_store import ConfigurationError, SchemaError, SqlStore, StorageError, upgrade
-from rustrade_store._engine import create_engine, resolve_url
+from rustrade_store import (
+    ConfigurationError,
+    SchemaError,
+    SqlStore,
+    StorageError,
+    create_engine,
+    resolve_url,
+    upgrade,
+)
 
 from .commandline import cli, ok, one_line_error
 from .proxy import TcpProxy

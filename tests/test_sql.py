@@ -17,8 +17,8 @@ from rustrade_store import (
     SqlStore,
     StorageError,
     ValueTypeError,
+    create_engine,
 )
-from rustrade_store._engine import create_engine
 from rustrade_store._statements import prefix_end
 from rustrade_store.testing import assert_same_json
 

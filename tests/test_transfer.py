@@ -19,9 +19,9 @@ from rustrade_store import (
     RestoreReport,
     Snapshot,
     SqlStore,
+    resolve_url,
     upgrade,
 )
-from rustrade_store._engine import resolve_url
 from rustrade_store._errors import BadFileError, CopyMismatchError, TargetNotEmptyError
 from rustrade_store._lines import (
     TRAILER,
