@@ -45,16 +45,31 @@ class _ToTheEnd(asyncio.Task[Any]):
 async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
     """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise that
     cancellation (an error of ``work`` the caller no longer waits for is dropped)."""
-    task: asyncio.Task[T] = _ToTheEnd(work)
+    task: asyncio.Task[Callable[[], T]] = _ToTheEnd(_caught(work))
     try:
-        return await asyncio.shield(task)
+        outcome = await asyncio.shield(task)
     except asyncio.CancelledError:
         while not task.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()
         raise
+    return outcome()
+
+
+async def _caught(work: Coroutine[Any, Any, T]) -> Callable[[], T]:
+    """``work``'s outcome, which returns its result or raises its error: a task that ends in
+    an error is reported by ``asyncio.run`` as "unhandled" when the loop ends, though the
+    caller it was for is gone."""
+    try:
+        result = await work
+    except Exception as error:
+        raised = error
+
+        def failed() -> T:
+            raise raised
+
+        return failed
+    return lambda: result
 
 
 class _Waiter:
