@@ -392,7 +392,7 @@ class Executor:
     ) -> T:
         if not self._ready:
             await self._check_schema()
-        async with self._engine.connect() as connection:
+        async with self._connect() as connection:
             if transaction or not self._autocommit:
                 level = isolation or self._backend.transaction_isolation
                 try:
@@ -411,8 +411,24 @@ class Executor:
             attempt.in_flight = True
             return await work(connection)
 
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection, closed when done. An attempt that runs to its end, in a task no one can
+        cancel, closes it in that task: SQLAlchemy's own context manager closes in a task of its
+        own, which ``asyncio.run``'s sweep at the end of a loop cut mid-rollback, and an
+        in-memory database went with the connection."""
+        if not self._backend.finish_when_cancelled or _PER_STATEMENT.get():
+            async with self._engine.connect() as connection:
+                yield connection
+            return
+        connection = await self._engine.connect()
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
     async def _check_schema(self) -> None:
-        async with self._schema_lock, self._engine.connect() as connection:
+        async with self._schema_lock, self._connect() as connection:
             if self._ready:
                 return
             self._backend.check_server(connection.dialect, self._where)

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import event
 
 from rustrade_store import InMemoryStore, SqlStore, StorageError
 
@@ -332,5 +333,40 @@ def test_a_loop_ending_mid_statement_leaves_the_store_whole(backend: str, store_
             asyncio.run(asyncio.wait_for(check(round_), HANG_GUARD))
             asyncio.run(cut_off(round_ * 3))
         asyncio.run(asyncio.wait_for(check(12), HANG_GUARD))
+    finally:
+        asyncio.run(store.aclose())
+
+
+def test_a_loop_ending_while_a_connection_closes_keeps_an_in_memory_database() -> None:
+    """The loop ends just as a write's connection goes back to the pool. SQLAlchemy's context
+    manager closed it in a task of its own, which ``asyncio.run``'s sweep cut: the one
+    connection of an in-memory database was discarded, and every snapshot with it."""
+    store = InMemoryStore()
+    asyncio.run(store.save("kept", 1))
+
+    async def ends_as_a_connection_closes() -> None:
+        loop = asyncio.get_running_loop()
+        closing = loop.create_future()
+
+        def returning(*_: object) -> None:
+            if not closing.done():
+                closing.set_result(None)
+
+        pool = store.engine.sync_engine.pool
+        event.listen(pool, "reset", returning)
+        try:
+            writing = loop.create_task(store.save_many({"a": 1, "b": 2}))
+            await closing
+        finally:
+            event.remove(pool, "reset", returning)
+        assert not writing.done()
+
+    try:
+        asyncio.run(ends_as_a_connection_closes())
+        assert asyncio.run(store.load("kept")) == 1
+        assert asyncio.run(store.load_many(["a", "b"])) in (
+            {"a": 1, "b": 2},
+            {"a": None, "b": None},
+        )
     finally:
         asyncio.run(store.aclose())
