@@ -32,9 +32,9 @@ class _ToTheEnd(asyncio.Task[Any]):
 
     A shield protects work from its caller's cancellation, but ``asyncio.run`` cancels every
     task left when its main coroutine returns, the shielded inner task included. Cut off there,
-    mid-statement, aiosqlite leaves its cursor open, and later saves on that connection return
-    with nothing stored; SQLAlchemy discards a connection cut mid-transaction, which loses an
-    in-memory database; asyncmy's is left unusable. ``tests/test_cancellation.py::
+    mid-statement, the next loop's saves on an in-memory store returned with nothing stored;
+    SQLAlchemy discards a connection cut mid-transaction, which loses an in-memory database;
+    asyncmy's is left unusable. ``tests/test_cancellation.py::
     test_a_loop_ending_mid_statement_leaves_the_store_whole`` fails with a plain shielded task.
     It ends on its own, within the store's timeouts."""
 
