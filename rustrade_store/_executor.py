@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import enum
 import threading
-import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,12 +27,12 @@ from ._errors import (
     storage_error,
 )
 from ._migrate import check_revision, upgrade_connection
-from ._queue import GroupCommit, in_batch, retrieve, to_the_end
+from ._queue import GroupCommit, in_batch, retrieve, to_the_end, writer_lock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
-    from sqlalchemy.engine import Engine, ExceptionContext
+    from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
     from sqlalchemy.sql import Executable
 
@@ -49,25 +48,6 @@ _PER_STATEMENT: ContextVar[bool] = ContextVar("_PER_STATEMENT", default=False)
 """Set while work runs ``per_statement``: a cancellation waits for the statement in flight."""
 
 _WRITES = frozenset({"save", "save_many", "restore", "delete"})
-
-
-_WRITERS: weakref.WeakKeyDictionary[Engine, list[Any]] = weakref.WeakKeyDictionary()
-"""Per engine with one writer: the event loop its lock serves (``None`` until one uses it), and
-the lock."""
-
-
-def _writer_lock(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> asyncio.Lock:
-    """The one writer's lock of ``engine`` on ``loop``, shared by every store on the engine:
-    two stores on one in-memory database share its one connection, and one's transaction must
-    not take in the other's statements (nor its ROLLBACK undo them)."""
-    held = _WRITERS.get(engine.sync_engine)
-    if held is None or (loop is not None and held[0] is not None and held[0] is not loop):
-        held = [loop, asyncio.Lock()]
-        _WRITERS[engine.sync_engine] = held
-    elif loop is not None:
-        held[0] = loop
-    lock: asyncio.Lock = held[1]
-    return lock
 
 
 class Failure(enum.Enum):
@@ -174,7 +154,7 @@ class Executor:
             context.is_disconnect = True
 
     def _make_loop_state(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._writer_lock = _writer_lock(self._engine, loop) if self._backend.one_writer else None
+        self._writer_lock = writer_lock(self._engine, loop) if self._backend.one_writer else None
         self._schema_lock = asyncio.Lock()
         self._batchers: dict[str, GroupCommit] = {}
 
@@ -490,7 +470,7 @@ class Executor:
                     "store per event loop"
                 )
             if old is None and self._writer_lock is not None:
-                self._writer_lock = _writer_lock(self._engine, loop)
+                self._writer_lock = writer_lock(self._engine, loop)
             if old is not None:
                 self._make_loop_state(loop)
                 if self._backend.loop_bound_connections:

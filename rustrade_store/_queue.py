@@ -1,11 +1,13 @@
 """Group commit: concurrent single-key calls gathered into batches, each run by the caller's
-``run`` as one statement; and the task that runs work to its end once begun. No SQL here."""
+``run`` as one statement; the one writer's lock, its gate; and the task that runs work to its
+end once begun. No SQL here."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +16,10 @@ from .codec import BATCH_ROWS
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
 
-__all__ = ["GroupCommit", "in_batch", "retrieve", "to_the_end"]
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["GroupCommit", "in_batch", "retrieve", "to_the_end", "writer_lock"]
 
 T = TypeVar("T")
 
@@ -25,6 +30,25 @@ def in_batch() -> bool:
     """Whether this runs in a batch's task: no caller can cancel it, and it holds the gate (the
     one writer's lock) already where there is one."""
     return _IN_BATCH.get()
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, list[Any]] = weakref.WeakKeyDictionary()
+"""Per engine with one writer: the event loop its lock serves (``None`` until one uses it), and
+the lock."""
+
+
+def writer_lock(engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None) -> asyncio.Lock:
+    """The one writer's lock of ``engine`` on ``loop``, shared by every store on the engine:
+    two stores on one in-memory database share its one connection, and one's transaction must
+    not take in the other's statements (nor its ROLLBACK undo them)."""
+    held = _WRITERS.get(engine.sync_engine)
+    if held is None or (loop is not None and held[0] is not None and held[0] is not loop):
+        held = [loop, asyncio.Lock()]
+        _WRITERS[engine.sync_engine] = held
+    elif loop is not None:
+        held[0] = loop
+    lock: asyncio.Lock = held[1]
+    return lock
 
 
 class _ToTheEnd(asyncio.Task[Any]):
