@@ -469,14 +469,11 @@ class Executor:
                     "thread's asyncio.run?); a store serves one event loop at a time: open one "
                     "store per event loop"
                 )
-            if old is None and self._writer_lock is not None:
-                self._writer_lock = writer_lock(self._engine, loop)
-            if old is not None:
-                self._make_loop_state(loop)
-                if self._backend.loop_bound_connections:
-                    # Pooled connections belong to the old loop's transports: let them go
-                    # without I/O on this loop, and open new ones here.
-                    self._engine.sync_engine.dispose(close=False)
+            self._make_loop_state(loop)
+            if old is not None and self._backend.loop_bound_connections:
+                # Pooled connections belong to the old loop's transports: let them go without
+                # I/O on this loop, and open new ones here.
+                self._engine.sync_engine.dispose(close=False)
             self._loop = loop
         return loop
 

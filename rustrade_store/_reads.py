@@ -44,12 +44,13 @@ class Reads:
                 found.update((await connection.execute(self._select_values, params)).all())
             return found
 
+        several = len(chunks) > 1
         return await self._executor.run(
             "load_many",
             None,
             work,
-            transaction=len(chunks) > 1,
-            isolation=self._backend.snapshot_isolation if len(chunks) > 1 else None,
+            transaction=several,
+            isolation=self._backend.snapshot_isolation if several else None,
             deadline=deadline,
         )
 
